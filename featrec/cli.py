@@ -1,0 +1,213 @@
+"""The ``featrec`` command. Only this module prints; library code logs.
+
+Errors a user can fix (bad spec, bad data, bad ``--set``) end with one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from featrec.errors import FeatrecError
+from featrec.spec import (
+    AnyFeature,
+    MultiCategoricalFeature,
+    NumericFeature,
+    Spec,
+    TimeFeature,
+    json_schema,
+    load_spec,
+)
+
+log = logging.getLogger("featrec")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.run(args)
+    except FeatrecError as err:
+        print(f"featrec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featrec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featrec", description="Feature-aware BERT4Rec: specs, data, training, ablations."
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def spec_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("spec", help="spec file (YAML)")
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec field, e.g. --set train.epochs=5 (repeatable)",
+        )
+        command.add_argument(
+            "--behavior-only", action="store_true", help="drop every side feature (ids only)"
+        )
+        return command
+
+    validate = spec_command("validate", "check a spec and print it resolved")
+    validate.set_defaults(run=_validate)
+
+    prepare = spec_command("prepare", "load, encode and split the data; print statistics")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if cached")
+    prepare.set_defaults(run=_prepare)
+
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Spec:
+    spec = load_spec(args.spec, args.overrides)
+    return spec.behavior_only() if args.behavior_only else spec
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from featrec.datasets import load_card
+
+    spec = _load(args)
+    card = load_card(spec.data.dataset) if spec.data.dataset else None
+    print(f"{args.spec}: OK")
+    print(describe_spec(spec, card.title if card else None))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from featrec.sequences import prepare
+
+    spec = _load(args)
+    started = time.perf_counter()
+    prepared, folder = prepare(spec, refresh=args.force)
+    seconds = time.perf_counter() - started
+    print(describe_stats(spec.name, prepared.stats))
+    print(f"prepared in {seconds:.2f} s; cached at {folder}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# text
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def describe_spec(spec: Spec, card_title: str | None = None) -> str:
+    data = spec.data
+    source = (
+        f"dataset card {data.dataset}" + (f" ({card_title})" if card_title else "")
+        if data.dataset
+        else f"interactions {data.interactions}"
+        + (f", users {data.users}" if data.users else "")
+        + (f", items {data.items}" if data.items else "")
+    )
+    lines = [f"name: {spec.name}", f"data: {source}"]
+    if not spec.features:
+        lines.append("features: none (behavior-only: item ids only)")
+    else:
+        lines.append(f"features ({len(spec.features)}):")
+        rows = [["scope", "name", "type", "column", "at the predicted slot", "details"]]
+        for scope in ("item", "user", "event"):
+            for feature in spec.features_in(scope):
+                rows.append(
+                    [
+                        scope,
+                        feature.name,
+                        feature.type,
+                        feature.column,
+                        _visibility(feature),
+                        _details(feature),
+                    ]
+                )
+        lines.append(_table(rows))
+    m, t, e = spec.model, spec.train, spec.eval
+    lines += [
+        f"fusion: {spec.fusion.method} (user features: {spec.fusion.user})",
+        f"model: dim {m.dim}, layers {m.layers}, heads {m.heads}, max_len {m.max_len}, "
+        f"dropout {m.dropout}",
+        f"train: mask_prob {t.mask_prob}, batch {t.batch_size}, lr {t.lr}, epochs {t.epochs}, "
+        f"patience {t.patience}, seed {t.seed}",
+        f"eval: {e.split}, ks {e.ks}, exclude_seen {e.exclude_seen}",
+    ]
+    return "\n".join(lines)
+
+
+def _visibility(feature: AnyFeature) -> str:
+    label = "hidden" if feature.hidden_at_target else "visible"
+    return f"{label} (known_at {feature.known_at})" if feature.known_at else label
+
+
+def _details(feature: AnyFeature) -> str:
+    if isinstance(feature, NumericFeature):
+        bins = f", {feature.bins} bins" if feature.transform == "quantile_bins" else ""
+        return feature.transform + bins
+    if isinstance(feature, TimeFeature):
+        return f"parts {', '.join(feature.parts)}; tz {feature.timezone}"
+    if isinstance(feature, MultiCategoricalFeature) and feature.separator:
+        return f"split on {feature.separator!r}"
+    return ""
+
+
+def describe_stats(name: str, stats: dict) -> str:
+    split = stats["split"]
+    lines = [
+        f"{name}: {stats['users']:,} users, {stats['items']:,} items, {stats['events']:,} events",
+        f"split: {split['method']}: {split['train_events']:,} training events, "
+        f"{split['valid_users']:,} validation users, {split['test_users']:,} test users, "
+        f"{split['left_out_users']:,} users left out of evaluation "
+        "(fewer than 3 events or no target in the window)",
+    ]
+    if "valid_from" in split:
+        lines.append(
+            f"windows: validation from {split['valid_from']}, test from {split['test_from']}"
+        )
+    if stats["features"]:
+        rows = [["feature", "scope", "type", "cardinality (incl. 4 reserved ids)"]]
+        for feature, info in stats["features"].items():
+            size = info["cardinality"]
+            if isinstance(size, dict):
+                size = ", ".join(f"{part} {n}" for part, n in size.items())
+            elif size is None:
+                size = "continuous"
+            rows.append([feature, info["scope"], info["type"], str(size)])
+        lines += ["features:", _table(rows)]
+    else:
+        lines.append("features: none (behavior-only)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Encoders: raw feature values → integer ids (or scaled floats), fit on the training split.
+
+Every id space reserves the same four ids, so padding, masking, unseen and missing values
+mean the same thing for every feature and for the item vocabulary:
+
+    PAD = 0      padding after the end of a sequence
+    MASK = 1     hidden value at a masked / predicted slot (DESIGN.md §3)
+    OOV = 2      a value not seen (often enough) in the training split
+    MISSING = 3  null in the data
+
+Encoders turn polars expressions into polars expressions, so encoding stays inside one
+lazy query; ``fit`` takes the training split's values as a Series. ``to_dict`` /
+``encoder_from_dict`` round-trip exactly through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+
+from featrec.errors import DataError
+from featrec.spec import (
+    CategoricalFeature,
+    MultiCategoricalFeature,
+    NumericFeature,
+    TimeFeature,
+)
+
+PAD, MASK, OOV, MISSING = 0, 1, 2, 3
+N_RESERVED = 4
+ID_DTYPE = pl.Int32
+GAP_BUCKETS = 32  # log2 buckets of seconds since the previous event: 2**31 s is ~68 years
+
+
+@dataclass
+class CategoricalEncoder:
+    """One id per distinct training value (as text); rare and unseen values → OOV.
+
+    Values are kept as text so the vocabulary survives JSON exactly. When the training
+    column held integers (``integers=True``), lookups compare integers instead: the same
+    ids, without turning a million-row column into strings.
+    """
+
+    kind: ClassVar[str] = "categorical"
+    min_count: int = 1
+    values: list[str] = field(default_factory=list)
+    integers: bool = False
+
+    @property
+    def cardinality(self) -> int:
+        return N_RESERVED + len(self.values)
+
+    def fit(self, values: pl.Series) -> CategoricalEncoder:
+        counts = values.drop_nulls().value_counts(name="n")
+        kept = counts.filter(pl.col("n") >= self.min_count).get_column(values.name)
+        self.integers = values.dtype.is_integer()
+        self.values = sorted(kept.cast(pl.String).to_list())
+        return self
+
+    def _ids(self, values: pl.Expr) -> pl.Expr:
+        new = list(range(N_RESERVED, N_RESERVED + len(self.values)))
+        if self.integers:  # text that is no integer casts to null and so maps to OOV
+            old = [int(v) for v in self.values]
+            values = values.cast(pl.Int64, strict=False)
+        else:
+            old, values = self.values, values.cast(pl.String)
+        return values.replace_strict(old, new, default=OOV, return_dtype=ID_DTYPE)
+
+    def encode(self, values: pl.Expr) -> pl.Expr:
+        return (
+            pl.when(values.is_null()).then(pl.lit(MISSING, ID_DTYPE)).otherwise(self._ids(values))
+        )
+
+
+@dataclass
+class MultiCategoricalEncoder(CategoricalEncoder):
+    """A list of values per row (genres); each element as in CategoricalEncoder.
+
+    A null or empty list encodes as ``[MISSING]`` so every row has at least one id to pool.
+    """
+
+    kind: ClassVar[str] = "multi_categorical"
+
+    def fit(self, values: pl.Series) -> MultiCategoricalEncoder:
+        super().fit(values.explode().rename(values.name))
+        return self
+
+    def encode(self, values: pl.Expr) -> pl.Expr:
+        element = pl.element()
+        ids = values.list.eval(
+            pl.when(element.is_null()).then(pl.lit(MISSING, ID_DTYPE)).otherwise(self._ids(element))
+        )
+        empty = values.is_null() | (values.list.len() == 0)
+        return pl.when(empty).then(pl.lit([MISSING], pl.List(ID_DTYPE))).otherwise(ids)
+
+
+@dataclass
+class QuantileBinEncoder:
+    """Quantile bins fitted with scikit-learn's KBinsDiscretizer; id = N_RESERVED + bin."""
+
+    kind: ClassVar[str] = "quantile_bins"
+    bins: int = 10
+    edges: list[float] = field(default_factory=list)  # inner edges, ascending
+
+    @property
+    def cardinality(self) -> int:
+        return N_RESERVED + len(self.edges) + 1
+
+    def fit(self, values: pl.Series) -> QuantileBinEncoder:
+        from sklearn.preprocessing import KBinsDiscretizer  # heavy import: only when needed
+
+        present = values.cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy().reshape(-1, 1)
+        if len(present) == 0 or present.min() == present.max():
+            self.edges = []  # a single bin: nothing to split
+            return self
+        binner = KBinsDiscretizer(
+            n_bins=self.bins, encode="ordinal", strategy="quantile", subsample=None
+        )
+        with warnings.catch_warnings():  # tied quantiles merge bins; the cardinality says so
+            warnings.filterwarnings("ignore", message="Bins whose width are too small")
+            binner.fit(present)
+        self.edges = [float(edge) for edge in binner.bin_edges_[0][1:-1]]
+        return self
+
+    def encode(self, values: pl.Expr) -> pl.Expr:
+        number = values.cast(pl.Float64).fill_nan(None)
+        bin_index = pl.sum_horizontal([(number >= e).cast(ID_DTYPE) for e in self.edges] or [0])
+        return (
+            pl.when(number.is_null())
+            .then(pl.lit(MISSING, ID_DTYPE))
+            .otherwise((bin_index + N_RESERVED).cast(ID_DTYPE))
+        )
+
+
+@dataclass
+class StandardEncoder:
+    """z-score with scikit-learn's StandardScaler; nulls become 0.0 (the training mean)."""
+
+    kind: ClassVar[str] = "standard"
+    mean: float = 0.0
+    scale: float = 1.0
+    cardinality: ClassVar[None] = None  # continuous: projected, not looked up
+
+    def fit(self, values: pl.Series) -> StandardEncoder:
+        from sklearn.preprocessing import StandardScaler
+
+        present = values.cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy().reshape(-1, 1)
+        if len(present):
+            scaler = StandardScaler().fit(present)
+            self.mean, self.scale = float(scaler.mean_[0]), float(scaler.scale_[0])
+        return self
+
+    def encode(self, values: pl.Expr) -> pl.Expr:
+        number = values.cast(pl.Float64).fill_nan(None)
+        return ((number - self.mean) / self.scale).fill_null(0.0).cast(pl.Float32)
+
+
+@dataclass
+class TimeEncoder:
+    """Derived time parts, each its own id space: hour (24), weekday (7), gap (32 log2 buckets).
+
+    ``encode`` takes unix seconds; the gap part needs the seconds since the user's previous
+    event (null for the first event → MISSING). Nothing to learn, so ``fit`` only checks the
+    time zone.
+    """
+
+    kind: ClassVar[str] = "time"
+    parts: list[str] = field(default_factory=lambda: ["hour", "weekday", "gap"])
+    timezone: str = "UTC"
+
+    @property
+    def cardinalities(self) -> dict[str, int]:
+        sizes = {"hour": 24, "weekday": 7, "gap": GAP_BUCKETS}
+        return {part: N_RESERVED + sizes[part] for part in self.parts}
+
+    def fit(self, values: pl.Series) -> TimeEncoder:
+        try:
+            pl.Series([0]).cast(pl.Datetime("ms")).dt.convert_time_zone(self.timezone)
+        except pl.exceptions.PolarsError:
+            raise DataError(
+                f"unknown time zone '{self.timezone}' (expected an IANA name)"
+            ) from None
+        return self
+
+    def encode_parts(self, seconds: pl.Expr, gap_seconds: pl.Expr) -> dict[str, pl.Expr]:
+        local = pl.from_epoch(seconds, "s").dt.replace_time_zone("UTC")
+        local = local.dt.convert_time_zone(self.timezone)
+        bucket = (gap_seconds.cast(pl.Float64) + 1.0).log(2).floor().clip(0, GAP_BUCKETS - 1)
+        exprs = {
+            "hour": local.dt.hour().cast(ID_DTYPE) + N_RESERVED,
+            "weekday": local.dt.weekday().cast(ID_DTYPE) - 1 + N_RESERVED,  # Monday = 1
+            "gap": pl.when(gap_seconds.is_null())
+            .then(pl.lit(MISSING, ID_DTYPE))
+            .otherwise(bucket.cast(ID_DTYPE) + N_RESERVED),
+        }
+        return {part: exprs[part].cast(ID_DTYPE) for part in self.parts}
+
+
+@dataclass
+class ItemVocab:
+    """Item ids → contiguous ids from N_RESERVED; covers every item in the interactions."""
+
+    ids: list[Any] = field(default_factory=list)  # raw item ids, in id order
+
+    def __len__(self) -> int:
+        return N_RESERVED + len(self.ids)
+
+    def encode(self, raw_ids: pl.Expr) -> pl.Expr:
+        new = list(range(N_RESERVED, N_RESERVED + len(self.ids)))
+        return raw_ids.replace_strict(self.ids, new, default=OOV, return_dtype=ID_DTYPE)
+
+
+Encoder = (
+    CategoricalEncoder
+    | MultiCategoricalEncoder
+    | QuantileBinEncoder
+    | StandardEncoder
+    | TimeEncoder
+)
+_KINDS: dict[str, type] = {
+    cls.kind: cls
+    for cls in (
+        CategoricalEncoder,
+        MultiCategoricalEncoder,
+        QuantileBinEncoder,
+        StandardEncoder,
+        TimeEncoder,
+    )
+}
+
+
+def encoder_for(feature: Any) -> Encoder:
+    """A fresh (unfitted) encoder for a feature of the spec."""
+    if isinstance(feature, MultiCategoricalFeature):
+        return MultiCategoricalEncoder(min_count=feature.min_count)
+    if isinstance(feature, CategoricalFeature):
+        return CategoricalEncoder(min_count=feature.min_count)
+    if isinstance(feature, NumericFeature):
+        if feature.transform == "standard":
+            return StandardEncoder()
+        return QuantileBinEncoder(bins=feature.bins)
+    if isinstance(feature, TimeFeature):
+        return TimeEncoder(parts=list(feature.parts), timezone=feature.timezone)
+    raise TypeError(f"no encoder for {type(feature).__name__}")
+
+
+def encoder_to_dict(encoder: Encoder) -> dict[str, Any]:
+    return {"kind": encoder.kind, **asdict(encoder)}
+
+
+def encoder_from_dict(data: dict[str, Any]) -> Encoder:
+    fields = dict(data)
+    return _KINDS[fields.pop("kind")](**fields)
+
+
+def save_encoders(path: Path, item_vocab: ItemVocab, encoders: dict[str, Encoder]) -> None:
+    payload = {
+        "reserved": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},
+        "item_vocab": item_vocab.ids,
+        "features": {name: encoder_to_dict(enc) for name, enc in encoders.items()},
+    }
+    path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+
+
+def load_encoders(path: Path) -> tuple[ItemVocab, dict[str, Encoder]]:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    features = {name: encoder_from_dict(d) for name, d in payload["features"].items()}
+    return ItemVocab(payload["item_vocab"]), features

@@ -1,0 +1,429 @@
+"""Canonical tables + spec → encoded per-user sequences with a split (DESIGN.md §1).
+
+Output (:class:`Prepared`):
+
+* ``sequences``: one row per user, ordered by user id. ``item`` (list of item ids), ``timestamp``
+  (list of unix seconds), one list column per event feature (``time`` expands to
+  ``time.hour``, ``time.weekday``, ``time.gap``), one column per user feature, and the split:
+  ``train_len`` (events ``[0, train_len)`` are training events), ``valid_idx`` / ``test_idx``
+  (position of the validation / test target; null when the user is not evaluated).
+* ``items``: the item-feature table, row ``i`` = item id ``i``. Item features follow the
+  item, so they are looked up by id rather than copied into every sequence; the reserved
+  rows make the leakage rule structural: the ``[MASK]`` item's features are all ``MASK``.
+
+Events of a user are ordered by (timestamp, original row order). Encoders see the training
+split only; the item vocabulary covers every item in the interactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from featrec.datasets import Tables, cache_dir, epoch_seconds, fingerprint, load_tables
+from featrec.encoders import (
+    ID_DTYPE,
+    MASK,
+    MISSING,
+    OOV,
+    PAD,
+    Encoder,
+    ItemVocab,
+    MultiCategoricalEncoder,
+    StandardEncoder,
+    TimeEncoder,
+    encoder_for,
+    load_encoders,
+    save_encoders,
+)
+from featrec.errors import DataError
+from featrec.spec import AnyFeature, Spec
+
+log = logging.getLogger(__name__)
+
+MIN_EVENTS = 3  # fewer events than this: the user trains but is not evaluated
+FORMAT_VERSION = 1
+_TABLE_OF_SCOPE = {"event": "interactions", "user": "users", "item": "items"}
+_KEY_OF_SCOPE = {"user": "user_id", "item": "item_id"}
+
+
+@dataclass
+class Prepared:
+    sequences: pl.DataFrame
+    items: pl.DataFrame
+    item_vocab: ItemVocab
+    encoders: dict[str, Encoder]
+    stats: dict[str, Any]
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.sequences.write_parquet(directory / "sequences.parquet")
+        self.items.write_parquet(directory / "items.parquet")
+        save_encoders(directory / "encoders.json", self.item_vocab, self.encoders)
+        (directory / "stats.json").write_text(json.dumps(self.stats, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> Prepared:
+        item_vocab, encoders = load_encoders(directory / "encoders.json")
+        return cls(
+            sequences=pl.read_parquet(directory / "sequences.parquet"),
+            items=pl.read_parquet(directory / "items.parquet"),
+            item_vocab=item_vocab,
+            encoders=encoders,
+            stats=json.loads((directory / "stats.json").read_text(encoding="utf-8")),
+        )
+
+
+def feature_columns(name: str, encoder: Encoder) -> list[str]:
+    """Columns an encoded feature occupies (a time feature: one per part)."""
+    if isinstance(encoder, TimeEncoder):
+        return [f"{name}.{part}" for part in encoder.parts]
+    return [name]
+
+
+# ---------------------------------------------------------------------------------------
+# cache
+
+
+def cache_key(spec: Spec) -> str:
+    """Everything the prepared data depends on: the input files, features and split."""
+    parts = {
+        "version": FORMAT_VERSION,
+        "data": fingerprint(spec.data),
+        "columns": spec.data.columns.model_dump(),
+        "features": [f.model_dump(exclude={"dim"}) for f in spec.features],
+        "split": spec.eval.model_dump(include={"split", "valid_quantile", "test_quantile"}),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prepared, Path | None]:
+    """Load the prepared data for ``spec`` from the cache, or build it (and cache it).
+
+    ``refresh`` rebuilds even when cached. Returns the data and the cache folder it lives in
+    (None with ``cache=False``).
+    """
+    folder = cache_dir() / "prepared" / f"{spec.name}-{cache_key(spec)}"
+    if cache and not refresh and (folder / "stats.json").is_file():
+        log.info("prepared data from cache %s", folder)
+        return Prepared.load(folder), folder
+    _warm_sklearn(spec)
+    prepared = build(spec, load_tables(spec.data))
+    if not cache:
+        return prepared, None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    try:  # write beside, then swap in: a failure never leaves a half-written cache
+        prepared.save(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return prepared, folder
+
+
+def _warm_sklearn(spec: Spec) -> None:
+    """Import scikit-learn (~1.5 s, mostly scipy) in the background while the files load.
+
+    Only numeric features fit with it; the import would otherwise be half of ML-1M's time
+    from raw files to sequences.
+    """
+    if (
+        any(f.type == "numeric" for f in spec.features)
+        and "sklearn.preprocessing" not in sys.modules
+    ):
+        threading.Thread(
+            target=importlib.import_module, args=("sklearn.preprocessing",), daemon=True
+        ).start()
+
+
+# ---------------------------------------------------------------------------------------
+# build
+
+
+def build(spec: Spec, tables: Tables) -> Prepared:
+    _check_inputs(spec, tables)
+    events = order_and_split(_event_frame(spec, tables), spec).collect()
+    item_vocab = ItemVocab(events.get_column("item_id").unique().sort().to_list())
+    train = events.filter(pl.col("pos") < pl.col("train_len"))
+
+    user_raw = _scope_frame(spec, tables, "user")
+    item_raw = _scope_frame(spec, tables, "item")
+    train_users = train.select("user_id").unique()
+    train_items = train.select("item_id").unique()
+    encoders: dict[str, Encoder] = {}
+    for feature in spec.features:
+        if feature.scope == "user":
+            source = user_raw.join(train_users, on="user_id", how="semi")
+        elif feature.scope == "item":
+            source = item_raw.join(train_items, on="item_id", how="semi")
+        else:
+            source = train
+        encoders[feature.name] = encoder_for(feature).fit(source.get_column(feature.name))
+
+    encoded_events = events.lazy().with_columns(
+        item_vocab.encode(pl.col("item_id")).alias("item"),
+        *_encode(spec, encoders, "event"),
+    )
+    event_columns = [
+        c for f in spec.features_in("event") for c in feature_columns(f.name, encoders[f.name])
+    ]
+    sequences = (
+        encoded_events.group_by("user_id", maintain_order=True)
+        .agg(
+            pl.col("item", "timestamp", *event_columns),
+            pl.col("train_len", "valid_idx", "test_idx").first(),
+        )
+        .join(
+            user_raw.lazy().select("user_id", *_encode(spec, encoders, "user")),
+            on="user_id",
+            how="left",
+        )
+        .with_columns(_fill_missing(spec, encoders, "user"))
+        .sort("user_id")
+        .collect()
+    )
+    items = _item_table(spec, encoders, item_vocab, item_raw)
+    stats = _stats(spec, events, sequences, item_vocab, encoders)
+    return Prepared(sequences, items, item_vocab, encoders, stats)
+
+
+def _check_inputs(spec: Spec, tables: Tables) -> None:
+    interactions = tables.interactions
+    where = tables.origin.get("interactions", "interactions")
+    if interactions.height == 0:
+        raise DataError(f"{where}: the interactions table is empty (no rows to learn from)")
+    for key in ("user_id", "item_id", "timestamp"):
+        nulls = interactions.get_column(key).null_count()
+        if nulls:
+            raise DataError(
+                f"{where}: {nulls:,} interactions have no {key} (null); drop or fix them"
+            )
+    for i, feature in enumerate(spec.features):
+        table_name = _TABLE_OF_SCOPE[feature.scope]
+        table = getattr(tables, table_name)
+        if table is None:
+            raise DataError(
+                f"{spec.source}: features[{i}] ({feature.name}): a {feature.scope} feature needs "
+                f"a {table_name} table, but the data has none (set data.{table_name})"
+            )
+        if feature.column not in table.columns:
+            raise DataError(
+                f"{spec.source}: features[{i}].column: column '{feature.column}' not in the "
+                f"{table_name} table ({tables.origin.get(table_name, table_name)}); "
+                f"columns: {', '.join(table.columns)}"
+            )
+        dtype = table.schema[feature.column]
+        problem = None
+        if feature.type == "numeric" and not dtype.is_numeric():
+            problem = f"holds {dtype}; a numeric feature needs numbers"
+        unsplit = getattr(feature, "separator", None) is None
+        if feature.type == "multi_categorical" and not isinstance(dtype, pl.List) and unsplit:
+            problem = f"holds {dtype}, not lists; set separator to split the text"
+        if problem:
+            raise DataError(
+                f"{spec.source}: features[{i}].column: column '{feature.column}' {problem}"
+            )
+
+
+def _raw_value(feature: AnyFeature, frame: pl.DataFrame) -> pl.Expr:
+    """The feature's input values, named after the feature."""
+    if feature.type == "time":
+        return epoch_seconds(frame, feature.column).alias(feature.name)
+    column = pl.col(feature.column)
+    separator = getattr(feature, "separator", None)
+    if separator is not None and frame.schema[feature.column] == pl.String:
+        parts = column.str.split(separator)
+        column = parts.list.eval(pl.element().filter(pl.element() != ""))  # "" is no value
+    return column.alias(feature.name)
+
+
+def _event_frame(spec: Spec, tables: Tables) -> pl.LazyFrame:
+    frame = tables.interactions
+    features = spec.features_in("event")
+    return frame.lazy().select(
+        "user_id", "item_id", "timestamp", *(_raw_value(f, frame) for f in features)
+    )
+
+
+def _scope_frame(spec: Spec, tables: Tables, scope: str) -> pl.DataFrame:
+    """One row per user / item with the raw values of that scope's features."""
+    key = _KEY_OF_SCOPE[scope]
+    table = getattr(tables, _TABLE_OF_SCOPE[scope])
+    features = spec.features_in(scope)
+    if table is None or not features:
+        return pl.DataFrame({key: []}, schema={key: tables.interactions.schema[key]})
+    return table.select(key, *(_raw_value(f, table) for f in features)).unique(
+        subset=key, keep="first", maintain_order=True
+    )
+
+
+def order_and_split(events: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """Order each user's events by (timestamp, row order) and add the split columns.
+
+    Adds ``pos`` (0-based position in the user's sequence), ``gap`` (seconds since the
+    previous event; null for the first), ``train_len``, ``valid_idx`` and ``test_idx``.
+    """
+    ordered = (
+        events.with_row_index("row")
+        .sort("user_id", "timestamp", "row")
+        .with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int32).over("user_id").alias("pos"),
+            pl.len().over("user_id").cast(pl.Int32).alias("n"),
+        )
+    )
+    time_features = [f for f in spec.features_in("event") if f.type == "time"]
+    ordered = ordered.with_columns(
+        pl.col(f.name).diff().over("user_id").alias(f"{f.name}.gap_s") for f in time_features
+    )
+    evaluated = pl.col("n") >= MIN_EVENTS
+    if spec.eval.split == "leave_one_out":
+        return ordered.with_columns(
+            pl.when(evaluated).then(pl.col("n") - 2).otherwise(pl.col("n")).alias("train_len"),
+            pl.when(evaluated).then(pl.col("n") - 2).alias("valid_idx"),
+            pl.when(evaluated).then(pl.col("n") - 1).alias("test_idx"),
+        ).drop("row", "n")
+    valid_from, test_from = temporal_cutoffs(events, spec)
+
+    def first_in_window(start: int, end: int) -> pl.Expr:
+        """Position of the user's first event in [start, end) that has some history."""
+        time = pl.col("timestamp")
+        inside = (time >= start) & (time < end) & (pl.col("pos") > 0)
+        return pl.col("pos").filter(inside).min().over("user_id")
+
+    return ordered.with_columns(
+        (pl.col("timestamp") < valid_from).sum().over("user_id").cast(pl.Int32).alias("train_len"),
+        pl.when(evaluated).then(first_in_window(valid_from, test_from)).alias("valid_idx"),
+        pl.when(evaluated).then(first_in_window(test_from, 2**62)).alias("test_idx"),
+    ).drop("row", "n")
+
+
+def temporal_cutoffs(events: pl.LazyFrame, spec: Spec) -> tuple[int, int]:
+    """Global time cutoffs (unix seconds) at the spec's quantiles of all event times."""
+    quantiles = events.select(
+        pl.col("timestamp").quantile(spec.eval.valid_quantile, "lower").alias("valid"),
+        pl.col("timestamp").quantile(spec.eval.test_quantile, "lower").alias("test"),
+    ).collect()
+    return int(quantiles.item(0, "valid")), int(quantiles.item(0, "test"))
+
+
+def _encode(spec: Spec, encoders: dict[str, Encoder], scope: str) -> list[pl.Expr]:
+    exprs = []
+    for feature in spec.features_in(scope):
+        encoder = encoders[feature.name]
+        if isinstance(encoder, TimeEncoder):
+            parts = encoder.encode_parts(pl.col(feature.name), pl.col(f"{feature.name}.gap_s"))
+            exprs += [expr.alias(f"{feature.name}.{part}") for part, expr in parts.items()]
+        else:
+            exprs.append(encoder.encode(pl.col(feature.name)).alias(feature.name))
+    return exprs
+
+
+def _reserved(encoder: Encoder, reserved_id: int) -> Any:
+    """The encoded value a reserved row / missing entity carries for this feature."""
+    if isinstance(encoder, StandardEncoder):
+        return 0.0
+    if isinstance(encoder, MultiCategoricalEncoder):
+        return [reserved_id]
+    return reserved_id
+
+
+def _dtype(encoder: Encoder) -> pl.DataType:
+    if isinstance(encoder, StandardEncoder):
+        return pl.Float32()
+    if isinstance(encoder, MultiCategoricalEncoder):
+        return pl.List(ID_DTYPE)
+    return ID_DTYPE()
+
+
+def _fill_missing(spec: Spec, encoders: dict[str, Encoder], scope: str) -> list[pl.Expr]:
+    """Users / items absent from their side table: every feature is MISSING."""
+    return [
+        pl.col(f.name).fill_null(
+            pl.lit(_reserved(encoders[f.name], MISSING), _dtype(encoders[f.name]))
+        )
+        for f in spec.features_in(scope)
+    ]
+
+
+def _item_table(
+    spec: Spec, encoders: dict[str, Encoder], item_vocab: ItemVocab, item_raw: pl.DataFrame
+) -> pl.DataFrame:
+    """Encoded item features, row i = item id i; reserved rows carry their own reserved id."""
+    ids = pl.int_range(len(item_vocab), eager=True, dtype=ID_DTYPE).alias("item")
+    features = spec.features_in("item")
+    if not features:
+        return ids.to_frame()
+    known = (
+        pl.DataFrame({"item_id": item_vocab.ids}, schema={"item_id": item_raw.schema["item_id"]})
+        .lazy()
+        .join(item_raw.lazy(), on="item_id", how="left", maintain_order="left")
+        .select(_encode(spec, encoders, "item"))
+        .with_columns(_fill_missing(spec, encoders, "item"))
+        .collect()
+    )
+    reserved = pl.DataFrame(
+        [
+            pl.Series(
+                f.name,
+                [_reserved(encoders[f.name], rid) for rid in (PAD, MASK, OOV, MISSING)],
+                dtype=_dtype(encoders[f.name]),
+            )
+            for f in features
+        ]
+    )
+    return pl.concat([reserved, known]).select(ids, *(f.name for f in features))
+
+
+def _stats(
+    spec: Spec,
+    events: pl.DataFrame,
+    sequences: pl.DataFrame,
+    item_vocab: ItemVocab,
+    encoders: dict[str, Encoder],
+) -> dict[str, Any]:
+    evaluated = sequences.filter(pl.col("test_idx").is_not_null()).height
+    features = {}
+    for feature in spec.features:
+        encoder = encoders[feature.name]
+        if isinstance(encoder, TimeEncoder):
+            size: Any = encoder.cardinalities
+        else:
+            size = encoder.cardinality
+        features[feature.name] = {"scope": feature.scope, "type": feature.type, "cardinality": size}
+    split: dict[str, Any] = {
+        "method": spec.eval.split,
+        "train_events": int(events.filter(pl.col("pos") < pl.col("train_len")).height),
+        "valid_users": int(sequences.get_column("valid_idx").is_not_null().sum()),
+        "test_users": int(sequences.get_column("test_idx").is_not_null().sum()),
+        "left_out_users": int(sequences.height - evaluated),
+    }
+    if spec.eval.split == "temporal":
+        valid_from, test_from = temporal_cutoffs(events.lazy(), spec)
+        split["valid_from"] = _iso(valid_from)
+        split["test_from"] = _iso(test_from)
+    return {
+        "users": sequences.height,
+        "items": len(item_vocab.ids),
+        "events": events.height,
+        "split": split,
+        "features": features,
+    }
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,471 @@
+"""The experiment spec: pydantic models, YAML loading, ``--set`` overrides, readable errors.
+
+A spec is frozen once loaded. Behavior-only and ablation variants are new specs made from it
+(:meth:`Spec.behavior_only`), never flags that code branches on later.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from featrec.errors import SpecError
+
+Scope = Literal["item", "user", "event"]
+KnownAt = Literal["request", "after"]
+TimePart = Literal["hour", "weekday", "gap"]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _FeatureBase(_Frozen):
+    name: Identifier = Field(description="Unique feature name; keys its embedding module.")
+    scope: Scope = Field(
+        description="item: joined by item id; user: static per user; event: column of the "
+        "interaction itself."
+    )
+    column: str = Field(description="Column in the table of this scope that holds the values.")
+    known_at: KnownAt | None = Field(
+        None,
+        description="Event features only. 'request': known when a recommendation is asked for "
+        "(stays visible at the predicted slot); 'after' (default): known only after the "
+        "interaction (hidden at the predicted slot).",
+    )
+    dim: int | None = Field(
+        None, gt=0, description="Embedding width for this feature (default: model.dim)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_known_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scope") == "event" and data.get("known_at") is None:
+            data = {**data, "known_at": "after"}
+        return data
+
+    @model_validator(mode="after")
+    def _known_at_only_for_events(self) -> _FeatureBase:
+        if self.scope != "event" and self.known_at is not None:
+            raise ValueError(
+                f"known_at applies to event features only ({self.scope} features are "
+                f"{'always hidden' if self.scope == 'item' else 'always visible'} at the "
+                "predicted slot)"
+            )
+        return self
+
+    @property
+    def hidden_at_target(self) -> bool:
+        """Whether this feature is hidden at a masked / predicted slot (DESIGN.md §3)."""
+        if self.scope == "item":
+            return True
+        if self.scope == "user":
+            return False
+        return self.known_at != "request"
+
+
+class CategoricalFeature(_FeatureBase):
+    type: Literal["categorical"]
+    min_count: int = Field(
+        1, ge=1, description="Values seen fewer times in the training split map to OOV."
+    )
+
+
+class MultiCategoricalFeature(_FeatureBase):
+    type: Literal["multi_categorical"]
+    separator: str | None = Field(
+        None, description="Split a string column on this separator (None: already a list)."
+    )
+    min_count: int = Field(
+        1, ge=1, description="Values seen fewer times in the training split map to OOV."
+    )
+
+
+class NumericFeature(_FeatureBase):
+    type: Literal["numeric"]
+    transform: Literal["quantile_bins", "standard"] = Field(
+        "quantile_bins", description="quantile_bins: ids of quantile bins; standard: z-score."
+    )
+    bins: int = Field(10, ge=2, le=1000, description="Number of quantile bins.")
+
+
+class TimeFeature(_FeatureBase):
+    type: Literal["time"]
+    parts: list[TimePart] = Field(
+        ["hour", "weekday", "gap"],
+        min_length=1,
+        description="hour of day, day of week, log2-bucketed seconds since the previous event.",
+    )
+    timezone: str = Field("UTC", description="IANA time zone for hour and weekday.")
+
+    @field_validator("parts")
+    @classmethod
+    def _unique_parts(cls, parts: list[str]) -> list[str]:
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"parts must not repeat; got {parts}")
+        return parts
+
+    @model_validator(mode="after")
+    def _event_scope(self) -> TimeFeature:
+        if self.scope != "event":
+            raise ValueError(
+                f"time features describe events; expected scope event, got {self.scope}"
+            )
+        return self
+
+
+AnyFeature = CategoricalFeature | MultiCategoricalFeature | NumericFeature | TimeFeature
+Feature = Annotated[AnyFeature, Field(discriminator="type")]
+FEATURE_MODELS: dict[str, type[_FeatureBase]] = {
+    "categorical": CategoricalFeature,
+    "multi_categorical": MultiCategoricalFeature,
+    "numeric": NumericFeature,
+    "time": TimeFeature,
+}
+
+
+class ColumnMap(_Frozen):
+    user: str = Field("user_id", description="User id column (all tables).")
+    item: str = Field("item_id", description="Item id column (all tables).")
+    time: str = Field("timestamp", description="Event time: unix seconds, date or datetime.")
+
+
+class DataSpec(_Frozen):
+    dataset: str | None = Field(None, description="Name of a dataset card in datasets/.")
+    interactions: Path | None = Field(
+        None, description="Your own interactions file (csv, parquet, arrow); relative to the spec."
+    )
+    users: Path | None = Field(None, description="Optional users table (one row per user).")
+    items: Path | None = Field(None, description="Optional items table (one row per item).")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+
+    @field_validator("interactions", "users", "items")
+    @classmethod
+    def _relative_to_spec(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if path is None or path.is_absolute() or base is None:
+            return path
+        return Path(base) / path
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.dataset is None) == (self.interactions is None):
+            raise ValueError("set exactly one of data.dataset (a card) or data.interactions")
+        if self.dataset is not None and (self.users or self.items):
+            raise ValueError("data.users / data.items go with data.interactions, not a card")
+        return self
+
+
+class FusionSpec(_Frozen):
+    method: Literal["sum", "concat", "gate"] = Field(
+        "sum", description="How feature embeddings join the item embedding."
+    )
+    user: Literal["add", "token"] = Field(
+        "add", description="User features: added to every token, or one prepended user token."
+    )
+
+
+class ModelSpec(_Frozen):
+    dim: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(2, gt=0)
+    max_len: int = Field(200, gt=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelSpec:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"model.dim ({self.dim}) is not a multiple of model.heads ({self.heads})"
+            )
+        return self
+
+
+class TrainSpec(_Frozen):
+    mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
+    last_item_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of sequences with only the last item masked."
+    )
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1.0e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(5.0, gt=0.0)
+    epochs: int = Field(200, gt=0)
+    patience: int = Field(20, gt=0)
+    eval_every: int = Field(1, gt=0)
+    seed: int = 0
+    device: str = "cpu"
+
+
+class EvalSpec(_Frozen):
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    ks: list[Annotated[int, Field(gt=0)]] = Field([1, 5, 10, 20], min_length=1)
+    exclude_seen: bool = True
+    valid_quantile: float = Field(
+        0.8, gt=0.0, lt=1.0, description="temporal split: validation window starts here."
+    )
+    test_quantile: float = Field(
+        0.9, gt=0.0, lt=1.0, description="temporal split: test window starts here."
+    )
+    sampled_negatives: int | None = Field(
+        None, gt=0, description="Also report the popularity-sampled N-negative protocol."
+    )
+
+    @model_validator(mode="after")
+    def _ordered_windows(self) -> EvalSpec:
+        if self.valid_quantile >= self.test_quantile:
+            raise ValueError(
+                f"eval.valid_quantile ({self.valid_quantile}) must be below "
+                f"eval.test_quantile ({self.test_quantile})"
+            )
+        return self
+
+
+class Spec(_Frozen):
+    name: Identifier
+    data: DataSpec
+    features: list[Feature] = Field(default_factory=list, description="Empty: behavior-only.")
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    _source: str = PrivateAttr("spec")
+
+    @property
+    def source(self) -> str:
+        """The file the spec was loaded from, for error messages."""
+        return self._source
+
+    @field_validator("features")
+    @classmethod
+    def _unique_names(cls, features: list[AnyFeature]) -> list[AnyFeature]:
+        first: dict[str, int] = {}
+        for i, feature in enumerate(features):
+            if feature.name in first:
+                raise ValueError(
+                    f"duplicate feature name '{feature.name}' "
+                    f"(features[{first[feature.name]}] and features[{i}])"
+                )
+            first[feature.name] = i
+        return features
+
+    def behavior_only(self) -> Spec:
+        """The same experiment with item ids only: same data, split, seed and model size."""
+        return self.model_copy(update={"features": []})
+
+    def features_in(self, scope: Scope) -> list[AnyFeature]:
+        return [f for f in self.features if f.scope == scope]
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read a YAML spec, apply ``a.b=c`` overrides, validate.
+
+    Raises :class:`SpecError` whose message names the file (or the override), the field
+    path and what was expected.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read spec file ({err.strerror or err})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"{path}: not valid YAML at {where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level; got {type(raw).__name__}")
+    applied = [apply_override(raw, text_) for text_ in overrides]
+    try:
+        spec = Spec.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, str(path), applied)) from None
+    spec._source = str(path)
+    return spec
+
+
+def apply_override(raw: dict, text: str) -> tuple[tuple[str | int, ...], str]:
+    """Set ``a.b=c`` (or ``features.NAME.key=v``, ``features[0].key=v``) in ``raw``.
+
+    Scalars stay strings and pydantic converts them to the field's type; values starting
+    with ``[`` or ``{`` are parsed as YAML; ``null`` / ``~`` mean None. Returns the
+    normalized path and the override's text, for error messages.
+    """
+    key, sep, value_text = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    tokens = _path_tokens(key.strip(), text)
+    value = _parse_value(value_text.strip(), text)
+    node: Any = raw
+    resolved: list[str | int] = []
+    for depth, token in enumerate(tokens):
+        last = depth == len(tokens) - 1
+        where = ".".join(map(str, resolved)) or "the spec"
+        if isinstance(node, list):
+            index = _list_index(node, token, text, where)
+            resolved.append(index)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            resolved.append(token)
+            if last:
+                node[token] = value
+            else:
+                node = node.setdefault(token, {})
+        else:
+            raise SpecError(
+                f"--set {text}: {where} is a {type(node).__name__} ({node!r}), not a section"
+            )
+    return tuple(resolved), text
+
+
+def _path_tokens(key: str, text: str) -> list[str]:
+    tokens: list[str] = []
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        if not part:
+            raise SpecError(f"--set {text!r}: empty field name in '{key}'")
+        tokens.append(part)
+    return tokens
+
+
+def _list_index(node: list, token: str, text: str, where: str) -> int:
+    if token.isdigit():
+        index = int(token)
+        if index >= len(node):
+            raise SpecError(f"--set {text}: {where} has {len(node)} entries; no index {index}")
+        return index
+    names = [entry.get("name") for entry in node if isinstance(entry, dict)]
+    if token in names:
+        return names.index(token)
+    raise SpecError(
+        f"--set {text}: {where} has no entry named '{token}' "
+        f"(names: {', '.join(map(str, names)) or 'none'}; or use an index)"
+    )
+
+
+def _parse_value(value_text: str, text: str) -> Any:
+    if value_text in ("null", "~", "None"):
+        return None
+    if value_text[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(value_text)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {text!r}: value is not valid YAML: {value_text}") from None
+    return value_text
+
+
+# ---------------------------------------------------------------------------------------
+# error messages
+
+
+def format_validation_error(
+    err: ValidationError, source: str, overrides: Sequence[tuple[tuple[str | int, ...], str]] = ()
+) -> str:
+    """One readable line per problem: ``source: field.path: expected ...; got ...``."""
+    lines = []
+    for problem in err.errors():
+        loc = _display_loc(problem["loc"])
+        origin = source
+        for path, text in overrides:
+            if tuple(loc[: len(path)]) == path:
+                origin = f"--set {text}"
+        field = _format_loc(loc)
+        lines.append(f"{origin}: {field}: {_describe(problem, loc)}")
+    return " | ".join(lines)
+
+
+def _display_loc(loc: tuple) -> tuple:
+    """Drop the discriminator tag pydantic inserts after a list index (features[2].numeric)."""
+    out: list = []
+    for part in loc:
+        if out and isinstance(out[-1], int) and part in FEATURE_MODELS:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _describe(problem: dict, loc: tuple) -> str:
+    kind, ctx, value = problem["type"], problem.get("ctx", {}), problem.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key (allowed: {', '.join(allowed)}){suggestion}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"expected one of {ctx['expected']}; got {value!r}"
+    if kind == "union_tag_invalid":
+        return f"type: expected one of {ctx['expected_tags']}; got {ctx['tag']!r}"
+    if kind == "union_tag_not_found":
+        return f"missing key 'type' (one of {', '.join(map(repr, FEATURE_MODELS))})"
+    message = problem["msg"].removeprefix("Value error, ")
+    message = message.replace("Input should be", "expected").replace("Input", "value")
+    if isinstance(value, (str, int, float, bool)) and kind != "value_error":
+        message += f"; got {value!r}"
+    return message
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    """Field names of the model at ``loc`` in the spec (for 'unknown key' messages)."""
+    model: type[BaseModel] | None = Spec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in FEATURE_MODELS:
+            model = FEATURE_MODELS[part]
+            continue
+        field = model.model_fields.get(part) if model else None
+        model = _model_in(field.annotation) if field else None
+    if model is None:
+        return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The one pydantic model inside an annotation (``FusionSpec``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    found = {m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None}
+    return found.pop() if len(found) == 1 else None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec file, for editor autocompletion."""
+    schema = Spec.model_json_schema()
+    schema["title"] = "featrec spec"
+    return schema

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from featrec.cli import main
+from tests.conftest import write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["-q", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_prints_features_by_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "validate", str(ROOT / "feature_specs" / "ml-1m.yaml"))
+    assert code == 0
+    assert "features (7):" in out
+    assert "event  time" in out and "visible (known_at request)" in out
+    assert "event  rating" in out and "hidden (known_at after)" in out
+    item_row = next(line for line in out.splitlines() if "genres" in line)
+    assert item_row.split()[:3] == ["item", "genres", "multi_categorical"]
+
+
+def test_validate_behavior_only(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(ROOT / "feature_specs" / "ml-1m.yaml")
+    code, out, _ = run(capsys, "validate", spec, "--behavior-only")
+    assert code == 0 and "features: none (behavior-only" in out
+
+
+def test_schema_is_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "schema")
+    assert code == 0 and json.loads(out)["title"] == "featrec spec"
+
+
+@pytest.mark.parametrize(
+    ("body", "overrides", "expected"),
+    [
+        ({"train": {"epoch": 3}}, [], "train.epoch: unknown key"),
+        ({"model": {"dim": "x"}}, [], "model.dim: expected a valid integer"),
+        ({}, ["--set", "train.epochs"], "expected KEY=VALUE"),
+        ({"data": {"dataset": "ml-10m"}}, [], "no dataset card 'ml-10m'"),
+    ],
+)
+def test_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: dict, overrides: list, expected: str
+) -> None:
+    spec = write_spec(tmp_path, {"name": "x", "data": {"dataset": "ml-100k"}, **body})
+    code, out, err = run(capsys, "validate", str(spec), *overrides)
+    assert code == 2 and out == ""
+    assert err.startswith("featrec: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_prepare_prints_statistics_and_caches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_spec_body: dict
+) -> None:
+    spec = str(write_spec(tmp_path, tiny_spec_body))
+    code, out, _ = run(capsys, "prepare", spec)
+    assert code == 0
+    assert "tiny: 7 users, 11 items, 26 events" in out
+    assert "1 users left out of evaluation" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
+    assert rows["time"] == ["event", "time", "hour", "28,", "weekday", "11,", "gap", "36"]
+    assert rows["age"] == ["user", "numeric", "continuous"]
+    assert rows["job"] == ["user", "categorical", "7"]  # 3 jobs + 4 reserved
+    folder = Path(out.strip().splitlines()[-1].split("cached at ")[1])
+    assert (folder / "sequences.parquet").is_file()
+    stamp = (folder / "stats.json").stat().st_mtime_ns
+    assert run(capsys, "prepare", spec)[0] == 0
+    assert (folder / "stats.json").stat().st_mtime_ns == stamp  # served from the cache
+    assert run(capsys, "prepare", spec, "--force")[0] == 0
+    assert (folder / "stats.json").stat().st_mtime_ns != stamp
+
+
+def test_prepare_missing_column_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_spec_body: dict
+) -> None:
+    tiny_spec_body["features"][3]["column"] = "occupation"
+    code, _, err = run(capsys, "prepare", str(write_spec(tmp_path, tiny_spec_body)))
+    assert code == 2 and "column 'occupation' not in the users table" in err
+    assert "columns: uid, age, job" in err and err.count("\n") == 1
