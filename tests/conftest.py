@@ -51,7 +51,7 @@ def tiny_tables(tmp_path: Path) -> dict[str, Path]:
                     12, 18, 20, 13, 17, 19],
             "ts": [100, 200, 200, 300, 400, 50, 60, 70, 80, 10, 20, 1, 2, 3, 4, 5, 6, 500, 400,
                    600, 700, 700, 700, 90, 95, 99],
-            "rating": [5, 4, 3, 2, 1, 5, 4, 3, 2, 1, 5, 4, 3, 2, 1, 5, 4, 3, 2, 1, 5, 4, 3, 2, 1, 5],
+            "rating": [5, 4, 3, 2, 1] * 5 + [5],
             "device": ["ios", "web", "web", None, "ios", "android", "web", "web", "ios", "web",
                        "web", "ios", "ios", "ios", "web", "web", "tv", "web", "ios", "web", "web",
                        "ios", "web", "web", "ios", "web"],

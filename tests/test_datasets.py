@@ -102,14 +102,14 @@ def test_checksum_mismatch_is_an_error(
     (folder / "movies.dat").write_bytes(files["movies.dat"])
     (folder / "ratings.dat").write_bytes(files["ratings.dat"][:-5])  # truncated
     monkeypatch.setenv("FEATREC_DATA_DIR", str(tmp_path / "data"))
-    with pytest.raises(DataError, match="ratings.dat: sha256 mismatch") as caught:
+    with pytest.raises(DataError, match=r"ratings\.dat: sha256 mismatch") as caught:
         load_tables(DataSpec(dataset=str(card_path)))
     assert "truncated, corrupt" in str(caught.value)
 
 
 def test_missing_files_offline_is_an_error(toy_card: tuple[Path, dict]) -> None:
     with pytest.raises(
-        DataError, match="not found .* FEATREC_OFFLINE is set; set FEATREC_DATA_DIR"
+        DataError, match=r"not found .* FEATREC_OFFLINE is set; set FEATREC_DATA_DIR"
     ):
         load_tables(DataSpec(dataset=str(toy_card[0])))
 
@@ -142,7 +142,7 @@ def test_corrupt_download_leaves_nothing_behind(
         {"toy/ratings.dat": files["ratings.dat"], "toy/movies.dat": b"tampered"},
     )
     monkeypatch.delenv("FEATREC_OFFLINE")
-    with pytest.raises(DataError, match="could not be downloaded: .*movies.dat: sha256 mismatch"):
+    with pytest.raises(DataError, match=r"could not be downloaded: .*movies\.dat: sha256 mismatch"):
         load_tables(DataSpec(dataset=str(card_path)))
     cache = Path(os.environ["FEATREC_CACHE"]) / "datasets" / "toy"
     assert list(cache.iterdir()) == []  # not even the file that verified

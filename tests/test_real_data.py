@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,21 @@ def test_encoders_fitted_on_train_map_held_back_values_to_oov(tmp_path: Path) ->
     assert (encoded == OOV).all()
     known = seq.filter(pl.col("train_len") > 0)["zip"]
     assert (known >= N_RESERVED).all()
+
+
+@pytest.mark.skipif(
+    os.environ.get("FEATREC_NETWORK_TESTS") != "1",
+    reason="downloads 2 MB from PyPI; set FEATREC_NETWORK_TESTS=1 to run",
+)
+def test_ml100k_mirror_gives_the_same_canonical_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official host is unreachable here; the RecBole wheel on PyPI must serve instead."""
+    local = load_tables(DataSpec(dataset="ml-100k")) if os.environ.get("FEATREC_DATA_DIR") else None
+    monkeypatch.delenv("FEATREC_DATA_DIR", raising=False)
+    monkeypatch.delenv("FEATREC_OFFLINE")
+    fetched = load_tables(DataSpec(dataset="ml-100k"))
+    assert fetched.interactions.height == 100_000 and fetched.users.height == 943
+    if local is not None:
+        assert fetched.interactions.equals(local.interactions)
+        assert fetched.users.equals(local.users)
+        columns = ["item_id", "year", "genres"]
+        assert fetched.items.select(columns).equals(local.items.select(columns))

@@ -126,8 +126,9 @@ def test_prepared_round_trips_through_the_cache(tmp_path: Path, tiny_spec_body: 
     assert cache_key(spec.model_copy(update={"model": spec.model})) == cache_key(spec)
 
 
-def test_behavior_only_has_only_items_and_the_same_split(tiny: Prepared, tmp_path: Path,
-                                                          tiny_spec_body: dict) -> None:  # fmt: skip
+def test_behavior_only_has_only_items_and_the_same_split(
+    tiny: Prepared, tmp_path: Path, tiny_spec_body: dict
+) -> None:
     spec = load_spec(write_spec(tmp_path, tiny_spec_body)).behavior_only()
     plain = build(spec, load_tables(spec.data))
     assert plain.items.columns == ["item"] and plain.encoders == {}
