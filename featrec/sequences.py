@@ -18,14 +18,11 @@ split only; the item vocabulary covers every item in the interactions.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,7 +117,6 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     if cache and not refresh and (folder / "stats.json").is_file():
         log.info("prepared data from cache %s", folder)
         return Prepared.load(folder), folder
-    _warm_sklearn(spec)
     prepared = build(spec, load_tables(spec.data))
     if not cache:
         return prepared, None
@@ -134,21 +130,6 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return prepared, folder
-
-
-def _warm_sklearn(spec: Spec) -> None:
-    """Import scikit-learn (~1.5 s, mostly scipy) in the background while the files load.
-
-    Only numeric features fit with it; the import would otherwise be half of ML-1M's time
-    from raw files to sequences.
-    """
-    if (
-        any(f.type == "numeric" for f in spec.features)
-        and "sklearn.preprocessing" not in sys.modules
-    ):
-        threading.Thread(
-            target=importlib.import_module, args=("sklearn.preprocessing",), daemon=True
-        ).start()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,6 +68,40 @@ def test_quantile_bins_split_training_values_evenly() -> None:
     ids = encode(encoder, values.to_list())
     assert np.bincount(ids)[N_RESERVED:].tolist() == [250, 250, 250, 250]
     assert encode(encoder, [-1e9, 1e9, None, float("nan")]) == [4, 7, MISSING, MISSING]
+
+
+@pytest.mark.parametrize("bins", [2, 3, 7, 10])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quantile_bins_match_scikit_learn(bins: int, seed: int) -> None:
+    from sklearn.preprocessing import KBinsDiscretizer
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.integers(1930, 2001, 500), np.full(80, 1995), rng.normal(size=9)])
+    encoder = QuantileBinEncoder(bins=bins).fit(pl.Series("v", values))
+    reference = KBinsDiscretizer(
+        n_bins=bins,
+        encode="ordinal",
+        strategy="quantile",
+        subsample=None,
+        quantile_method="averaged_inverted_cdf",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns when tied quantiles merge bins
+        reference.fit(values.reshape(-1, 1))
+    assert encoder.edges == pytest.approx(reference.bin_edges_[0][1:-1].tolist())
+    probe = np.concatenate([values, rng.normal(1960, 40, 200)])
+    expected = reference.transform(probe.reshape(-1, 1))[:, 0].astype(int) + N_RESERVED
+    assert encode(encoder, probe.tolist()) == expected.tolist()
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0, 4.0, 8.0, None], [5.0, 5.0, 5.0]])
+def test_standard_scaling_matches_scikit_learn(values: list) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    encoder = StandardEncoder().fit(pl.Series("v", values))
+    present = np.array([v for v in values if v is not None]).reshape(-1, 1)
+    reference = StandardScaler().fit(present)
+    assert (encoder.mean, encoder.scale) == pytest.approx((reference.mean_[0], reference.scale_[0]))
 
 
 def test_quantile_bins_of_a_constant_column_is_one_bin() -> None:
