@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +118,19 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     if cache and not refresh and (folder / "stats.json").is_file():
         log.info("prepared data from cache %s", folder)
         return Prepared.load(folder), folder
-    prepared = build(spec, load_tables(spec.data))
+    started = time.perf_counter()
+    tables = load_tables(spec.data)
+    log.info(
+        "read %s interactions in %.2f s",
+        f"{tables.interactions.height:,}",
+        time.perf_counter() - started,
+    )
+    prepared = build(spec, tables)
+    log.info(
+        "built %s user sequences in %.2f s",
+        f"{prepared.stats['users']:,}",
+        time.perf_counter() - started,
+    )
     if not cache:
         return prepared, None
     folder.parent.mkdir(parents=True, exist_ok=True)

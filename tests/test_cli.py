@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from featrec.cli import main
@@ -85,3 +86,61 @@ def test_prepare_missing_column_exits_2(
     code, _, err = run(capsys, "prepare", str(write_spec(tmp_path, tiny_spec_body)))
     assert code == 2 and "column 'occupation' not in the users table" in err
     assert "columns: uid, age, job" in err and err.count("\n") == 1
+
+
+def _checksum_mismatch(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "data" / "ml-100k"
+    folder.mkdir(parents=True)
+    for name in ("u.data", "u.user", "u.item"):
+        (folder / name).write_text("1\t2\t3\t4\n")  # not the GroupLens bytes
+    monkeypatch.setenv("FEATREC_DATA_DIR", str(tmp_path / "data"))
+    body["data"] = {"dataset": "ml-100k"}
+    body["features"] = []
+
+
+def _empty_interactions(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(body["data"]["interactions"])
+    pl.read_parquet(path).clear().write_parquet(path)
+
+
+def _truncated_file(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(body["data"]["items"])
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _unknown_scope(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    body["features"][0]["scope"] = "usr"
+
+
+def _unknown_type(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    body["features"][0]["type"] = "tags"
+
+
+def _duplicate_names(tmp_path: Path, body: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    body["features"][1]["name"] = "tags"
+
+
+@pytest.mark.parametrize(
+    ("breaks", "expected"),
+    [
+        (_checksum_mismatch, "u.data: sha256 mismatch"),
+        (_empty_interactions, "the interactions table is empty"),
+        (_truncated_file, "items.parquet: cannot read as parquet"),
+        (_unknown_scope, "features[0].scope: expected one of 'item', 'user' or 'event'"),
+        (_unknown_type, "got 'tags'"),
+        (_duplicate_names, "duplicate feature name 'tags'"),
+    ],
+    ids=lambda value: getattr(value, "__name__", "")[1:],
+)
+def test_prepare_bad_input_exits_2_with_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_spec_body: dict,
+    breaks,
+    expected: str,
+) -> None:
+    breaks(tmp_path, tiny_spec_body, monkeypatch)
+    code, out, err = run(capsys, "prepare", str(write_spec(tmp_path, tiny_spec_body)))
+    assert code == 2 and out == ""
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
