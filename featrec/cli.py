@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from featrec.errors import FeatrecError
 from featrec.spec import (
@@ -76,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--force", action="store_true", help="rebuild even if cached")
     prepare.set_defaults(run=_prepare)
 
+    train = spec_command("train", "train a model; print the test metrics of the best epoch")
+    train.add_argument("--out", type=Path, help="run directory (default runs/NAME/TIMESTAMP)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained run's best checkpoint")
+    evaluate.add_argument("run_dir", type=Path, help="run directory written by featrec train")
+    evaluate.add_argument("--split", choices=["valid", "test"], default="test")
+    evaluate.set_defaults(run=_evaluate)
+
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
@@ -113,8 +124,54 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from featrec.train import default_run_dir, train
+
+    if args.resume and args.out is None:
+        raise FeatrecError("--resume needs --out RUN_DIR: the run to continue")
+    spec = _load(args)
+    run_dir = args.out or default_run_dir(spec)
+    log.info("run directory %s", run_dir)
+    final = train(spec, run_dir, resume=args.resume, progress=sys.stderr.isatty())
+    print(
+        f"{final['name']} ({final['variant']}): best epoch {final['best_epoch']} of "
+        f"{final['epochs_run']}, {final['train_seconds'] / 60:.1f} min; run in {run_dir}"
+    )
+    print(
+        describe_metrics(
+            {"test": final["test"], "most popular (test)": final["most_popular"]["test"]}
+        )
+    )
+    if final["fusion_weights"]:
+        weights = ", ".join(f"{k} {v:.3f}" for k, v in final["fusion_weights"].items())
+        print(f"fusion weights ({final['fusion']}): {weights}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from featrec.train import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.split)
+    print(
+        describe_metrics(
+            {args.split: result["metrics"], f"most popular ({args.split})": result["most_popular"]}
+        )
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # text
+
+
+def describe_metrics(tables: dict[str, dict[str, float]]) -> str:
+    """Rows: each metric set; columns: HR / NDCG / MRR at each K."""
+    first = next(iter(tables.values()))
+    keys = [k for k in first if "/" not in k] + [k for k in first if "/" in k]
+    rows = [["", *keys]]
+    for label, metrics in tables.items():
+        rows.append([label, *(f"{metrics[k]:.4f}" for k in keys)])
+    return _table(rows, indent="")
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> str:

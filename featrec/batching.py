@@ -1,0 +1,234 @@
+"""Prepared sequences → model inputs: windows, padding, Cloze masking, the leakage rules.
+
+Shape letters: B batch, L window length (≤ max_len), K list width (multi_categorical).
+
+All sequences live in flat tensors with per-user offsets, so a batch is a handful of
+vectorized gathers: no per-example Python work. Windows are right-aligned (left padding),
+so the newest event — the predicted slot at inference — is always the last position.
+
+The leakage rules of DESIGN.md §3 are applied here, in :func:`hide`, for training masks and
+for the predicted slot alike: the item id becomes ``MASK`` (so item features, looked up by
+item id inside the model, become the ``MASK`` row), and every event feature known only
+after the interaction becomes ``MASK``; request-known event features and user features stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from featrec.encoders import MASK, PAD, StandardEncoder
+from featrec.sequences import Prepared, feature_columns
+from featrec.spec import Spec
+
+IGNORE = -100  # label of positions outside the loss (the Hugging Face convention)
+Batch = dict[str, torch.Tensor]
+
+
+def _list_tensor(column: pl.Series) -> torch.Tensor:
+    """A list column → flat tensor of its elements."""
+    values = column.explode().to_numpy()
+    dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
+    return torch.as_tensor(np.array(values), dtype=dtype)  # a writable copy
+
+
+def padded_lists(column: pl.Series) -> torch.Tensor:
+    """A list column → (rows, K) tensor, right-padded with PAD."""
+    lengths = column.list.len().cast(pl.Int64).to_numpy()
+    width = max(int(lengths.max()) if len(lengths) else 1, 1)
+    out = torch.full((len(column), width), PAD, dtype=torch.int64)
+    rows = torch.repeat_interleave(torch.arange(len(column)), torch.from_numpy(lengths.copy()))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    cols = torch.arange(int(lengths.sum())) - torch.as_tensor(np.repeat(starts, lengths))
+    out[rows, cols] = _list_tensor(column)
+    return out
+
+
+def column_tensor(column: pl.Series) -> torch.Tensor:
+    """A scalar or list column (one row per user / item) → (rows,) or (rows, K) tensor."""
+    if isinstance(column.dtype, pl.List):
+        return padded_lists(column)
+    values = column.to_numpy()
+    dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
+    return torch.as_tensor(np.array(values), dtype=dtype)  # a writable copy
+
+
+def _position(column: pl.Series) -> torch.Tensor:
+    return torch.as_tensor(column.fill_null(-1).to_numpy(), dtype=torch.int64)
+
+
+@dataclass
+class SequenceData:
+    """Every user's encoded events in flat tensors (CSR layout) and the split positions.
+
+    ``item`` and each ``event[col]`` hold the events of user ``u`` at
+    ``offsets[u]:offsets[u + 1]``; ``train_len`` / ``valid_idx`` / ``test_idx`` are
+    positions in a user's sequence (-1: not evaluated).
+    """
+
+    offsets: torch.Tensor  # (U + 1,)
+    item: torch.Tensor  # (N,)
+    event: dict[str, torch.Tensor]  # column → (N,)
+    user: dict[str, torch.Tensor]  # feature → (U,) or (U, K)
+    train_len: torch.Tensor  # (U,)
+    valid_idx: torch.Tensor  # (U,)
+    test_idx: torch.Tensor  # (U,)
+    hidden_event: frozenset[str]  # event columns hidden at a masked / predicted slot
+    float_event: frozenset[str]  # event columns holding scaled numbers, not ids
+    user_ids: list
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
+        seq = prepared.sequences
+        lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
+        offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
+        event, hidden, floats = {}, set(), set()
+        for feature in spec.features_in("event"):
+            encoder = prepared.encoders[feature.name]
+            for column in feature_columns(feature.name, encoder):
+                event[column] = _list_tensor(seq.get_column(column))
+                if feature.hidden_at_target:
+                    hidden.add(column)
+                if isinstance(encoder, StandardEncoder):
+                    floats.add(column)
+        user = {f.name: column_tensor(seq.get_column(f.name)) for f in spec.features_in("user")}
+        return cls(
+            offsets=offsets,
+            item=_list_tensor(seq.get_column("item")),
+            event=event,
+            user=user,
+            train_len=_position(seq.get_column("train_len")),
+            valid_idx=_position(seq.get_column("valid_idx")),
+            test_idx=_position(seq.get_column("test_idx")),
+            hidden_event=frozenset(hidden),
+            float_event=frozenset(floats),
+            user_ids=seq.get_column("user_id").to_list(),
+        )
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    def targets(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, target positions) of the users evaluated on ``split`` (valid / test)."""
+        position = self.valid_idx if split == "valid" else self.test_idx
+        users = torch.nonzero(position >= 0).squeeze(1)
+        return users, position[users]
+
+
+def gather_window(
+    data: SequenceData, users: torch.Tensor, ends: torch.Tensor, max_len: int
+) -> Batch:
+    """Events ``[end - max_len, end)`` of each user, right-aligned and left-padded.
+
+    Returns ``item`` (B, L), ``event:<col>`` (B, L) and ``user:<feature>`` (B,) / (B, K).
+    """
+    starts = (ends - max_len).clamp(min=0)
+    length = int((ends - starts).max())
+    pos = ends[:, None] - length + torch.arange(length)  # (B, L) positions in each sequence
+    valid = pos >= starts[:, None]  # (B, L)
+    flat = data.offsets[users][:, None] + pos.clamp(min=0)  # (B, L) indices into the flat data
+    batch = {"item": torch.where(valid, data.item[flat], PAD)}
+    for column, values in data.event.items():
+        batch[f"event:{column}"] = torch.where(
+            valid, values[flat], 0.0 if values.is_floating_point() else PAD
+        )
+    for name, values in data.user.items():
+        batch[f"user:{name}"] = values[users]
+    return batch
+
+
+def hide(batch: Batch, mask: torch.Tensor, data: SequenceData) -> None:
+    """Apply the leakage rules in place at the positions of ``mask`` (B, L)."""
+    batch["item"] = batch["item"].masked_fill(mask, MASK)
+    for column in data.hidden_event:
+        key = f"event:{column}"
+        batch[key] = batch[key].masked_fill(mask, 0.0 if column in data.float_event else MASK)
+
+
+def training_batch(
+    data: SequenceData,
+    users: torch.Tensor,
+    max_len: int,
+    mask_prob: float,
+    last_item_share: float,
+    generator: torch.Generator,
+) -> tuple[Batch, torch.Tensor]:
+    """A Cloze batch over the users' training events: (inputs, labels (B, L))."""
+    batch = gather_window(data, users, data.train_len[users], max_len)
+    valid = batch["item"] != PAD  # (B, L)
+    draw = torch.rand(valid.shape, generator=generator)  # (B, L)
+    mask = (draw < mask_prob) & valid
+    # at least one masked item per sequence: the valid position with the highest draw
+    empty = ~mask.any(dim=1)
+    pick = torch.where(valid, draw, -1.0).argmax(dim=1)
+    mask[empty, pick[empty]] = True
+    # a share of sequences is masked as at inference: only the newest item
+    last_only = torch.rand(len(users), generator=generator) < last_item_share
+    mask[last_only] = False
+    mask[last_only, -1] = True
+    labels = torch.where(mask, batch["item"], IGNORE)
+    hide(batch, mask, data)
+    return batch, labels
+
+
+def length_aware_batches(
+    users: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    pool_batches: int = 32,
+) -> list[torch.Tensor]:
+    """Shuffled batches of users with similar sequence lengths, to cut padding.
+
+    Users are shuffled, cut into pools of ``pool_batches`` batches, sorted by length within a
+    pool and batched; then the batch order is shuffled. Every user appears exactly once, as
+    with plain shuffled batching; only who shares a batch changes.
+    """
+    order = users[torch.randperm(len(users), generator=generator)]
+    batches = []
+    for pool in torch.split(order, batch_size * pool_batches):
+        by_length = pool[torch.argsort(lengths[pool], stable=True)]
+        batches += list(torch.split(by_length, batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def request_batch(
+    data: SequenceData, users: torch.Tensor, targets: torch.Tensor, max_len: int
+) -> Batch:
+    """Inputs to predict position ``targets`` of each user (evaluation and inference alike).
+
+    The window ends with the predicted slot: its item and after-the-fact features are
+    hidden; its request-known features (time of the request, ...) stay visible.
+    """
+    batch = gather_window(data, users, targets + 1, max_len)
+    mask = torch.zeros_like(batch["item"], dtype=torch.bool)
+    mask[:, -1] = True
+    hide(batch, mask, data)
+    return batch
+
+
+def seen_items(
+    data: SequenceData, users: torch.Tensor, ends: torch.Tensor, num_items: int
+) -> torch.Tensor:
+    """(B, num_items) bool: the items in each user's events before position ``ends``."""
+    lengths = ends.clamp(min=0)
+    rows = torch.repeat_interleave(torch.arange(len(users)), lengths)
+    starts = torch.repeat_interleave(data.offsets[users], lengths)
+    within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
+        lengths.cumsum(0) - lengths, lengths
+    )
+    seen = torch.zeros(len(users), num_items, dtype=torch.bool)
+    seen[rows, data.item[starts + within]] = True
+    return seen
+
+
+def item_tables(prepared: Prepared, spec: Spec) -> dict[str, torch.Tensor]:
+    """Item features by item id: (num_items,) or (num_items, K), for the model's buffers."""
+    return {
+        f.name: column_tensor(prepared.items.get_column(f.name)) for f in spec.features_in("item")
+    }

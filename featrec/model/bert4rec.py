@@ -1,0 +1,157 @@
+"""BERT4Rec whose item tokens carry fused side features.
+
+Shape letters: B batch, L window length, D model dim, N scored positions, I items.
+
+Item features are buffers indexed by item id, so the ``[MASK]`` item brings the ``MASK``
+row of every item feature: the model cannot see the attributes of the item it predicts.
+Behavior-only is the same class built from a spec with no features: no side parameters,
+and ``forward`` never branches on a feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featrec.encoders import N_RESERVED, PAD
+from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
+from featrec.model.fusion import FUSIONS
+from featrec.spec import FusionSpec, ModelSpec
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # (B, L, D)
+    fusion_weights: torch.Tensor | None  # (B, L, S) for gate fusion; S = 1 + token features
+
+
+class BERT4Rec(nn.Module):
+    def __init__(
+        self,
+        model: ModelSpec,
+        fusion: FusionSpec,
+        num_items: int,
+        features: list[FeatureConfig],
+        item_tables: dict[str, torch.Tensor],
+    ) -> None:
+        super().__init__()
+        dim = model.dim
+        self.user_token = fusion.user == "token" and any(f.scope == "user" for f in features)
+        self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
+        self.token_features = [f for f in features if not (self.user_token and f.scope == "user")]
+        self.user_features = [f for f in features if self.user_token and f.scope == "user"]
+        for name, table in item_tables.items():
+            self.register_buffer(f"item_table_{name}", table)
+        self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
+        self.position_embedding = nn.Embedding(model.max_len + 1, dim)  # +1: the user token
+        dims = {"item": dim} | {f.name: f.dim for f in self.token_features}
+        # with item ids alone there is nothing to fuse: no fusion parameters at all
+        self.fusion = FUSIONS[fusion.method if len(dims) > 1 else "sum"](dims, dim)
+        self.user_projection = nn.ModuleDict(
+            {f.name: nn.Linear(f.dim, dim) for f in self.user_features if f.dim != dim}
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(model.dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, model.heads, model.dropout, model.attention_dropout)
+            for _ in range(model.layers)
+        )
+        # output head: transform, then scores tied to the item embedding (+ a bias per item)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.output_bias = nn.Parameter(torch.zeros(num_items))
+        self.apply(_init_weights)
+
+    @property
+    def num_items(self) -> int:
+        return self.item_embedding.num_embeddings
+
+    def _feature_values(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> list:
+        if config.scope == "item":
+            table = getattr(self, f"item_table_{config.name}")
+            return [table[batch["item"]]]  # (B, L) or (B, L, K)
+        return [batch[column.key] for column in config.columns]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        items = batch["item"]  # (B, L)
+        batch_size, length = items.shape
+        sources = {"item": self.item_embedding(items)}  # (B, L, D)
+        for config in self.token_features:
+            embedded = self.features[config.name](self._feature_values(config, batch))
+            if config.scope == "user":  # (B, D_f) → (B, L, D_f), a view, no copy
+                embedded = embedded.unsqueeze(1).expand(batch_size, length, -1)
+            sources[config.name] = embedded
+        tokens, weights = self.fusion(sources)  # (B, L, D)
+        padding = items == PAD  # (B, L)
+        if self.user_features:
+            user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, D)
+            tokens = torch.cat([user.unsqueeze(1), tokens], dim=1)  # (B, 1 + L, D)
+            padding = torch.cat([padding.new_zeros(batch_size, 1), padding], dim=1)
+        # positions count back from the newest event, so the predicted slot is always 0
+        total = tokens.shape[1]
+        positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
+        hidden = self.dropout(self.norm(tokens + self.position_embedding(positions)))
+        attend = ~padding[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
+        for layer in self.layers:
+            hidden = layer(hidden, attend)  # (B, L, D)
+        if self.user_features:
+            hidden = hidden[:, 1:]
+        return EncoderOutput(hidden=hidden, fusion_weights=weights)
+
+    def _user_vector(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        embedded = self.features[config.name](self._feature_values(config, batch))  # (B, D_f)
+        return (
+            self.user_projection[config.name](embedded)
+            if config.name in self.user_projection
+            else embedded
+        )
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, D) hidden states → (N, I) scores; reserved ids can never be recommended."""
+        logits = self.head(hidden) @ self.item_embedding.weight.T + self.output_bias
+        logits[:, :N_RESERVED] = float("-inf")
+        return logits
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer (as BERT) on torch's fused scaled-dot-product attention."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        )
+        self.norm_attention = nn.LayerNorm(dim)
+        self.norm_feed_forward = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
+        p = self.attention_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, L, D)
+        x = self.norm_attention(x + self.dropout(self.out(attended)))
+        return self.norm_feed_forward(x + self.dropout(self.feed_forward(x)))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """BERT's initialisation: truncated normal (std 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def build_model(spec, num_items: int, features: list[FeatureConfig], item_tables: dict) -> BERT4Rec:
+    """The model for a (resolved) spec; behavior-only specs give a model without features."""
+    return BERT4Rec(spec.model, spec.fusion, num_items, features, item_tables)

@@ -1,0 +1,85 @@
+"""One embedding module per declared feature (configs are data, turned into modules).
+
+Shape letters: B batch, L length, K list width, D the feature's width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from featrec.encoders import PAD, Encoder, MultiCategoricalEncoder, StandardEncoder, TimeEncoder
+from featrec.spec import Spec
+
+ColumnKind = Literal["ids", "list", "float"]
+
+
+@dataclass(frozen=True)
+class ColumnConfig:
+    """One encoded column: ``key`` names it in the batch (``event:time.hour``, ``user:age``)
+    or, for item features, in the model's item tables."""
+
+    key: str
+    kind: ColumnKind
+    cardinality: int  # 0 for float columns
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    name: str
+    scope: str
+    columns: tuple[ColumnConfig, ...]
+    dim: int
+
+
+def feature_configs(spec: Spec, encoders: dict[str, Encoder]) -> list[FeatureConfig]:
+    """Embedding configs for the spec's features, in sorted-name order."""
+    configs = []
+    for feature in sorted(spec.features, key=lambda f: f.name):
+        encoder = encoders[feature.name]
+        prefix = {"item": "", "user": "user:", "event": "event:"}[feature.scope]
+        if isinstance(encoder, TimeEncoder):
+            columns = tuple(
+                ColumnConfig(f"{prefix}{feature.name}.{part}", "ids", size)
+                for part, size in encoder.cardinalities.items()
+            )
+        elif isinstance(encoder, StandardEncoder):
+            columns = (ColumnConfig(prefix + feature.name, "float", 0),)
+        else:
+            kind: ColumnKind = "list" if isinstance(encoder, MultiCategoricalEncoder) else "ids"
+            columns = (ColumnConfig(prefix + feature.name, kind, encoder.cardinality),)
+        dim = feature.dim or spec.model.dim
+        configs.append(FeatureConfig(feature.name, feature.scope, columns, dim))
+    return configs
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds one feature's columns and sums them: ids → table, lists → mean of the
+    non-PAD entries' embeddings, floats → linear projection. Output (..., D)."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.parts = nn.ModuleList(
+            nn.Linear(1, config.dim)
+            if column.kind == "float"
+            else nn.Embedding(column.cardinality, config.dim, padding_idx=PAD)
+            for column in config.columns
+        )
+
+    def forward(self, values: list[torch.Tensor]) -> torch.Tensor:
+        out = None
+        for column, part, value in zip(self.config.columns, self.parts, values, strict=True):
+            if column.kind == "float":
+                embedded = part(value.unsqueeze(-1))  # (..., D)
+            elif column.kind == "list":
+                present = (value != PAD).unsqueeze(-1)  # (..., K, 1)
+                summed = (part(value) * present).sum(dim=-2)  # (..., D)
+                embedded = summed / present.sum(dim=-2).clamp(min=1)
+            else:
+                embedded = part(value)  # (..., D)
+            out = embedded if out is None else out + embedded
+        return out

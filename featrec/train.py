@@ -1,0 +1,389 @@
+"""Training: Cloze (masked-item) objective, early stopping on validation NDCG@10, checkpoints,
+resume, per-epoch metrics, a learning curve and final test metrics in the run directory.
+
+Run directory (DESIGN.md §6)::
+
+    spec.yaml            the resolved spec (behavior-only already applied)
+    encoders.json        fitted encoders and item vocabulary
+    checkpoints/best.pt  weights of the best validation epoch (load with weights_only=True)
+    checkpoints/last.pt  weights, optimizer, scheduler and RNG states of the last epoch
+    metrics.csv, metrics.jsonl   one row per epoch
+    learning_curve.png
+    final_metrics.json   test (and validation) metrics of the best epoch, most-popular baseline
+    ranks.parquet        each evaluated user's validation and test rank
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+import torch.nn.functional as F
+import yaml
+
+from featrec.batching import (
+    IGNORE,
+    SequenceData,
+    item_tables,
+    length_aware_batches,
+    request_batch,
+    training_batch,
+)
+from featrec.encoders import PAD, save_encoders
+from featrec.errors import FeatrecError
+from featrec.evaluate import evaluate_ranking, model_scorer, popularity_scorer
+from featrec.model import BERT4Rec, build_model, feature_configs
+from featrec.model.fusion import ConcatFusion
+from featrec.sequences import Prepared, prepare
+from featrec.spec import Spec, load_spec
+
+log = logging.getLogger(__name__)
+
+EARLY_STOP_METRIC = "ndcg@10"
+
+
+@dataclass
+class Experiment:
+    """What training and evaluation need: the spec, its data as tensors, the model."""
+
+    spec: Spec
+    prepared: Prepared
+    data: SequenceData
+    model: BERT4Rec
+
+    @classmethod
+    def from_spec(cls, spec: Spec, prepared: Prepared | None = None) -> Experiment:
+        prepared = prepared if prepared is not None else prepare(spec)[0]
+        torch.manual_seed(spec.train.seed)  # the initial weights depend on the seed only
+        model = build_model(
+            spec,
+            len(prepared.item_vocab),
+            feature_configs(spec, prepared.encoders),
+            item_tables(prepared, spec),
+        )
+        return cls(spec, prepared, SequenceData.from_prepared(prepared, spec), model)
+
+    def evaluate(self, split: str, batch_size: int = 512) -> tuple[dict[str, float], torch.Tensor]:
+        self.model.eval()
+        scorer = model_scorer(self.model, self.data, self.spec.model.max_len)
+        return evaluate_ranking(
+            scorer,
+            self.data,
+            split,
+            self.model.num_items,
+            self.spec.eval.ks,
+            self.spec.eval.exclude_seen,
+            batch_size,
+            self.spec.eval.sampled_negatives,
+            self.spec.train.seed,
+        )
+
+    def most_popular(self, split: str) -> dict[str, float]:
+        scorer = popularity_scorer(self.data, self.model.num_items)
+        e = self.spec.eval
+        return evaluate_ranking(
+            scorer, self.data, split, self.model.num_items, e.ks, e.exclude_seen,
+            sampled_negatives=e.sampled_negatives, seed=self.spec.train.seed,
+        )[0]  # fmt: skip
+
+    @torch.no_grad()
+    def fusion_weights(self, split: str = "valid", batch_size: int = 512) -> dict[str, float]:
+        """Mean learned weight per fusion source (gate: over the tokens of ``split``)."""
+        fusion = self.model.fusion
+        if isinstance(fusion, ConcatFusion):
+            return fusion.source_weights()
+        names = ["item", *(f.name for f in self.model.token_features)]
+        users, positions = self.data.targets(split)
+        totals, count = torch.zeros(len(names), dtype=torch.float64), 0
+        self.model.eval()
+        for start in range(0, len(users), batch_size):
+            batch = request_batch(
+                self.data, users[start : start + batch_size],
+                positions[start : start + batch_size], self.spec.model.max_len,
+            )  # fmt: skip
+            weights = self.model(batch).fusion_weights
+            if weights is None:
+                return {}
+            valid = batch["item"] != PAD
+            totals += weights[valid].sum(dim=0).double()
+            count += int(valid.sum())
+        return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
+
+
+def masked_item_loss(model: BERT4Rec, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over all items, at the masked positions only."""
+    masked = labels != IGNORE  # (B, L)
+    logits = model.score(hidden[masked])  # (N, I)
+    return F.cross_entropy(logits, labels[masked])
+
+
+def _optimizer(model: BERT4Rec, spec: Spec) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": spec.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=spec.train.lr)
+
+
+def _schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the full rate, then linear decay to zero at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def default_run_dir(spec: Spec) -> Path:
+    return Path("runs") / spec.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def train(
+    spec: Spec,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` into ``run_dir`` (or continue the run there); return final metrics."""
+    started = time.perf_counter()
+    checkpoints = run_dir / "checkpoints"
+    last_path = checkpoints / "last.pt"
+    if resume and not last_path.is_file():
+        raise FeatrecError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if not resume and last_path.is_file():
+        raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
+    if resume:
+        spec = load_spec(run_dir / "spec.yaml")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment.from_spec(spec)
+    model, data, cfg = experiment.model, experiment.data, spec.train
+    device = torch.device(cfg.device)
+    model.to(device)
+    _write_run_files(run_dir, spec, experiment.prepared)
+
+    trainable = torch.nonzero(data.train_len > 0).squeeze(1)
+    steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
+    optimizer = _optimizer(model, spec)
+    scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_evals": 0, "history": []}
+    if resume:
+        saved = torch.load(last_path, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = {k: saved[k] for k in state}
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        row = _train_epoch(
+            experiment, trainable, optimizer, scheduler, generator, device, epoch, progress
+        )
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            valid, _ = experiment.evaluate("valid")
+            row |= {f"valid/{k}": v for k, v in valid.items()}
+            score = valid[EARLY_STOP_METRIC]
+            if score > state["best_score"]:
+                state |= {"best_score": score, "best_epoch": epoch, "bad_evals": 0}
+                torch.save(model.state_dict(), checkpoints / "best.pt")
+            else:
+                state["bad_evals"] += 1
+        state["epoch"] = epoch
+        state["history"].append(row)
+        torch.save(
+            {
+                **state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            checkpoints / "last.pt",
+        )
+        _write_history(run_dir, state["history"])
+        valid_score = row.get(f"valid/{EARLY_STOP_METRIC}", float("nan"))
+        log.info(
+            "epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.0f tokens/s",
+            epoch, row["loss"], EARLY_STOP_METRIC, valid_score,
+            state["best_score"], state["best_epoch"], row["tokens_per_s"],
+        )  # fmt: skip
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if state["bad_evals"] >= cfg.patience:
+            log.info(
+                "early stop: no better validation %s for %d evaluations",
+                EARLY_STOP_METRIC,
+                cfg.patience,
+            )
+            break
+
+    model.load_state_dict(torch.load(checkpoints / "best.pt", weights_only=True))
+    final = _final_metrics(experiment, run_dir, state, time.perf_counter() - started)
+    _plot(run_dir, state["history"])
+    return final
+
+
+def _train_epoch(
+    experiment: Experiment,
+    users: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    progress: bool,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    model, data, cfg = experiment.model, experiment.data, experiment.spec.train
+    model.train()
+    window = data.train_len.clamp(max=experiment.spec.model.max_len)
+    batches = length_aware_batches(users, window, cfg.batch_size, generator)
+    total_loss, tokens, started = 0.0, 0, time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
+    for batch_users in bar:
+        batch, labels = training_batch(
+            data, batch_users, experiment.spec.model.max_len, cfg.mask_prob,
+            cfg.last_item_share, generator,
+        )  # fmt: skip
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = masked_item_loss(model, model(batch).hidden, labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.detach())
+        total_loss += value
+        tokens += int((batch["item"] != PAD).sum())
+        bar.set_postfix(
+            loss=f"{value:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
+        )
+    seconds = time.perf_counter() - started
+    return {
+        "epoch": epoch,
+        "loss": total_loss / max(len(batches), 1),
+        "lr": scheduler.get_last_lr()[0],
+        "seconds": seconds,
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+    }
+
+
+def _write_run_files(run_dir: Path, spec: Spec, prepared: Prepared) -> None:
+    resolved = spec.model_dump(mode="json")
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    save_encoders(run_dir / "encoders.json", prepared.item_vocab, prepared.encoders)
+
+
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with (run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(history)
+    lines = "".join(json.dumps(row) + "\n" for row in history)
+    (run_dir / "metrics.jsonl").write_text(lines, encoding="utf-8")
+
+
+def _final_metrics(
+    experiment: Experiment, run_dir: Path, state: dict, seconds: float
+) -> dict[str, Any]:
+    valid, valid_ranks = experiment.evaluate("valid")
+    test, test_ranks = experiment.evaluate("test")
+    spec = experiment.spec
+    final = {
+        "name": spec.name,
+        "variant": "full" if spec.features else "behavior-only",
+        "features": [f.name for f in spec.features],
+        "fusion": spec.fusion.method,
+        "seed": spec.train.seed,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "train_seconds": seconds,
+        "test": test,
+        "valid": valid,
+        "most_popular": {"test": experiment.most_popular("test")},
+        "fusion_weights": experiment.fusion_weights("valid"),
+    }
+    (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
+    _write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
+    return final
+
+
+def _write_ranks(
+    data: SequenceData, run_dir: Path, valid_ranks: torch.Tensor, test_ranks: torch.Tensor
+) -> None:
+    frames = []
+    for split, ranks in (("valid", valid_ranks), ("test", test_ranks)):
+        users, _ = data.targets(split)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "user_id": [data.user_ids[u] for u in users.tolist()],
+                    "split": split,
+                    "rank": ranks.tolist(),
+                }
+            )
+        )
+    pl.concat(frames).write_parquet(run_dir / "ranks.parquet")
+
+
+def _plot(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    epochs = [row["epoch"] for row in history]
+    loss_axis.plot(
+        epochs, [row["loss"] for row in history], color="tab:blue", label="training loss"
+    )
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    key = f"valid/{EARLY_STOP_METRIC}"
+    evaluated = [row for row in history if key in row]
+    metric_axis = loss_axis.twinx()
+    metric_axis.plot(
+        [r["epoch"] for r in evaluated], [r[key] for r in evaluated], color="tab:orange"
+    )
+    metric_axis.set_ylabel(f"validation {EARLY_STOP_METRIC}", color="tab:orange")
+    figure.tight_layout()
+    figure.savefig(run_dir / "learning_curve.png", dpi=100)
+    plt.close(figure)
+
+
+def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
+    """Evaluate the best checkpoint of a finished run on ``split``."""
+    spec_path = run_dir / "spec.yaml"
+    best = run_dir / "checkpoints" / "best.pt"
+    if not spec_path.is_file() or not best.is_file():
+        raise FeatrecError(
+            f"{run_dir}: not a run directory (needs spec.yaml and checkpoints/best.pt)"
+        )
+    spec = load_spec(spec_path)
+    experiment = Experiment.from_spec(spec)
+    experiment.model.load_state_dict(torch.load(best, weights_only=True))
+    metrics, _ = experiment.evaluate(split)
+    return {"split": split, "metrics": metrics, "most_popular": experiment.most_popular(split)}

@@ -1,0 +1,178 @@
+"""BERT4Rec with fused features: shapes, fusions, behavior-only, leakage, planted signal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from featrec.batching import IGNORE, request_batch, training_batch
+from featrec.encoders import MASK
+from featrec.spec import load_spec
+from featrec.train import Experiment, masked_item_loss, train
+from tests.conftest import write_spec
+
+FUSIONS = ["sum", "concat", "gate"]
+
+
+def experiment(tmp_path: Path, body: dict, behavior_only: bool = False, **overrides) -> Experiment:
+    spec = load_spec(write_spec(tmp_path, body), [f"{k}={v}" for k, v in overrides.items()])
+    return Experiment.from_spec(spec.behavior_only() if behavior_only else spec)
+
+
+@pytest.fixture
+def odd_dims(tiny_spec_body: dict) -> dict:
+    """Every feature gets its own, odd width; the model is 12 wide with 3 heads."""
+    for feature, dim in zip(tiny_spec_body["features"], [5, 7, 3, 11, 9, 13, 2], strict=True):
+        feature["dim"] = dim
+    return tiny_spec_body
+
+
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_shapes_with_odd_feature_widths(
+    tmp_path: Path, odd_dims: dict, fusion: str, user_mode: str
+) -> None:
+    exp = experiment(tmp_path, odd_dims, **{"fusion.method": fusion, "fusion.user": user_mode})
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.3, 0.0, torch.Generator().manual_seed(1))
+    out = exp.model(batch)
+    assert out.hidden.shape == (*batch["item"].shape, 12)
+    assert labels.shape == batch["item"].shape
+    masked = labels != IGNORE
+    assert exp.model.score(out.hidden[masked]).shape == (int(masked.sum()), 15)  # 11 items + 4
+    if fusion == "gate":
+        sources = 8 if user_mode == "add" else 6  # item + 7 features, or without the 2 user ones
+        assert out.fusion_weights.shape == (*batch["item"].shape, sources)
+        assert torch.allclose(out.fusion_weights.sum(-1), torch.ones(1))
+
+
+@pytest.mark.parametrize("behavior_only", [False, True], ids=["full", "behavior-only"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_fusion_builds_trains_and_evaluates(
+    tmp_path: Path, tiny_spec_body: dict, fusion: str, behavior_only: bool
+) -> None:
+    tiny_spec_body |= {"fusion": {"method": fusion}, "train": {"epochs": 2, "batch_size": 3}}
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body))
+    final = train(spec.behavior_only() if behavior_only else spec, tmp_path / "run")
+    assert final["variant"] == ("behavior-only" if behavior_only else "full")
+    assert set(final["test"]) >= {"hr@10", "ndcg@10", "mrr@10"}
+    assert 0.0 <= final["test"]["ndcg@10"] <= 1.0
+
+
+def test_behavior_only_has_no_side_parameters(tmp_path: Path, tiny_spec_body: dict) -> None:
+    full = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "gate"}).model
+    plain = experiment(
+        tmp_path, tiny_spec_body, behavior_only=True, **{"fusion.method": "gate"}
+    ).model
+    names = [name for name, _ in plain.named_parameters()] + [n for n, _ in plain.named_buffers()]
+    side = ("features.", "fusion.", "user_projection.", "item_table_")
+    assert not [name for name in names if name.startswith(side)]
+    assert any(name.startswith("features.") for name, _ in full.named_parameters())
+    extra = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra > 0
+
+
+def test_training_step_lowers_the_loss(tmp_path: Path, tiny_spec_body: dict) -> None:
+    exp = experiment(tmp_path, tiny_spec_body)
+    exp.model.eval()  # no dropout: the loss change comes from the step alone
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.5, 0.0, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(exp.model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = masked_item_loss(exp.model, exp.model(batch).hidden, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.1
+
+
+# --- leakage (DESIGN.md §3) -----------------------------------------------------------------
+
+
+def _perturbed(exp: Experiment, flat_positions: torch.Tensor, columns: list[str]):
+    """A copy of the data with new values at ``flat_positions`` in the item ids and columns."""
+    data = exp.data
+    item = data.item.clone()
+    item[flat_positions] = (item[flat_positions] - 4 + 1) % (exp.model.num_items - 4) + 4
+    event = dict(data.event)
+    for column in columns:
+        values = event[column].clone()
+        values[flat_positions] = values[flat_positions] + 1
+        event[column] = values
+    return replace(data, item=item, event=event)
+
+
+def test_hidden_features_at_masked_slots_cannot_change_outputs(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "gate"})
+    exp.model.eval()
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.4, 0.0, torch.Generator().manual_seed(5))
+    ends = exp.data.train_len[users]
+    length = batch["item"].shape[1]
+    positions = ends[:, None] - length + torch.arange(length)  # sequence position of each slot
+    flat = (exp.data.offsets[users][:, None] + positions)[labels != IGNORE]
+    hidden_columns = sorted(exp.data.hidden_event)
+    assert hidden_columns == ["rating"]
+    changed = _perturbed(exp, flat, hidden_columns)
+    again, _ = training_batch(changed, users, 7, 0.4, 0.0, torch.Generator().manual_seed(5))
+    assert torch.equal(exp.model(batch).hidden, exp.model(again).hidden)
+
+
+def test_the_predicted_slot_hides_item_and_after_features_only(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "gate"})
+    exp.model.eval()
+    users, targets = exp.data.targets("test")
+    flat = exp.data.offsets[users] + targets
+    batch = request_batch(exp.data, users, targets, 7)
+    assert (batch["item"][:, -1] == MASK).all() and (batch["event:rating"][:, -1] == MASK).all()
+    scores = exp.model.score(exp.model(batch).hidden[:, -1])
+    hidden = request_batch(_perturbed(exp, flat, ["rating"]), users, targets, 7)
+    assert torch.equal(scores, exp.model.score(exp.model(hidden).hidden[:, -1]))
+    # the request time is real signal: changing it must change the scores
+    visible = request_batch(_perturbed(exp, flat, ["time.hour"]), users, targets, 7)
+    assert not torch.equal(scores, exp.model.score(exp.model(visible).hidden[:, -1]))
+
+
+# --- planted signal -----------------------------------------------------------------------
+
+
+def planted_hour_data(tmp_path: Path) -> dict:
+    """The item of each event is decided by its hour (80%) or random: only the request time
+    at the predicted slot tells the next item; the history does not."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for user in range(240):
+        times = np.sort(rng.integers(0, 60 * 86400, 14))
+        for t in times:
+            hour = (t // 3600) % 24
+            item = 100 + hour if rng.random() < 0.8 else 100 + int(rng.integers(0, 24))
+            rows.append((user, item, int(t)))
+    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    frame.write_parquet(tmp_path / "events.parquet")
+    return {
+        "name": "planted",
+        "data": {"interactions": str(tmp_path / "events.parquet")},
+        "features": [{"name": "time", "scope": "event", "type": "time", "column": "timestamp",
+                      "parts": ["hour"], "known_at": "request"}],
+        "model": {"dim": 24, "layers": 1, "heads": 2, "max_len": 14, "dropout": 0.1},
+        "train": {"epochs": 40, "batch_size": 32, "lr": 0.005, "warmup_steps": 5, "patience": 40},
+    }  # fmt: skip
+
+
+def test_planted_request_hour_signal_is_found_by_the_full_model_only(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, planted_hour_data(tmp_path)))
+    full = train(spec, tmp_path / "full")["test"]["ndcg@10"]
+    plain = train(spec.behavior_only(), tmp_path / "plain")["test"]["ndcg@10"]
+    assert full > plain + 0.25, (full, plain)
+    assert full > 0.5

@@ -1,0 +1,137 @@
+"""Metrics, training loop, checkpoints, resume and the train / evaluate commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from featrec.batching import length_aware_batches
+from featrec.cli import main
+from featrec.evaluate import RankingMetrics, popularity, sampled_ranks, target_ranks
+from featrec.spec import load_spec
+from featrec.train import Experiment, evaluate_run, train
+from tests.conftest import write_spec
+
+
+def test_metrics_match_a_hand_computed_example() -> None:
+    metrics = RankingMetrics([1, 5, 10])
+    metrics.update(torch.tensor([0, 3, 12]))  # ranks are 0-based
+    result = metrics.compute()
+    assert result["hr@1"] == pytest.approx(1 / 3)
+    assert result["hr@5"] == pytest.approx(2 / 3) and result["hr@10"] == pytest.approx(2 / 3)
+    assert result["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5)) / 3)
+    assert result["mrr@10"] == pytest.approx((1 + 1 / 4) / 3)
+
+
+def test_target_ranks_exclude_seen_and_reserved_ids_and_count_ties_against() -> None:
+    # items 4..9; reserved 0..3 score high but are never candidates
+    scores = torch.tensor([[9.0, 9.0, 9.0, 9.0, 0.5, 0.9, 0.7, 0.7, 0.1, 0.7]])
+    target = torch.tensor([6])  # score 0.7; 0.9 is above, two others tie at 0.7
+    assert target_ranks(scores, target, None).tolist() == [3]
+    seen = torch.zeros(1, 10, dtype=torch.bool)
+    seen[0, [5, 6, 7]] = True  # the target itself is never excluded
+    assert target_ranks(scores, target, seen).tolist() == [1]
+
+
+def test_sampled_ranks_are_within_the_sample() -> None:
+    scores = torch.randn(5, 300)
+    targets = torch.randint(4, 300, (5,))
+    excluded = torch.zeros(5, 300, dtype=torch.bool)
+    ranks = sampled_ranks(scores, targets, excluded, torch.rand(300), 100, torch.Generator())
+    assert ((ranks >= 0) & (ranks <= 100)).all()
+
+
+def test_length_aware_batching_keeps_every_example_once() -> None:
+    users = torch.arange(3, 1000)
+    lengths = torch.randint(1, 200, (1000,))
+    plain = torch.split(users[torch.randperm(len(users))], 64)
+    aware = length_aware_batches(users, lengths, 64, torch.Generator().manual_seed(0), 4)
+    assert sorted(torch.cat(aware).tolist()) == sorted(torch.cat(plain).tolist())
+    assert max(len(b) for b in aware) == 64
+    spread = [int(lengths[b].max() - lengths[b].min()) for b in aware if len(b) == 64]
+    assert sum(spread) / len(spread) < 0.5 * 199  # similar lengths share a batch
+
+
+def test_popularity_counts_training_events_only(tmp_path: Path, tiny_spec_body: dict) -> None:
+    exp = Experiment.from_spec(load_spec(write_spec(tmp_path, tiny_spec_body)))
+    counts = popularity(exp.data, exp.model.num_items)
+    assert int(counts.sum()) == int(exp.data.train_len.sum()) == 14
+    item10 = 4  # raw item 10 → id 4: in the training events of u1, u2 (not: its target), u4
+    assert exp.prepared.item_vocab.ids[0] == 10 and int(counts[item10]) == 2
+
+
+@pytest.fixture
+def small_body(tiny_spec_body: dict) -> dict:
+    tiny_spec_body["train"] = {"epochs": 4, "batch_size": 2, "warmup_steps": 2, "seed": 3}
+    return tiny_spec_body
+
+
+def test_run_directory_and_checkpoint_round_trip(tmp_path: Path, small_body: dict) -> None:
+    run = tmp_path / "run"
+    final = train(load_spec(write_spec(tmp_path, small_body)), run)
+    for name in ("spec.yaml", "encoders.json", "checkpoints/best.pt", "checkpoints/last.pt",
+                 "metrics.csv", "metrics.jsonl", "learning_curve.png", "final_metrics.json",
+                 "ranks.parquet"):  # fmt: skip
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and "valid/ndcg@10" in rows[0]
+    assert json.loads((run / "final_metrics.json").read_text())["test"] == final["test"]
+    again = evaluate_run(run, "test")  # a fresh model from the run directory alone
+    assert again["metrics"] == final["test"]
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert "item_embedding.weight" in state
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(
+    tmp_path: Path, small_body: dict
+) -> None:
+    spec = load_spec(write_spec(tmp_path, small_body))
+    whole = train(spec, tmp_path / "whole")
+
+    def interrupt(epoch: int, row: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", on_epoch_end=interrupt)
+    resumed = train(spec, tmp_path / "cut", resume=True)
+    assert resumed["test"] == whole["test"] and resumed["valid"] == whole["valid"]
+    cut = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    uncut = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    losses = [[json.loads(line)["loss"] for line in lines] for lines in (cut, uncut)]
+    assert losses[0] == losses[1]
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path: Path, small_body: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, small_body))
+    assert train(spec, tmp_path / "a")["test"] == train(spec, tmp_path / "b")["test"]
+
+
+def test_a_used_run_directory_is_not_overwritten(tmp_path: Path, small_body: dict) -> None:
+    from featrec.errors import FeatrecError
+
+    small_body["train"]["epochs"] = 1
+    spec = load_spec(write_spec(tmp_path, small_body))
+    train(spec, tmp_path / "run")
+    with pytest.raises(FeatrecError, match="holds a run already; pass --resume"):
+        train(spec, tmp_path / "run")
+
+
+def test_train_and_evaluate_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], small_body: dict
+) -> None:
+    spec = str(write_spec(tmp_path, small_body))
+    run = tmp_path / "run"
+    assert main(["-q", "train", spec, "--out", str(run), "--set", "fusion.method=gate"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny (full): best epoch" in out and "most popular (test)" in out
+    assert "fusion weights (gate): item" in out
+    assert main(["-q", "evaluate", str(run), "--split", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("valid ")
+    assert main(["-q", "evaluate", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
