@@ -9,7 +9,7 @@
 # Summarise with: python bench/summarize_quality.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
-featrec="${FEATREC:-featrec}"
+read -r -a featrec <<<"${FEATREC:-featrec}"  # e.g. FEATREC="python -m featrec.cli"
 mkdir -p bench/out bench/results
 for job in "$@"; do
   IFS=: read -r dataset variant seed <<<"$job"
@@ -19,7 +19,7 @@ for job in "$@"; do
   [ "$variant" = behavior-only ] && flags+=(--behavior-only)
   [ -f "bench/out/$name/checkpoints/last.pt" ] && flags+=(--resume)
   echo "$(date -u +%FT%TZ) start $name"
-  "$featrec" train "feature_specs/$dataset.yaml" "${flags[@]}" >"bench/out/$name.log" 2>&1
+  "${featrec[@]}" train "feature_specs/$dataset.yaml" "${flags[@]}" >"bench/out/$name.log" 2>&1
   cp "bench/out/$name/final_metrics.json" "bench/results/$name.json"
   echo "$(date -u +%FT%TZ) done $name"
 done
