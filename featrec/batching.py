@@ -28,11 +28,15 @@ IGNORE = -100  # label of positions outside the loss (the Hugging Face conventio
 Batch = dict[str, torch.Tensor]
 
 
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    """float32 for numbers with a fraction, int64 for ids; always a writable copy."""
+    dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
+    return torch.tensor(values, dtype=dtype)
+
+
 def _list_tensor(column: pl.Series) -> torch.Tensor:
     """A list column → flat tensor of its elements."""
-    values = column.explode().to_numpy()
-    dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
-    return torch.as_tensor(np.array(values), dtype=dtype)  # a writable copy
+    return _tensor(column.explode().to_numpy())
 
 
 def padded_lists(column: pl.Series) -> torch.Tensor:
@@ -40,9 +44,9 @@ def padded_lists(column: pl.Series) -> torch.Tensor:
     lengths = column.list.len().cast(pl.Int64).to_numpy()
     width = max(int(lengths.max()) if len(lengths) else 1, 1)
     out = torch.full((len(column), width), PAD, dtype=torch.int64)
-    rows = torch.repeat_interleave(torch.arange(len(column)), torch.from_numpy(lengths.copy()))
+    rows = torch.repeat_interleave(torch.arange(len(column)), _tensor(lengths))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    cols = torch.arange(int(lengths.sum())) - torch.as_tensor(np.repeat(starts, lengths))
+    cols = torch.arange(int(lengths.sum())) - _tensor(np.repeat(starts, lengths))
     out[rows, cols] = _list_tensor(column)
     return out
 
@@ -51,13 +55,11 @@ def column_tensor(column: pl.Series) -> torch.Tensor:
     """A scalar or list column (one row per user / item) → (rows,) or (rows, K) tensor."""
     if isinstance(column.dtype, pl.List):
         return padded_lists(column)
-    values = column.to_numpy()
-    dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
-    return torch.as_tensor(np.array(values), dtype=dtype)  # a writable copy
+    return _tensor(column.to_numpy())
 
 
 def _position(column: pl.Series) -> torch.Tensor:
-    return torch.as_tensor(column.fill_null(-1).to_numpy(), dtype=torch.int64)
+    return _tensor(column.fill_null(-1).cast(pl.Int64).to_numpy())
 
 
 @dataclass
@@ -84,7 +86,7 @@ class SequenceData:
     def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
         seq = prepared.sequences
         lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
-        offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
+        offsets = _tensor(np.concatenate([[0], np.cumsum(lengths)]))
         event, hidden, floats = {}, set(), set()
         for feature in spec.features_in("event"):
             encoder = prepared.encoders[feature.name]
