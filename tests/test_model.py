@@ -89,7 +89,7 @@ def test_training_step_lowers_the_loss(tmp_path: Path, tiny_spec_body: dict) -> 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.1
 
 
@@ -176,3 +176,24 @@ def test_planted_request_hour_signal_is_found_by_the_full_model_only(tmp_path: P
     plain = train(spec.behavior_only(), tmp_path / "plain")["test"]["ndcg@10"]
     assert full > plain + 0.25, (full, plain)
     assert full > 0.5
+
+
+@pytest.mark.parametrize("method", ["concat", "gate"])
+def test_fusion_equals_the_concatenated_form_with_broadcast_sources(method: str) -> None:
+    from featrec.model.fusion import FUSIONS
+
+    torch.manual_seed(0)
+    dims = {"item": 6, "user_a": 6, "event_b": 3}
+    fusion = FUSIONS[method](dims, 6)
+    sources = {"item": torch.randn(2, 5, 6), "user_a": torch.randn(2, 1, 6),
+               "event_b": torch.randn(2, 5, 3)}  # fmt: skip
+    fused, _ = fusion(sources)
+    expanded = {k: v.expand(2, 5, -1) for k, v in sources.items()}
+    if method == "concat":
+        expected = fusion.linear(torch.cat(list(expanded.values()), dim=-1))
+    else:
+        values = [fusion.project[k](v) if k in fusion.project else v for k, v in expanded.items()]
+        weights = torch.softmax(fusion.gate(torch.cat(values, dim=-1)), dim=-1)
+        expected = (weights.unsqueeze(-1) * torch.stack(values, dim=-2)).sum(-2) * len(values)
+    assert fused.shape == (2, 5, 6)
+    assert torch.allclose(fused, expected, atol=1e-6)

@@ -68,26 +68,27 @@ class BERT4Rec(nn.Module):
     def num_items(self) -> int:
         return self.item_embedding.num_embeddings
 
-    def _feature_values(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> list:
+    def _embed(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One feature's embeddings: item (B, L, D_f), user (B, 1, D_f), event (B, L, D_f)."""
+        module = self.features[config.name]
         if config.scope == "item":
+            # embed every item's attributes once, then look them up: (I, D_f) → (B, L, D_f)
             table = getattr(self, f"item_table_{config.name}")
-            return [table[batch["item"]]]  # (B, L) or (B, L, K)
-        return [batch[column.key] for column in config.columns]
+            return module([table])[batch["item"]]
+        embedded = module([batch[column.key] for column in config.columns])
+        return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         items = batch["item"]  # (B, L)
-        batch_size, length = items.shape
+        batch_size = items.shape[0]
         sources = {"item": self.item_embedding(items)}  # (B, L, D)
         for config in self.token_features:
-            embedded = self.features[config.name](self._feature_values(config, batch))
-            if config.scope == "user":  # (B, D_f) → (B, L, D_f), a view, no copy
-                embedded = embedded.unsqueeze(1).expand(batch_size, length, -1)
-            sources[config.name] = embedded
+            sources[config.name] = self._embed(config, batch)
         tokens, weights = self.fusion(sources)  # (B, L, D)
         padding = items == PAD  # (B, L)
         if self.user_features:
-            user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, D)
-            tokens = torch.cat([user.unsqueeze(1), tokens], dim=1)  # (B, 1 + L, D)
+            user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, 1, D)
+            tokens = torch.cat([user, tokens], dim=1)  # (B, 1 + L, D)
             padding = torch.cat([padding.new_zeros(batch_size, 1), padding], dim=1)
         # positions count back from the newest event, so the predicted slot is always 0
         total = tokens.shape[1]
@@ -101,7 +102,7 @@ class BERT4Rec(nn.Module):
         return EncoderOutput(hidden=hidden, fusion_weights=weights)
 
     def _user_vector(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        embedded = self.features[config.name](self._feature_values(config, batch))  # (B, D_f)
+        embedded = self._embed(config, batch)  # (B, 1, D_f)
         return (
             self.user_projection[config.name](embedded)
             if config.name in self.user_projection
