@@ -17,7 +17,9 @@ PAD, MASK = 0, 1
 
 
 class PlainBERT4Rec(nn.Module):
-    def __init__(self, num_items: int, dim: int, layers: int, heads: int, max_len: int, dropout: float):
+    def __init__(
+        self, num_items: int, dim: int, layers: int, heads: int, max_len: int, dropout: float
+    ):
         super().__init__()
         self.items = nn.Embedding(num_items, dim, padding_idx=PAD)
         self.positions = nn.Embedding(max_len, dim)
@@ -53,10 +55,12 @@ def plain_batch(sequences: list[list[int]], max_len: int, mask_prob: float, rng:
     return torch.tensor(tokens), torch.tensor(labels)
 
 
-def plain_step(model: PlainBERT4Rec, optimizer, tokens: torch.Tensor, labels: torch.Tensor) -> float:
+def plain_step(
+    model: PlainBERT4Rec, optimizer, tokens: torch.Tensor, labels: torch.Tensor
+) -> float:
     logits = model(tokens)
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=PAD)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.item()

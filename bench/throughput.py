@@ -10,7 +10,7 @@ For the same pool of users (one pass over the pool = one "epoch slice"), interle
 * this machine's fp32 matmul peak (a large ``torch.matmul``), for model-FLOP utilization.
 
 Reports useful (non-padding) tokens/s, step-time ratios, and MFU: the FLOPs of the base
-model (transformer layers + output head at masked positions, forward + backward = 3×
+model (transformer layers + output head at masked positions, forward + backward = 3x
 forward) for the useful tokens, over wall time, over the matmul peak.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/throughput.py [--repeats 5]
@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_bert4rec import PlainBERT4Rec, plain_batch, plain_step  # noqa: E402
+from reference_bert4rec import PlainBERT4Rec, plain_batch, plain_step
 
-from featrec.batching import PAD, length_aware_batches, training_batch  # noqa: E402
-from featrec.sequences import prepare  # noqa: E402
-from featrec.spec import load_spec  # noqa: E402
-from featrec.train import Experiment, _optimizer, masked_item_loss  # noqa: E402
+from featrec.batching import length_aware_batches, training_batch
+from featrec.encoders import PAD
+from featrec.sequences import prepare
+from featrec.spec import load_spec
+from featrec.train import Experiment, _optimizer, masked_item_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,10 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 / statistics.median(times)
 
 
-def model_flops(tokens: int, masked: int, mean_len: float, dim: int, layers: int, items: int) -> float:
-    """Training FLOPs (3× forward) of the base BERT4Rec for the given useful tokens."""
+def model_flops(
+    tokens: int, masked: int, mean_len: float, dim: int, layers: int, items: int
+) -> float:
+    """Training FLOPs (3x forward) of the base BERT4Rec for the given useful tokens."""
     per_token = layers * (2 * 12 * dim * dim + 4 * mean_len * dim)
     head = masked * (2 * dim * dim + 2 * dim * items)
     return 3.0 * (tokens * per_token + head)
@@ -74,9 +77,13 @@ def featrec_pass(experiment: Experiment, optimizer, batches, generator, device) 
     start = time.perf_counter()
     for users in batches:
         batch, labels = training_batch(
-            data, users, spec.model.max_len, spec.train.mask_prob, spec.train.last_item_share,
+            data,
+            users,
+            spec.model.max_len,
+            spec.train.mask_prob,
+            spec.train.last_item_share,
             generator,
-        )  # fmt: skip
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = labels.to(device)
         loss = masked_item_loss(model, model(batch).hidden, labels)
@@ -88,8 +95,13 @@ def featrec_pass(experiment: Experiment, optimizer, batches, generator, device) 
         masked += int((labels != -100).sum())
         lengths += useful.sum(1).tolist()
     sync(device)
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "masked": masked,
-            "mean_len": statistics.mean(lengths), "steps": len(batches)}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - start,
+        "tokens": tokens,
+        "masked": masked,
+        "mean_len": statistics.mean(lengths),
+        "steps": len(batches),
+    }
 
 
 def plain_pass(model, optimizer, sequences, batch_size, max_len, mask_prob, rng, device) -> dict:
@@ -136,8 +148,14 @@ def main() -> None:
         end = int(data.offsets[user] + data.train_len[user])
         sequences.append(data.item[int(data.offsets[user]) : end].tolist())
     num_items = experiments["featrec full"].model.num_items
-    plain = PlainBERT4Rec(num_items, model_cfg.dim, model_cfg.layers, model_cfg.heads,
-                          model_cfg.max_len, model_cfg.dropout).to(device)  # fmt: skip
+    plain = PlainBERT4Rec(
+        num_items,
+        model_cfg.dim,
+        model_cfg.layers,
+        model_cfg.heads,
+        model_cfg.max_len,
+        model_cfg.dropout,
+    ).to(device)
     plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=cfg.lr)
     rng = random.Random(0)
     peak = matmul_peak(device)
@@ -149,14 +167,24 @@ def main() -> None:
             run = featrec_pass(experiment, optimizers[name], batches, generator, device)
             if repeat:
                 results[name].append(run)
-        run = plain_pass(plain, plain_optimizer, sequences, cfg.batch_size, model_cfg.max_len,
-                         cfg.mask_prob, rng, device)  # fmt: skip
+        run = plain_pass(
+            plain,
+            plain_optimizer,
+            sequences,
+            cfg.batch_size,
+            model_cfg.max_len,
+            cfg.mask_prob,
+            rng,
+            device,
+        )
         if repeat:
             results["plain reference"].append(run)
     print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"fp32 matmul peak (2048², median of 10): {peak / 1e9:.1f} GFLOP/s")
-    print(f"pool: {len(pool)} ML-1M users, {args.batches} batches of {cfg.batch_size}, "
-          f"max_len {model_cfg.max_len}; {args.repeats} interleaved repeats (+1 warm-up)")  # fmt: skip
+    print(
+        f"pool: {len(pool)} ML-1M users, {args.batches} batches of {cfg.batch_size}, "
+        f"max_len {model_cfg.max_len}; {args.repeats} interleaved repeats (+1 warm-up)"
+    )
     medians = {}
     for name, runs in results.items():
         seconds = statistics.median(r["seconds"] for r in runs)
@@ -164,8 +192,14 @@ def main() -> None:
         medians[name] = seconds
         line = f"{name:22s} {seconds:7.2f} s/pass  {tokens / seconds:9.0f} useful tokens/s"
         if "masked" in runs[0]:
-            flops = model_flops(tokens, runs[0]["masked"], runs[0]["mean_len"], model_cfg.dim,
-                                model_cfg.layers, num_items)  # fmt: skip
+            flops = model_flops(
+                tokens,
+                runs[0]["masked"],
+                runs[0]["mean_len"],
+                model_cfg.dim,
+                model_cfg.layers,
+                num_items,
+            )
             line += f"  MFU {flops / seconds / peak:6.1%}"
         print(line)
     reference = medians["plain reference"]
