@@ -177,6 +177,17 @@ def training_batch(
     return batch, labels
 
 
+def next_item_batch(
+    data: SequenceData, users: torch.Tensor, max_len: int
+) -> tuple[Batch, torch.Tensor]:
+    """Every position of the training window is a target, predicted from the events before it
+    (for models that only look back, such as the Embedding&MLP baseline). Labels (B, L)."""
+    batch = gather_window(data, users, data.train_len[users], max_len)
+    valid = batch["item"] != PAD  # (B, L)
+    has_history = valid & (valid.cumsum(dim=1) > 1)
+    return batch, torch.where(has_history, batch["item"], IGNORE)
+
+
 def length_aware_batches(
     users: torch.Tensor,
     lengths: torch.Tensor,

@@ -87,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["valid", "test"], default="test")
     evaluate.set_defaults(run=_evaluate)
 
+    ablate = spec_command("ablate", "train behavior-only, per-scope and per-feature variants")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    ablate.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants")
+    ablate.add_argument("--out", type=Path, help="ablation directory (default ablations/NAME)")
+    ablate.add_argument("--list", action="store_true", help="list the variants and exit")
+    ablate.set_defaults(run=_ablate)
+
+    report = commands.add_parser("report", help="render an ablation's report from its results")
+    report.add_argument("ablation_dir", type=Path)
+    report.set_defaults(run=_report)
+
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
@@ -157,6 +168,32 @@ def _evaluate(args: argparse.Namespace) -> int:
             {args.split: result["metrics"], f"most popular ({args.split})": result["most_popular"]}
         )
     )
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from featrec.ablate import run_ablation, variants
+
+    if args.behavior_only:
+        raise FeatrecError("ablate makes the behavior-only variant itself; drop --behavior-only")
+    spec = _load(args)
+    if args.list:
+        for variant in variants(spec).values():
+            print(f"{variant.name:24s} {variant.description}")
+        return 0
+    if args.seeds < 1:
+        raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")
+    out = args.out or Path("ablations") / spec.name
+    run_ablation(spec, out, args.seeds, args.variants, progress=sys.stderr.isatty())
+    return _report(argparse.Namespace(ablation_dir=out))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from featrec.report import write_report
+
+    paths = write_report(args.ablation_dir)
+    print(paths[0].read_text(encoding="utf-8"))
+    print("written: " + ", ".join(str(p) for p in paths))
     return 0
 
 

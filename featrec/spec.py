@@ -182,6 +182,11 @@ class FusionSpec(_Frozen):
 
 
 class ModelSpec(_Frozen):
+    kind: Literal["bert4rec", "embedding_mlp"] = Field(
+        "bert4rec",
+        description="bert4rec: the transformer with the Cloze task. embedding_mlp: the "
+        "YouTube-DNN-style baseline (mean-pooled history + features → MLP → next item).",
+    )
     dim: int = Field(64, gt=0)
     layers: int = Field(2, gt=0)
     heads: int = Field(2, gt=0)

@@ -36,13 +36,14 @@ from featrec.batching import (
     SequenceData,
     item_tables,
     length_aware_batches,
+    next_item_batch,
     request_batch,
     training_batch,
 )
 from featrec.encoders import PAD, save_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import evaluate_ranking, model_scorer, popularity_scorer
-from featrec.model import BERT4Rec, build_model, feature_configs
+from featrec.model import build_model, feature_configs
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, load_spec
@@ -59,7 +60,7 @@ class Experiment:
     spec: Spec
     prepared: Prepared
     data: SequenceData
-    model: BERT4Rec
+    model: torch.nn.Module  # BERT4Rec, or the Embedding&MLP baseline
 
     @classmethod
     def from_spec(cls, spec: Spec, prepared: Prepared | None = None) -> Experiment:
@@ -99,7 +100,9 @@ class Experiment:
     @torch.no_grad()
     def fusion_weights(self, split: str = "valid", batch_size: int = 512) -> dict[str, float]:
         """Mean learned weight per fusion source (gate: over the tokens of ``split``)."""
-        fusion = self.model.fusion
+        fusion = getattr(self.model, "fusion", None)
+        if fusion is None:  # the Embedding&MLP baseline concatenates without learned weights
+            return {}
         if isinstance(fusion, ConcatFusion):
             return fusion.source_weights()
         names = ["item", *(f.name for f in self.model.token_features)]
@@ -120,14 +123,16 @@ class Experiment:
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
 
 
-def masked_item_loss(model: BERT4Rec, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over all items, at the masked positions only."""
+def masked_item_loss(
+    model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy over all items, at the labelled positions only (masked, or next-item)."""
     masked = labels != IGNORE  # (B, L)
     logits = model.score(hidden[masked])  # (N, I)
     return F.cross_entropy(logits, labels[masked])
 
 
-def _optimizer(model: BERT4Rec, spec: Spec) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, spec: Spec) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
@@ -257,16 +262,19 @@ def _train_epoch(
     from tqdm import tqdm
 
     model, data, cfg = experiment.model, experiment.data, experiment.spec.train
+    max_len = experiment.spec.model.max_len
     model.train()
     window = data.train_len.clamp(max=experiment.spec.model.max_len)
     batches = length_aware_batches(users, window, cfg.batch_size, generator)
     total_loss, tokens, started = 0.0, 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
     for batch_users in bar:
-        batch, labels = training_batch(
-            data, batch_users, experiment.spec.model.max_len, cfg.mask_prob,
-            cfg.last_item_share, generator,
-        )  # fmt: skip
+        if model.objective == "cloze":
+            batch, labels = training_batch(
+                data, batch_users, max_len, cfg.mask_prob, cfg.last_item_share, generator
+            )
+        else:
+            batch, labels = next_item_batch(data, batch_users, max_len)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = masked_item_loss(model, model(batch).hidden, labels.to(device))
         optimizer.zero_grad(set_to_none=True)

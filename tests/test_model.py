@@ -197,3 +197,23 @@ def test_fusion_equals_the_concatenated_form_with_broadcast_sources(method: str)
         expected = (weights.unsqueeze(-1) * torch.stack(values, dim=-2)).sum(-2) * len(values)
     assert fused.shape == (2, 5, 6)
     assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_embedding_mlp_baseline_trains_and_only_looks_back(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    tiny_spec_body |= {"train": {"epochs": 2, "batch_size": 3}}
+    final = train(load_spec(write_spec(tmp_path, tiny_spec_body), ["model.kind=embedding_mlp"]),
+                  tmp_path / "run")  # fmt: skip
+    assert 0.0 <= final["test"]["ndcg@10"] <= 1.0 and final["fusion_weights"] == {}
+    exp = experiment(tmp_path, tiny_spec_body, **{"model.kind": "embedding_mlp"})
+    exp.model.eval()
+    users, targets = exp.data.targets("test")
+    batch = request_batch(exp.data, users, targets, 7)
+    hidden = exp.model(batch).hidden
+    later = {k: v.clone() for k, v in batch.items()}
+    later["item"][:, -1] = 5  # the predicted slot's item (and anything after) is never read
+    later["event:rating"][:, -1] = 4
+    assert torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
+    later["item"][:, -2] = 6  # the history is
+    assert not torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])

@@ -29,6 +29,8 @@ class EncoderOutput:
 
 
 class BERT4Rec(nn.Module):
+    objective = "cloze"
+
     def __init__(
         self,
         model: ModelSpec,
@@ -153,6 +155,15 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_model(spec, num_items: int, features: list[FeatureConfig], item_tables: dict) -> BERT4Rec:
-    """The model for a (resolved) spec; behavior-only specs give a model without features."""
+def build_model(
+    spec, num_items: int, features: list[FeatureConfig], item_tables: dict
+) -> nn.Module:
+    """The model a (resolved) spec asks for; behavior-only specs give one without features."""
+    if spec.model.kind == "embedding_mlp":
+        from featrec.model.embedding_mlp import EmbeddingMLP
+
+        request_known = frozenset(
+            f.name for f in spec.features if f.scope == "event" and not f.hidden_at_target
+        )
+        return EmbeddingMLP(spec.model, num_items, features, item_tables, request_known)
     return BERT4Rec(spec.model, spec.fusion, num_items, features, item_tables)

@@ -1,0 +1,191 @@
+"""Ablations: variants of one spec, trained over seeds, resumable (DESIGN.md §4).
+
+Every variant is a transformation of the spec (features dropped or kept by scope, or the
+baseline model), so all variants share the split, item vocabulary, evaluation users and
+seeds. Layout of an ablation directory::
+
+    spec.yaml                     the spec the variants were made from
+    runs/<variant>/seed<N>/       one training run each (see featrec.train)
+    report.md, report.csv, report.png   written by featrec.report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from featrec.errors import FeatrecError
+from featrec.evaluate import evaluate_ranking, popularity_scorer
+from featrec.spec import Spec
+from featrec.train import Experiment, train
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("item", "user", "event")
+MOST_POPULAR = "most-popular"
+EMBEDDING_MLP = "embedding-mlp"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    spec: Spec
+    trained: bool = True  # most-popular needs no training
+    description: str = ""
+
+
+def variants(spec: Spec) -> dict[str, Variant]:
+    """Every variant of ``spec``, in report order.
+
+    full · behavior-only · -<scope> · behavior+<scope> · -<feature> · most-popular ·
+    embedding-mlp (the Embedding&MLP baseline with the same features).
+    """
+    features = list(spec.features)
+    scopes = [s for s in SCOPES if any(f.scope == s for f in features)]
+    out = {
+        "full": Variant("full", spec, description="every declared feature"),
+        "behavior-only": Variant(
+            "behavior-only", spec.behavior_only(), description="item ids only"
+        ),
+    }
+
+    def add(name: str, kept: list, description: str) -> None:
+        if kept and len(kept) < len(features) and name not in out:
+            out[name] = Variant(
+                name, spec.model_copy(update={"features": kept}), description=description
+            )
+
+    if len(scopes) > 1:
+        for scope in scopes:
+            add(f"-{scope}", [f for f in features if f.scope != scope], f"without {scope} features")
+        for scope in scopes:
+            add(
+                f"behavior+{scope}",
+                [f for f in features if f.scope == scope],
+                f"{scope} features only",
+            )
+    if len(features) > 1:
+        for feature in features:
+            add(
+                f"-{feature.name}",
+                [f for f in features if f is not feature],
+                f"without {feature.name}",
+            )
+    out[MOST_POPULAR] = Variant(
+        MOST_POPULAR, spec.behavior_only(), trained=False, description="training-set popularity"
+    )
+    baseline = spec.model_copy(
+        update={"model": spec.model.model_copy(update={"kind": "embedding_mlp"})}
+    )
+    out[EMBEDDING_MLP] = Variant(
+        EMBEDDING_MLP, baseline, description="mean-pooled history + features, MLP (no attention)"
+    )
+    return out
+
+
+def select(available: dict[str, Variant], names: list[str] | None) -> list[Variant]:
+    if not names:
+        return list(available.values())
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise FeatrecError(
+            f"--variants: unknown variant(s) {', '.join(unknown)}; this spec has: "
+            f"{', '.join(available)}"
+        )
+    return [available[n] for n in names]
+
+
+def run_dir(ablation_dir: Path, variant: str, seed: int) -> Path:
+    return ablation_dir / "runs" / variant / f"seed{seed}"
+
+
+def run_ablation(
+    spec: Spec,
+    ablation_dir: Path,
+    seeds: int,
+    names: list[str] | None = None,
+    progress: bool = False,
+    on_run_end: Callable[[str, int], None] | None = None,
+) -> list[tuple[str, int]]:
+    """Train every (variant, seed) not yet finished; return the pairs trained now.
+
+    A pair with ``final_metrics.json`` is finished and never rerun; one with only a last
+    checkpoint was interrupted and resumes from it.
+    """
+    chosen = select(variants(spec), names)
+    _check_same_spec(spec, ablation_dir)
+    pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
+    trained = []
+    for number, (variant, seed) in enumerate(pairs, start=1):
+        directory = run_dir(ablation_dir, variant.name, seed)
+        label = f"[{number}/{len(pairs)}] {variant.name} seed {seed}"
+        if (directory / "final_metrics.json").is_file():
+            log.info("%s: done already", label)
+            continue
+        seeded = variant.spec.model_copy(
+            update={"train": variant.spec.train.model_copy(update={"seed": seed})}
+        )
+        started = time.perf_counter()
+        if not variant.trained:
+            final = _most_popular(seeded, directory)
+        else:
+            resume = (directory / "checkpoints" / "last.pt").is_file()
+            log.info("%s: %s", label, "resuming" if resume else "training")
+            final = train(seeded, directory, resume=resume, progress=progress)
+        log.info(
+            "%s: test ndcg@10 %.4f, hr@10 %.4f (%.1f min)", label, final["test"]["ndcg@10"],
+            final["test"]["hr@10"], (time.perf_counter() - started) / 60,
+        )  # fmt: skip
+        trained.append((variant.name, seed))
+        if on_run_end is not None:
+            on_run_end(variant.name, seed)
+    return trained
+
+
+def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
+    """An ablation directory belongs to one spec: refuse to mix results of two."""
+    path = ablation_dir / "spec.yaml"
+    resolved = spec.model_dump(mode="json")
+    if path.is_file():
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if stored != resolved:
+            raise FeatrecError(
+                f"{ablation_dir}: holds an ablation of a different spec (compare {path}); "
+                "choose another --out"
+            )
+        return
+    ablation_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+
+
+def _most_popular(spec: Spec, directory: Path) -> dict:
+    """The popularity baseline, evaluated and stored like a trained run."""
+    from featrec.train import _write_ranks
+
+    experiment = Experiment.from_spec(spec)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    scorer = popularity_scorer(experiment.data, experiment.model.num_items)
+    results = {}
+    ranks = {}
+    for split in ("valid", "test"):
+        results[split], ranks[split] = evaluate_ranking(
+            scorer, experiment.data, split, experiment.model.num_items, spec.eval.ks,
+            spec.eval.exclude_seen, sampled_negatives=spec.eval.sampled_negatives,
+            seed=spec.train.seed,
+        )  # fmt: skip
+    final = {"name": spec.name, "variant": MOST_POPULAR, "features": [], "seed": spec.train.seed,
+             "test": results["test"], "valid": results["valid"]}  # fmt: skip
+    _write_ranks(experiment.data, staging, ranks["valid"], ranks["test"])
+    (staging / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+    return final

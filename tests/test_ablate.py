@@ -1,0 +1,136 @@
+"""Ablation variants, resumable runs, bootstrap statistics and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featrec.ablate import run_ablation, run_dir, variants
+from featrec.cli import main
+from featrec.errors import FeatrecError
+from featrec.report import bootstrap_ci, paired_p_value, verdict, write_report
+from featrec.spec import load_spec
+from featrec.train import Experiment
+from tests.conftest import write_spec
+
+
+@pytest.fixture
+def quick(tiny_spec_body: dict) -> dict:
+    tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3, "warmup_steps": 1}
+    return tiny_spec_body
+
+
+def test_variants_are_spec_transformations(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    found = variants(spec)
+    assert list(found)[:2] == ["full", "behavior-only"]
+    assert {"-item", "-user", "-event", "behavior+item", "behavior+user", "behavior+event"} <= set(
+        found
+    )
+    assert {f"-{f.name}" for f in spec.features} <= set(found)
+    assert {"most-popular", "embedding-mlp"} <= set(found)
+    names = lambda v: sorted(f.name for f in found[v].spec.features)  # noqa: E731
+    assert names("-user") == ["device", "rating", "tags", "time", "year"]
+    assert names("behavior+event") == ["device", "rating", "time"]
+    assert names("-year") == ["age", "device", "job", "rating", "tags", "time"]
+    assert found["behavior-only"].spec.features == []
+    assert found["embedding-mlp"].spec.model.kind == "embedding_mlp"
+    for variant in found.values():  # everything but the features and model stays the same
+        same = variant.spec.model_dump(exclude={"features", "model"})
+        assert same == spec.model_dump(exclude={"features", "model"})
+    model = Experiment.from_spec(found["behavior-only"].spec).model
+    assert not [n for n, _ in model.named_parameters() if n.startswith(("features.", "fusion."))]
+
+
+def test_unknown_variant_lists_the_known_ones(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    with pytest.raises(FeatrecError, match=r"unknown variant\(s\) -color; this spec has: full"):
+        run_ablation(spec, tmp_path / "abl", 1, ["-color"])
+
+
+def test_interrupted_ablation_resumes_without_recomputing(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    chosen = ["behavior-only", "-rating", "most-popular"]
+
+    def stop_after_first(variant: str, seed: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(spec, out, 1, chosen, on_run_end=stop_after_first)
+    first = run_dir(out, "behavior-only", 0) / "final_metrics.json"
+    stamp = first.stat().st_mtime_ns
+    trained = run_ablation(spec, out, 1, chosen)
+    assert trained == [("-rating", 0), ("most-popular", 0)]
+    assert first.stat().st_mtime_ns == stamp  # the finished pair was not rerun
+    assert run_ablation(spec, out, 1, chosen) == []  # all done: nothing trains
+
+
+def test_an_ablation_directory_holds_one_spec(tmp_path: Path, quick: dict) -> None:
+    out = tmp_path / "abl"
+    run_ablation(load_spec(write_spec(tmp_path, quick)), out, 1, ["most-popular"])
+    other = load_spec(write_spec(tmp_path, quick), ["model.dim=24"])
+    with pytest.raises(FeatrecError, match="holds an ablation of a different spec"):
+        run_ablation(other, out, 1, ["most-popular"])
+
+
+def test_bootstrap_interval_covers_a_known_difference() -> None:
+    rng = np.random.default_rng(11)
+    base = rng.random(4000)
+    other = base + 0.03 + rng.normal(0, 0.2, 4000)  # true mean difference 0.03
+    low, high = bootstrap_ci(other - base, resamples=1000, seed=1)
+    assert low < 0.03 < high and low > 0  # covers the truth, excludes zero
+    assert paired_p_value(other - base) < 1e-3
+    low, high = bootstrap_ci(rng.normal(0, 0.2, 4000), resamples=1000)
+    assert low < 0 < high
+
+
+def test_verdicts() -> None:
+    up = {"ci_low": 0.01, "ci_high": 0.02}
+    down = {"ci_low": -0.02, "ci_high": -0.01}
+    both = {"ci_low": -0.01, "ci_high": 0.02}
+    assert verdict("full", "behavior-only", up) == "helps"
+    assert verdict("-genres", "full", down) == "genres helps"
+    assert verdict("-genres", "full", up) == "genres hurts"
+    assert verdict("-genres", "full", both) == "not distinguishable from zero"
+
+
+def test_report_renders_from_stored_results_only(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = str(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    code = main(["-q", "ablate", spec, "--seeds", "2", "--out", str(out),
+                 "--variants", "full", "behavior-only", "most-popular"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| full | 2 |" in printed and "| most-popular | 2 |" in printed
+    for path in out.rglob("*.pt"):
+        path.unlink()  # no weights left: the report must not need them
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("report must not train")
+
+    monkeypatch.setattr("featrec.train.train", no_training)
+    assert main(["-q", "report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "Δ NDCG@10 vs behavior-only" in report
+    full_row = next(line for line in report.splitlines() if line.startswith("| full |"))
+    assert "[" in full_row and "p=" in full_row
+    assert (out / "report.csv").read_text().startswith("variant,seeds,")
+    assert (out / "report.png").stat().st_size > 1000
+    paths = write_report(out)
+    assert [p.name for p in paths] == ["report.md", "report.csv", "report.png"]
+
+
+def test_ablate_list_and_errors(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = str(write_spec(tmp_path, quick))
+    assert main(["-q", "ablate", spec, "--list"]) == 0
+    assert "behavior+event" in capsys.readouterr().out
+    assert main(["-q", "ablate", spec, "--seeds", "0"]) == 2
+    assert "--seeds: expected at least 1" in capsys.readouterr().err
+    assert main(["-q", "report", str(tmp_path / "nothing")]) == 2
