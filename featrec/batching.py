@@ -84,12 +84,16 @@ class SequenceData:
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
-        seq = prepared.sequences
+        return cls.from_frame(prepared.sequences, prepared.encoders, spec)
+
+    @classmethod
+    def from_frame(cls, seq: pl.DataFrame, encoders: dict, spec: Spec) -> SequenceData:
+        """From per-user sequences (``Prepared.sequences`` or encoded requests)."""
         lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
         offsets = _tensor(np.concatenate([[0], np.cumsum(lengths)]))
         event, hidden, floats = {}, set(), set()
         for feature in spec.features_in("event"):
-            encoder = prepared.encoders[feature.name]
+            encoder = encoders[feature.name]
             for column in feature_columns(feature.name, encoder):
                 event[column] = _list_tensor(seq.get_column(column))
                 if feature.hidden_at_target:

@@ -98,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("ablation_dir", type=Path)
     report.set_defaults(run=_report)
 
+    recommend = commands.add_parser("recommend", help="top-k items from a trained run")
+    recommend.add_argument("run_dir", type=Path, help="run directory written by featrec train")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="one user of the run's data (whole history)")
+    who.add_argument("--input", type=Path, help="requests file (.csv / .parquet)")
+    who.add_argument("--all-users", action="store_true", help="every user of the run's data")
+    recommend.add_argument("--at", help="request time: unix seconds or ISO 8601 (default now)")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--out", type=Path, help="write recommendations (.parquet / .csv)")
+    recommend.set_defaults(run=_recommend)
+
+    export = commands.add_parser("export", help="write a torch.export program + encoders")
+    export.add_argument("run_dir", type=Path, help="run directory written by featrec train")
+    export.add_argument("--out", type=Path, required=True, help="folder to write")
+    export.set_defaults(run=_export)
+
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
@@ -194,6 +210,39 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(args.ablation_dir)
     print(paths[0].read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from featrec.recommend import load, read_requests, recommend_requests
+
+    if args.k < 1:
+        raise FeatrecError(f"--k: expected at least 1; got {args.k}")
+    if (args.input or args.all_users) and args.out is None:
+        raise FeatrecError("--input / --all-users write a table: give --out recs.parquet")
+    recommender = load(args.run_dir)
+    if args.input:
+        table = recommend_requests(recommender, read_requests(args.input), args.k, str(args.input))
+    else:
+        users = None if args.all_users else [args.user]
+        table = recommender.for_known_users(users, at=args.at, k=args.k)
+    if args.out is None:
+        print(table.select("rank", "item_id", "score", "fallback"))
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.suffix.lower() == ".csv":
+        table.write_csv(args.out)
+    else:
+        table.write_parquet(args.out)
+    print(f"{table['user_id'].n_unique():,} users, {table.height:,} rows → {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from featrec.export import export_run
+
+    path = export_run(args.run_dir, args.out)
+    print(f"exported {path} (+ inputs.json, encoders.json, spec.yaml) to {args.out}")
     return 0
 
 

@@ -204,7 +204,14 @@ class TimeEncoder:
             .then(pl.lit(MISSING, ID_DTYPE))
             .otherwise(bucket.cast(ID_DTYPE) + N_RESERVED),
         }
-        return {part: exprs[part].cast(ID_DTYPE) for part in self.parts}
+        unknown = seconds.is_null()  # no time given (e.g. a bare history of item ids)
+        return {
+            part: pl.when(unknown)
+            .then(pl.lit(MISSING, ID_DTYPE))
+            .otherwise(exprs[part])
+            .cast(ID_DTYPE)
+            for part in self.parts
+        }
 
 
 @dataclass

@@ -196,6 +196,67 @@ def build(spec: Spec, tables: Tables) -> Prepared:
     return Prepared(sequences, items, item_vocab, encoders, stats)
 
 
+def encode_requests(
+    spec: Spec,
+    encoders: dict[str, Encoder],
+    item_vocab: ItemVocab,
+    events: pl.DataFrame,
+    users: pl.DataFrame,
+) -> pl.DataFrame:
+    """Raw events of recommendation requests → rows in the layout of ``Prepared.sequences``.
+
+    ``events``: columns ``request``, ``item_id``, ``timestamp``, ``slot`` (true for the
+    predicted slot, one per request, its item null) and the spec's event columns; ``users``:
+    ``request`` and the spec's user columns. The predicted slot comes last in each request
+    and is its ``test_idx``; encoders apply exactly as in :func:`build`.
+    """
+    event_features = spec.features_in("event")
+    ordered = (
+        events.lazy()
+        .with_row_index("row")
+        .select(
+            "request",
+            "item_id",
+            "timestamp",
+            "slot",
+            "row",
+            *(_raw_value(f, events) for f in event_features),
+        )
+        .sort("request", "slot", "timestamp", "row", nulls_last=False)
+        .with_columns(
+            pl.col(f.name).diff().over("request").clip(lower_bound=0).alias(f"{f.name}.gap_s")
+            for f in event_features
+            if f.type == "time"
+        )
+        .with_columns(
+            item_vocab.encode(pl.col("item_id")).alias("item"), *_encode(spec, encoders, "event")
+        )
+    )
+    event_columns = [c for f in event_features for c in feature_columns(f.name, encoders[f.name])]
+    user_features = spec.features_in("user")
+    encoded_users = (
+        users.lazy()
+        .select("request", *(_raw_value(f, users) for f in user_features))
+        .select("request", *_encode(spec, encoders, "user"))
+    )
+    return (
+        ordered.group_by("request", maintain_order=True)
+        .agg(
+            pl.col("item", "timestamp", *event_columns),
+            (pl.len() - 1).cast(pl.Int32).alias("test_idx"),
+        )
+        .join(encoded_users, on="request", how="left")
+        .with_columns(
+            *_fill_missing(spec, encoders, "user"),
+            pl.col("request").alias("user_id"),
+            pl.col("test_idx").alias("train_len"),
+            pl.lit(None, pl.Int32).alias("valid_idx"),
+        )
+        .sort("request")
+        .collect()
+    )
+
+
 def _check_inputs(spec: Spec, tables: Tables) -> None:
     interactions = tables.interactions
     where = tables.origin.get("interactions", "interactions")

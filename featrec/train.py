@@ -42,7 +42,7 @@ from featrec.batching import (
 )
 from featrec.encoders import PAD, save_encoders
 from featrec.errors import FeatrecError
-from featrec.evaluate import evaluate_ranking, model_scorer, popularity_scorer
+from featrec.evaluate import evaluate_ranking, model_scorer, popularity, popularity_scorer
 from featrec.model import build_model, feature_configs
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
@@ -182,7 +182,7 @@ def train(
     model, data, cfg = experiment.model, experiment.data, spec.train
     device = torch.device(cfg.device)
     model.to(device)
-    _write_run_files(run_dir, spec, experiment.prepared)
+    _write_run_files(run_dir, spec, experiment)
 
     trainable = torch.nonzero(data.train_len > 0).squeeze(1)
     steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
@@ -298,10 +298,14 @@ def _train_epoch(
     }
 
 
-def _write_run_files(run_dir: Path, spec: Spec, prepared: Prepared) -> None:
+def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
+    """What recommending needs without the data: spec, encoders, item popularity."""
     resolved = spec.model_dump(mode="json")
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    prepared = experiment.prepared
     save_encoders(run_dir / "encoders.json", prepared.item_vocab, prepared.encoders)
+    counts = popularity(experiment.data, len(prepared.item_vocab)).tolist()
+    (run_dir / "item_popularity.json").write_text(json.dumps(counts), encoding="utf-8")
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -1,0 +1,100 @@
+"""Export a trained run: a ``torch.export`` program that scores encoded inputs, plus the
+encoders and vocabularies as plain files, so serving needs neither featrec's training code
+nor the data.
+
+Folder written by :func:`export_run`::
+
+    model.pt2            torch.export program: inputs (in inputs.json order) → (B, I) scores
+                         of the last position of each (left-padded) window
+    inputs.json          input names, dtypes and shapes; reserved ids; item id ↔ index
+    encoders.json        the fitted encoders (featrec.encoders format, plain JSON)
+    spec.yaml, item_popularity.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from featrec.encoders import MASK, MISSING, N_RESERVED, OOV, PAD
+from featrec.recommend import Recommender
+
+
+class ScoreLastSlot(nn.Module):
+    """Positional tensors in ``keys`` order → scores of the last position: (B, I)."""
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, inputs, strict=True))
+        return self.model.score(self.model(batch).hidden[:, -1])
+
+
+def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
+    """A small batch of real requests, to trace the program with."""
+    items = recommender.item_vocab.ids
+    histories = [items[:3], items[1:6], items[2:4]]
+    from featrec.batching import SequenceData, request_batch
+    from featrec.sequences import encode_requests
+
+    events, _ = recommender._events(histories, [None] * 3)
+    users = pl_frame(recommender, 3)
+    frame = encode_requests(
+        recommender.spec, recommender.encoders, recommender.item_vocab, events, users
+    )
+    data = SequenceData.from_frame(frame, recommender.encoders, recommender.spec)
+    return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
+
+
+def pl_frame(recommender: Recommender, rows: int):
+    import polars as pl
+
+    frame = pl.DataFrame({"request": list(range(rows))})
+    return frame.with_columns(pl.lit(None).alias(c) for c in recommender.user_columns)
+
+
+def export_run(run_dir: Path, out_dir: Path) -> Path:
+    recommender = Recommender(run_dir)
+    batch = example_batch(recommender)
+    keys = sorted(batch)
+    batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
+    length_dim = torch.export.Dim("length", min=1, max=recommender.spec.model.max_len)
+    shapes = tuple(
+        {0: batch_dim, 1: length_dim}
+        if key == "item" or key.startswith("event:")
+        else {0: batch_dim}
+        for key in keys
+    )
+    program = torch.export.export(
+        ScoreLastSlot(recommender.model, keys),
+        tuple(batch[k] for k in keys),
+        dynamic_shapes={"inputs": shapes},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, out_dir / "model.pt2")
+    inputs = [
+        {"name": key, "dtype": str(batch[key].dtype).removeprefix("torch."),
+         "shape": ["batch", "length"] if key == "item" or key.startswith("event:") else
+                  ["batch", *(["width"] if batch[key].ndim == 2 else [])]}
+        for key in keys
+    ]  # fmt: skip
+    description = {
+        "inputs": inputs,
+        "output": "scores (batch, items): the last position of each window is the predicted slot",
+        "reserved_ids": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},
+        "first_item_index": N_RESERVED,
+        "item_ids": recommender.item_vocab.ids,
+        "max_len": recommender.spec.model.max_len,
+    }
+    (out_dir / "inputs.json").write_text(json.dumps(description, indent=1), encoding="utf-8")
+    for name in ("encoders.json", "spec.yaml", "item_popularity.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    return out_dir / "model.pt2"

@@ -1,0 +1,417 @@
+"""Recommendations out of a trained run: "what next for this person, now?".
+
+``featrec.load(run_dir)`` returns a :class:`Recommender`. Requests carry raw values: original
+item ids (with their events' timestamps and features where known), raw user attributes, and
+the request's context (its time, other request-known event features). They are encoded with
+the run's encoders and turned into model input by the very function evaluation uses
+(:func:`featrec.batching.request_batch`): the predicted slot's item and after-the-fact
+features are hidden, its request-known features are filled from the request.
+
+Odd input never raises: unknown items in a history are dropped and counted, unknown
+attribute values map to OOV, missing ones to MISSING, histories longer than ``max_len`` keep
+their newest events, and an empty history falls back to popularity (said in the result).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from featrec.batching import SequenceData, request_batch, seen_items
+from featrec.datasets import load_tables
+from featrec.encoders import N_RESERVED, load_encoders
+from featrec.errors import FeatrecError
+from featrec.model import build_model, feature_configs
+from featrec.sequences import encode_requests
+from featrec.spec import Spec, load_spec
+
+log = logging.getLogger(__name__)
+
+History = list[Any] | list[dict[str, Any]] | pl.DataFrame | None
+
+
+@dataclass
+class Recommendation:
+    items: list[Any]  # original item ids, best first
+    scores: list[float]
+    dropped_items: int = 0  # history items unknown to the model
+    fallback: str | None = None  # set when the model could not be used
+
+
+def load(run_dir: str | Path) -> Recommender:
+    """The recommender of a trained run directory (``featrec train --out RUN_DIR``)."""
+    return Recommender(Path(run_dir))
+
+
+def to_seconds(value: Any) -> int | None:
+    """Unix seconds from seconds, a datetime / date, or ISO text; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp())
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            return to_seconds(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        except ValueError:
+            raise FeatrecError(
+                f"cannot read {value!r} as a time (unix seconds or ISO 8601)"
+            ) from None
+    raise FeatrecError(f"cannot read {value!r} ({type(value).__name__}) as a time")
+
+
+class Recommender:
+    def __init__(self, run_dir: Path) -> None:
+        spec_path, best = run_dir / "spec.yaml", run_dir / "checkpoints" / "best.pt"
+        if not spec_path.is_file() or not best.is_file():
+            raise FeatrecError(
+                f"{run_dir}: not a run directory (needs spec.yaml and checkpoints/best.pt)"
+            )
+        self.run_dir = run_dir
+        self.spec: Spec = load_spec(spec_path)
+        self.item_vocab, self.encoders = load_encoders(run_dir / "encoders.json")
+        state = torch.load(best, weights_only=True)
+        tables = {
+            key.removeprefix("item_table_"): value
+            for key, value in state.items()
+            if key.startswith("item_table_")
+        }
+        self.model = build_model(
+            self.spec, len(self.item_vocab), feature_configs(self.spec, self.encoders), tables
+        )
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self._popularity: torch.Tensor | None = None
+        self._tables = None
+
+    # -- raw requests -----------------------------------------------------------------------
+
+    @property
+    def event_columns(self) -> list[str]:
+        return [f.column for f in self.spec.features_in("event")]
+
+    @property
+    def user_columns(self) -> list[str]:
+        return [f.column for f in self.spec.features_in("user")]
+
+    def recommend(
+        self,
+        history: History,
+        user: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: list[Any] | None = None,
+    ) -> Recommendation:
+        """Top-``k`` items for one request.
+
+        ``history``: item ids, oldest first, or records / a DataFrame with ``item_id`` and
+        optionally ``timestamp`` and the spec's event columns. ``user``: raw attributes by the
+        spec's column names. ``context``: the request's ``timestamp`` and request-known event
+        columns. ``candidates``: only rank these items.
+        """
+        return self.recommend_many([history], [user], [context], k, exclude_seen, candidates)[0]
+
+    def recommend_many(
+        self,
+        histories: list[History],
+        users: list[dict[str, Any] | None],
+        contexts: list[dict[str, Any] | None],
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: list[Any] | None = None,
+    ) -> list[Recommendation]:
+        """Top-``k`` items for many requests at once (one model batch)."""
+        events, dropped = self._events(histories, contexts)
+        user_rows = [{"request": i, **(u or {})} for i, u in enumerate(users)]
+        user_frame = pl.DataFrame(user_rows, infer_schema_length=None)
+        for column in self.user_columns:
+            if column not in user_frame.columns:
+                user_frame = user_frame.with_columns(pl.lit(None).alias(column))
+        frame = encode_requests(self.spec, self.encoders, self.item_vocab, events, user_frame)
+        data = SequenceData.from_frame(frame, self.encoders, self.spec)
+        scores = self.score(data, exclude_seen)
+        if candidates is not None:
+            allowed = torch.zeros(scores.shape[1], dtype=torch.bool)
+            known = [self._item_index[c] for c in candidates if c in self._item_index]
+            allowed[known] = True
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        results = []
+        for i in range(len(histories)):
+            row, fallback = scores[i], None
+            if int(data.test_idx[i]) == 0:
+                fallback = "popularity: the history holds no known item"
+                row = self.popularity.clone()
+                row[:N_RESERVED] = float("-inf")
+                if candidates is not None:
+                    row = row.masked_fill(~allowed, float("-inf"))
+            top = torch.topk(row, min(k, int(torch.isfinite(row).sum())))
+            items = [self.item_vocab.ids[j - N_RESERVED] for j in top.indices.tolist()]
+            results.append(Recommendation(items, top.values.tolist(), dropped[i], fallback))
+        return results
+
+    @torch.no_grad()
+    def score(self, data: SequenceData, exclude_seen: bool = True) -> torch.Tensor:
+        """(requests, items) scores for the slot at each request's ``test_idx``."""
+        users = torch.arange(data.num_users)
+        targets = data.test_idx
+        batch = request_batch(data, users, targets, self.spec.model.max_len)
+        scores = self.model.score(self.model(batch).hidden[:, -1])
+        if exclude_seen:
+            scores = scores.masked_fill(
+                seen_items(data, users, targets, scores.shape[1]), float("-inf")
+            )
+        return scores
+
+    @property
+    def _item_dtype(self) -> pl.DataType:
+        return pl.Series(self.item_vocab.ids[:1]).dtype
+
+    @property
+    def _item_index(self) -> dict[Any, int]:
+        return {item: i + N_RESERVED for i, item in enumerate(self.item_vocab.ids)}
+
+    def _events(
+        self, histories: list[History], contexts: list[dict | None]
+    ) -> tuple[pl.DataFrame, list[int]]:
+        """One frame of every request's known history events plus its predicted slot."""
+        known = set(self.item_vocab.ids)
+        columns = list(dict.fromkeys(["item_id", "timestamp", *self.event_columns]))
+        frames, dropped = [], []
+        for request, (history, context) in enumerate(zip(histories, contexts, strict=True)):
+            events = _history_frame(history, self.spec.data.columns.time)
+            events = events.with_columns(pl.col("item_id").cast(self._item_dtype, strict=False))
+            keep = events.filter(pl.col("item_id").is_in(list(known)))
+            dropped.append(events.height - keep.height)
+            context = dict(context or {})
+            slot = {"item_id": None, "timestamp": to_seconds(context.pop("timestamp", None))}
+            slot |= {c: context.get(c) for c in self.event_columns if c != "timestamp"}
+            slot_frame = pl.DataFrame([slot], infer_schema_length=None)
+            frame = pl.concat([keep, slot_frame], how="diagonal_relaxed")
+            for column in columns:
+                if column not in frame.columns:
+                    frame = frame.with_columns(pl.lit(None).alias(column))
+            frames.append(
+                frame.select(columns).with_columns(
+                    pl.lit(request).alias("request"),
+                    pl.Series("slot", [False] * keep.height + [True]),
+                )
+            )
+        events = pl.concat(frames, how="diagonal_relaxed").with_columns(
+            pl.col("item_id").cast(self._item_dtype), pl.col("timestamp").cast(pl.Int64)
+        )
+        time_column = self.spec.data.columns.time  # features may name the time column itself
+        if time_column in events.columns and time_column != "timestamp":
+            events = events.with_columns(pl.col("timestamp").alias(time_column))
+        return events, dropped
+
+    # -- known users -----------------------------------------------------------------------
+
+    @property
+    def popularity(self) -> torch.Tensor:
+        """Training-event counts per item id (for the empty-history fallback)."""
+        if self._popularity is None:
+            path = self.run_dir / "item_popularity.json"
+            if path.is_file():
+                counts = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                counts = [0.0] * len(self.item_vocab)
+                log.warning(
+                    "%s has no item_popularity.json: the fallback ranks by item id", self.run_dir
+                )
+            self._popularity = torch.tensor(counts, dtype=torch.float32)
+        return self._popularity
+
+    def known_users(self) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The run's raw interactions and users tables (the data must be at hand)."""
+        if self._tables is None:
+            self._tables = load_tables(self.spec.data)
+        return self._tables.interactions, self._tables.users
+
+    def for_known_users(
+        self, user_ids: list[Any] | None, at: Any = None, k: int = 10, batch_size: int = 512
+    ) -> pl.DataFrame:
+        """Recommendations for users in the run's data (all of them when ``user_ids`` is None),
+        from their whole history, at time ``at`` (default: now)."""
+        interactions, users = self.known_users()
+        if user_ids is None:
+            user_ids = interactions.get_column("user_id").unique().sort().to_list()
+        dtype = interactions.schema["user_id"]
+        wanted = pl.Series("user_id", user_ids).cast(dtype, strict=False)
+        missing = [u for u, w in zip(user_ids, wanted.to_list(), strict=True) if w is None]
+        present = set(
+            interactions.filter(pl.col("user_id").is_in(wanted.drop_nulls().to_list()))["user_id"]
+        )
+        missing += [u for u in wanted.drop_nulls().to_list() if u not in present]
+        if missing:
+            source = self.spec.data.dataset or self.spec.data.interactions
+            raise FeatrecError(f"--user: {', '.join(map(str, missing[:5]))} not in {source}")
+        stamp = to_seconds(at) if at is not None else int(time.time())
+        grouped = (
+            interactions.filter(pl.col("user_id").is_in(wanted.to_list()))
+            .sort("user_id", "timestamp", maintain_order=True)
+            .partition_by("user_id", as_dict=True, maintain_order=True)
+        )
+        attributes = {}
+        if users is not None and self.user_columns:
+            for row in users.filter(pl.col("user_id").is_in(wanted.to_list())).iter_rows(
+                named=True
+            ):
+                attributes[row["user_id"]] = {c: row[c] for c in self.user_columns}
+        out = []
+        ordered = wanted.to_list()
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start : start + batch_size]
+            histories = [grouped[(u,)] for u in chunk]
+            recs = self.recommend_many(
+                histories,
+                [attributes.get(u) for u in chunk],
+                [{"timestamp": stamp}] * len(chunk),
+                k,
+            )
+            for user, rec in zip(chunk, recs, strict=True):
+                out.append(_rows(user, rec))
+        return pl.concat(out)
+
+
+def _rows(user: Any, rec: Recommendation) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": [user] * len(rec.items),
+            "rank": list(range(1, len(rec.items) + 1)),
+            "item_id": rec.items,
+            "score": rec.scores,
+            "fallback": pl.Series([rec.fallback] * len(rec.items), dtype=pl.String),
+        },
+        strict=False,
+    )
+
+
+def _history_frame(history: History, time_column: str) -> pl.DataFrame:
+    if history is None:
+        return pl.DataFrame({"item_id": []})
+    if isinstance(history, pl.DataFrame):
+        frame = history
+    elif history and isinstance(history[0], dict):
+        frame = pl.DataFrame(history, infer_schema_length=None)
+    else:
+        frame = pl.DataFrame({"item_id": list(history)}, strict=False)
+    if "item_id" not in frame.columns:
+        raise FeatrecError(f"history: needs an item_id column; got {', '.join(frame.columns)}")
+    if (
+        time_column != "timestamp"
+        and "timestamp" not in frame.columns
+        and time_column in frame.columns
+    ):
+        frame = frame.rename({time_column: "timestamp"})
+    if "timestamp" in frame.columns and frame.schema["timestamp"] not in (pl.Int64, pl.Int32):
+        frame = frame.with_columns(
+            pl.Series(
+                "timestamp", [to_seconds(v) for v in frame["timestamp"].to_list()], dtype=pl.Int64
+            )
+        )
+    return frame
+
+
+def read_requests(path: Path) -> pl.DataFrame:
+    """A request file (csv or parquet) with any of: user_id, history, timestamp, user
+    attribute columns, request-known event columns."""
+    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise FeatrecError(f"--input {path}: expected a .csv or .parquet file")
+    try:
+        return reader(path)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FeatrecError(f"--input {path}: cannot read: {first}") from None
+
+
+def recommend_requests(
+    recommender: Recommender, requests: pl.DataFrame, k: int, source: str = "requests"
+) -> pl.DataFrame:
+    """Recommendations for every row of a request table (rows numbered from 1 in errors)."""
+    if "user_id" not in requests.columns and "history" not in requests.columns:
+        raise FeatrecError(
+            f"{source}: needs a user_id or a history column; got {', '.join(requests.columns)}"
+        )
+    histories = _parse_histories(recommender, requests, source)
+    stamps = _parse_times(requests, source)
+    known_rows = [i for i, h in enumerate(histories) if h is None]
+    if known_rows:
+        if "user_id" not in requests.columns:
+            raise FeatrecError(
+                f"{source}: row {known_rows[0] + 1}, column history: empty, and no user_id"
+            )
+        interactions, _ = recommender.known_users()
+        by_user = interactions.sort("user_id", "timestamp", maintain_order=True).partition_by(
+            "user_id", as_dict=True, maintain_order=True
+        )
+        for i in known_rows:
+            user = requests["user_id"][i]
+            histories[i] = by_user.get((user,), pl.DataFrame({"item_id": []}))
+    attribute_columns = [c for c in recommender.user_columns if c in requests.columns]
+    users = [
+        {c: row[c] for c in attribute_columns} or None for row in requests.iter_rows(named=True)
+    ]
+    context_columns = [
+        c for c in recommender.event_columns if c in requests.columns and c != "timestamp"
+    ]
+    contexts = [
+        {"timestamp": stamp, **{c: row[c] for c in context_columns}}
+        for stamp, row in zip(stamps, requests.iter_rows(named=True), strict=True)
+    ]
+    recs = recommender.recommend_many(histories, users, contexts, k)
+    ids = (
+        requests["user_id"].to_list()
+        if "user_id" in requests.columns
+        else list(range(1, len(recs) + 1))
+    )
+    return pl.concat([_rows(user, rec) for user, rec in zip(ids, recs, strict=True)])
+
+
+def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: str) -> list:
+    if "history" not in requests.columns:
+        return [None] * requests.height
+    column = requests["history"]
+    if column.dtype == pl.String:  # csv: ids separated by spaces, '|' or ','
+        column = column.str.replace_all(r"[|,]", " ").str.strip_chars().str.split(" ")
+        column = column.list.eval(pl.element().filter(pl.element() != ""))
+    if not isinstance(column.dtype, pl.List):
+        raise FeatrecError(
+            f"{source}: column history: expected a list of item ids (or text like '3 17 42'); "
+            f"got {column.dtype}"
+        )
+    out = []
+    for i, items in enumerate(column.to_list()):
+        out.append(None if items is None or len(items) == 0 else list(items))
+        if items is not None and any(isinstance(v, (float, bool, dict, list)) for v in items):
+            raise FeatrecError(
+                f"{source}: row {i + 1}, column history: {items!r} is not a list of item ids"
+            )
+    return out
+
+
+def _parse_times(requests: pl.DataFrame, source: str) -> list[int | None]:
+    if "timestamp" not in requests.columns:
+        return [int(time.time())] * requests.height
+    stamps = []
+    for i, value in enumerate(requests["timestamp"].to_list()):
+        try:
+            stamps.append(to_seconds(value) if value is not None else int(time.time()))
+        except FeatrecError as err:
+            raise FeatrecError(f"{source}: row {i + 1}, column timestamp: {err}") from None
+    return stamps

@@ -1,0 +1,231 @@
+"""Recommendations from a trained run: API, CLI, context, odd input, one code path, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+import featrec
+from featrec.cli import main
+from featrec.evaluate import model_scorer
+from featrec.export import example_batch, export_run
+from featrec.recommend import Recommender
+from featrec.spec import load_spec
+from featrec.train import Experiment, train
+from tests.conftest import real_data_dir, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run(tmp_path: Path, tiny_spec_body: dict) -> Path:
+    tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3}
+    train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_cold_user_with_a_history_only(run: Path) -> None:
+    rec = featrec.load(run).recommend([10, 11], k=3)
+    assert len(rec.items) == 3 and rec.fallback is None
+    assert not {10, 11} & set(rec.items)  # seen items excluded
+    assert rec.scores == sorted(rec.scores, reverse=True)
+
+
+def test_empty_history_falls_back_to_popularity_and_says_so(run: Path) -> None:
+    for history in ([], None, [999]):
+        rec = featrec.load(run).recommend(history, k=2)
+        assert rec.fallback is not None and "popularity" in rec.fallback
+        assert rec.items == [12, 11] or rec.items == [11, 12]  # 3 training events each
+
+
+def test_unknown_items_are_dropped_and_counted(run: Path) -> None:
+    recommender = featrec.load(run)
+    rec = recommender.recommend([10, 999, "x", 11], k=3)
+    assert rec.dropped_items == 2
+    assert rec.items == recommender.recommend([10, 11], k=3).items
+
+
+def test_unknown_and_missing_attributes_never_raise(run: Path) -> None:
+    recommender = featrec.load(run)
+    odd = recommender.recommend([10], user={"age": None, "job": "astronaut"}, k=2)
+    missing = recommender.recommend([10], user=None, k=2)
+    assert len(odd.items) == len(missing.items) == 2
+
+
+def test_long_histories_keep_the_newest_events(run: Path) -> None:
+    recommender = featrec.load(run)
+    long = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 12, 13]
+    newest = long[-(recommender.spec.model.max_len - 1) :]  # the predicted slot takes one
+    a = recommender.recommend(long, k=4, exclude_seen=False)
+    b = recommender.recommend(newest, k=4, exclude_seen=False)
+    assert a.items == b.items and a.scores == pytest.approx(b.scores)
+
+
+def test_candidates_restrict_the_ranking(run: Path) -> None:
+    rec = featrec.load(run).recommend([10], k=5, candidates=[13, 14, 999])
+    assert sorted(rec.items) == [13, 14]
+
+
+def test_request_time_is_used_and_after_features_are_not(run: Path) -> None:
+    recommender = featrec.load(run)
+    history = [{"item_id": 10, "timestamp": 100, "rating": 5, "device": "ios"}]
+    base = recommender.recommend(history, context={"timestamp": 3600 * 5, "rating": 1}, k=11)
+    other_rating = recommender.recommend(
+        history, context={"timestamp": 3600 * 5, "rating": 5}, k=11
+    )
+    assert base.scores == other_rating.scores  # rating is known only after: hidden
+    later = recommender.recommend(history, context={"timestamp": 3600 * 17, "rating": 1}, k=11)
+    assert later.scores != base.scores  # the request hour is real signal
+
+
+def _evaluation_top_k(experiment: Experiment, k: int) -> dict:
+    """Top-k of the evaluation path (model_scorer + seen-item exclusion) per test user."""
+    from featrec.batching import seen_items
+
+    experiment.model.eval()
+    users, positions = experiment.data.targets("test")
+    scores = model_scorer(experiment.model, experiment.data, experiment.spec.model.max_len)(
+        users, positions
+    )
+    scores = scores.masked_fill(
+        seen_items(experiment.data, users, positions, scores.shape[1]), float("-inf")
+    )
+    top = torch.topk(scores, k).indices
+    ids = experiment.prepared.item_vocab.ids
+    return {
+        experiment.data.user_ids[u]: [ids[i - 4] for i in row]
+        for u, row in zip(users.tolist(), top.tolist(), strict=True)
+    }
+
+
+def _recommend_top_k(recommender: Recommender, tables, experiment: Experiment, k: int) -> dict:
+    """The same users through recommend(): raw history before the test event, raw user
+    attributes, and the test event's time as the request's context."""
+    users, positions = experiment.data.targets("test")
+    interactions = tables.interactions.with_row_index("row").sort("user_id", "timestamp", "row")
+    by_user = interactions.partition_by("user_id", as_dict=True, maintain_order=True)
+    people = {}
+    if tables.users is not None:
+        people = {r["user_id"]: r for r in tables.users.iter_rows(named=True)}
+    histories, attributes, contexts, ids = [], [], [], []
+    for user, position in zip(users.tolist(), positions.tolist(), strict=True):
+        user_id = experiment.data.user_ids[user]
+        events = by_user[(user_id,)]
+        target = events.row(position, named=True)
+        histories.append(events.head(position))
+        row = people.get(user_id, {})
+        attributes.append({c: row.get(c) for c in recommender.user_columns})
+        contexts.append(
+            {
+                "timestamp": target["timestamp"],
+                **{c: target[c] for c in recommender.event_columns if c in target},
+            }
+        )
+        ids.append(user_id)
+    recs = recommender.recommend_many(histories, attributes, contexts, k)
+    return {user: rec.items for user, rec in zip(ids, recs, strict=True)}
+
+
+def test_recommend_equals_the_evaluation_path_on_tiny_data(run: Path) -> None:
+    recommender = featrec.load(run)
+    experiment = Experiment.from_spec(recommender.spec)
+    experiment.model.load_state_dict(recommender.model.state_dict())
+    from featrec.datasets import load_tables
+
+    tables = load_tables(recommender.spec.data)
+    assert _recommend_top_k(recommender, tables, experiment, 5) == _evaluation_top_k(experiment, 5)
+
+
+@pytest.mark.real_data
+def test_recommend_equals_the_evaluation_path_for_every_ml100k_user(tmp_path: Path) -> None:
+    real_data_dir("ml-100k")
+    spec = load_spec(ROOT / "feature_specs" / "ml-100k.yaml", ["train.epochs=1"])
+    train(spec, tmp_path / "run")
+    recommender = featrec.load(tmp_path / "run")
+    experiment = Experiment.from_spec(recommender.spec)
+    experiment.model.load_state_dict(recommender.model.state_dict())
+    from featrec.datasets import load_tables
+
+    expected = _evaluation_top_k(experiment, 10)
+    assert len(expected) == 943
+    assert _recommend_top_k(recommender, load_tables(spec.data), experiment, 10) == expected
+
+
+def test_export_scores_equal_the_eager_model(run: Path, tmp_path: Path) -> None:
+    path = export_run(run, tmp_path / "export")
+    program = torch.export.load(path).module()
+    recommender = Recommender(run)
+    experiment = Experiment.from_spec(recommender.spec)
+    experiment.model.load_state_dict(recommender.model.state_dict())
+    from featrec.batching import request_batch
+
+    users, positions = experiment.data.targets("test")  # another batch size and length
+    for batch in (example_batch(recommender), request_batch(experiment.data, users, positions, 7)):
+        keys = sorted(batch)
+        with torch.no_grad():
+            eager = recommender.model.score(recommender.model(batch).hidden[:, -1])
+        assert torch.equal(program(*[batch[k] for k in keys]), eager)
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {
+        "model.pt2",
+        "inputs.json",
+        "encoders.json",
+    }
+
+
+def test_cli_recommend_for_a_user_a_file_and_everyone(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            ["-q", "recommend", str(run), "--user", "u1", "--k", "3", "--at", "2021-03-04T05:00:00"]
+        )
+        == 0
+    )
+    assert "item_id" in capsys.readouterr().out
+    requests = pl.DataFrame(
+        {"user_id": ["u1", "new"], "history": [None, [10, 11]], "timestamp": [900, 1000],
+         "job": ["eng", "astronaut"], "device": ["ios", None]}
+    )  # fmt: skip
+    requests.write_parquet(tmp_path / "requests.parquet")
+    out = tmp_path / "recs.parquet"
+    assert (
+        main(
+            [
+                "-q",
+                "recommend",
+                str(run),
+                "--input",
+                str(tmp_path / "requests.parquet"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    recs = pl.read_parquet(out)
+    assert recs.columns == ["user_id", "rank", "item_id", "score", "fallback"]
+    # 11 items: "new" saw 2 of them, u1 (whole history) 5
+    assert recs.group_by("user_id").len().sort("user_id")["len"].to_list() == [9, 6]
+    everyone = tmp_path / "all.parquet"
+    assert (
+        main(["-q", "recommend", str(run), "--all-users", "--k", "2", "--out", str(everyone)]) == 0
+    )
+    assert pl.read_parquet(everyone)["user_id"].n_unique() == 7
+    assert main(["-q", "export", str(run), "--out", str(tmp_path / "exp")]) == 0
+
+
+def test_malformed_request_file_names_row_and_column(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "requests.csv"
+    path.write_text("user_id,history,timestamp\nu1,10 11,100\nu2,12,yesterday\n")
+    code = main(
+        ["-q", "recommend", str(run), "--input", str(path), "--out", str(tmp_path / "r.parquet")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "requests.csv: row 2, column timestamp: cannot read 'yesterday'" in err
+    assert main(["-q", "recommend", str(run), "--user", "nobody"]) == 2
+    assert "--user: nobody not in" in capsys.readouterr().err
