@@ -15,6 +15,7 @@ lazy query; ``fit`` takes the training split's values as a Series. ``to_dict`` /
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,15 +61,20 @@ class CategoricalEncoder:
         kept = counts.filter(pl.col("n") >= self.min_count).get_column(values.name)
         self.integers = values.dtype.is_integer()
         self.values = sorted(kept.cast(pl.String).to_list())
+        self.__dict__.pop("_mapping", None)  # refitted: rebuild the lookup
         return self
 
+    @functools.cached_property
+    def _mapping(self) -> tuple[pl.Series, pl.Series]:
+        """(values, ids) as Series, built once: lookups do not convert lists per call."""
+        old = pl.Series([int(v) for v in self.values] if self.integers else self.values)
+        new = pl.Series(range(N_RESERVED, N_RESERVED + len(self.values)), dtype=ID_DTYPE)
+        return old, new
+
     def _ids(self, values: pl.Expr) -> pl.Expr:
-        new = list(range(N_RESERVED, N_RESERVED + len(self.values)))
-        if self.integers:  # text that is no integer casts to null and so maps to OOV
-            old = [int(v) for v in self.values]
-            values = values.cast(pl.Int64, strict=False)
-        else:
-            old, values = self.values, values.cast(pl.String)
+        old, new = self._mapping
+        # text that is no integer casts to null and so maps to OOV
+        values = values.cast(pl.Int64, strict=False) if self.integers else values.cast(pl.String)
         return values.replace_strict(old, new, default=OOV, return_dtype=ID_DTYPE)
 
     def encode(self, values: pl.Expr) -> pl.Expr:
@@ -223,9 +229,14 @@ class ItemVocab:
     def __len__(self) -> int:
         return N_RESERVED + len(self.ids)
 
+    @functools.cached_property
+    def _mapping(self) -> tuple[pl.Series, pl.Series]:
+        new = pl.Series(range(N_RESERVED, N_RESERVED + len(self.ids)), dtype=ID_DTYPE)
+        return pl.Series(self.ids), new
+
     def encode(self, raw_ids: pl.Expr) -> pl.Expr:
-        new = list(range(N_RESERVED, N_RESERVED + len(self.ids)))
-        return raw_ids.replace_strict(self.ids, new, default=OOV, return_dtype=ID_DTYPE)
+        old, new = self._mapping
+        return raw_ids.replace_strict(old, new, default=OOV, return_dtype=ID_DTYPE)
 
 
 Encoder = (

@@ -14,6 +14,7 @@ their newest events, and an empty history falls back to popularity (said in the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -95,6 +96,7 @@ class Recommender:
         self.model.load_state_dict(state)
         self.model.eval()
         self._popularity: torch.Tensor | None = None
+        self.batch_size = 512  # requests scored per model call
         self._tables = None
 
     # -- raw requests -----------------------------------------------------------------------
@@ -134,67 +136,85 @@ class Recommender:
         exclude_seen: bool = True,
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` items for many requests at once (one model batch)."""
+        """Top-``k`` items for many requests at once."""
         events, dropped = self._events(histories, contexts)
         user_rows = [{"request": i, **(u or {})} for i, u in enumerate(users)]
         user_frame = pl.DataFrame(user_rows, infer_schema_length=None)
+        return self._recommend(events, user_frame, dropped, k, exclude_seen, candidates)
+
+    def _recommend(
+        self,
+        events: pl.DataFrame,
+        user_frame: pl.DataFrame,
+        dropped: list[int],
+        k: int,
+        exclude_seen: bool = True,
+        candidates: list[Any] | None = None,
+    ) -> list[Recommendation]:
+        """Encode the requests' events (see :func:`encode_requests`), score, take top-k."""
         for column in self.user_columns:
             if column not in user_frame.columns:
                 user_frame = user_frame.with_columns(pl.lit(None).alias(column))
         frame = encode_requests(self.spec, self.encoders, self.item_vocab, events, user_frame)
         data = SequenceData.from_frame(frame, self.encoders, self.spec)
-        scores = self.score(data, exclude_seen)
+        allowed = None
         if candidates is not None:
-            allowed = torch.zeros(scores.shape[1], dtype=torch.bool)
-            known = [self._item_index[c] for c in candidates if c in self._item_index]
-            allowed[known] = True
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            allowed = torch.zeros(len(self.item_vocab), dtype=torch.bool)
+            allowed[[self._item_index[c] for c in candidates if c in self._item_index]] = True
         results = []
-        for i in range(len(histories)):
-            row, fallback = scores[i], None
-            if int(data.test_idx[i]) == 0:
-                fallback = "popularity: the history holds no known item"
-                row = self.popularity.clone()
-                row[:N_RESERVED] = float("-inf")
-                if candidates is not None:
-                    row = row.masked_fill(~allowed, float("-inf"))
-            top = torch.topk(row, min(k, int(torch.isfinite(row).sum())))
-            items = [self.item_vocab.ids[j - N_RESERVED] for j in top.indices.tolist()]
-            results.append(Recommendation(items, top.values.tolist(), dropped[i], fallback))
+        for start in range(0, data.num_users, self.batch_size):
+            users = torch.arange(start, min(start + self.batch_size, data.num_users))
+            scores = self.score(data, users, exclude_seen)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            for row, user in zip(scores, users.tolist(), strict=True):
+                fallback = None
+                if int(data.test_idx[user]) == 0:
+                    fallback = "popularity: the history holds no known item"
+                    row = self.popularity.clone()
+                    row[:N_RESERVED] = float("-inf")
+                    if allowed is not None:
+                        row = row.masked_fill(~allowed, float("-inf"))
+                top = torch.topk(row, min(k, int(torch.isfinite(row).sum())))
+                items = [self.item_vocab.ids[j - N_RESERVED] for j in top.indices.tolist()]
+                results.append(Recommendation(items, top.values.tolist(), dropped[user], fallback))
         return results
 
     @torch.no_grad()
-    def score(self, data: SequenceData, exclude_seen: bool = True) -> torch.Tensor:
-        """(requests, items) scores for the slot at each request's ``test_idx``."""
-        users = torch.arange(data.num_users)
-        targets = data.test_idx
+    def score(
+        self, data: SequenceData, users: torch.Tensor, exclude_seen: bool = True
+    ) -> torch.Tensor:
+        """(len(users), items) scores for the slot at each request's ``test_idx``."""
+        targets = data.test_idx[users]
         batch = request_batch(data, users, targets, self.spec.model.max_len)
         scores = self.model.score(self.model(batch).hidden[:, -1])
         if exclude_seen:
-            scores = scores.masked_fill(
-                seen_items(data, users, targets, scores.shape[1]), float("-inf")
-            )
+            seen = seen_items(data, users, targets, scores.shape[1])
+            scores = scores.masked_fill(seen, float("-inf"))
         return scores
 
-    @property
+    @functools.cached_property
     def _item_dtype(self) -> pl.DataType:
         return pl.Series(self.item_vocab.ids[:1]).dtype
 
-    @property
+    @functools.cached_property
     def _item_index(self) -> dict[Any, int]:
         return {item: i + N_RESERVED for i, item in enumerate(self.item_vocab.ids)}
+
+    @functools.cached_property
+    def _known_items(self) -> pl.Series:
+        return pl.Series(self.item_vocab.ids, dtype=self._item_dtype)
 
     def _events(
         self, histories: list[History], contexts: list[dict | None]
     ) -> tuple[pl.DataFrame, list[int]]:
         """One frame of every request's known history events plus its predicted slot."""
-        known = set(self.item_vocab.ids)
         columns = list(dict.fromkeys(["item_id", "timestamp", *self.event_columns]))
         frames, dropped = [], []
         for request, (history, context) in enumerate(zip(histories, contexts, strict=True)):
             events = _history_frame(history, self.spec.data.columns.time)
             events = events.with_columns(pl.col("item_id").cast(self._item_dtype, strict=False))
-            keep = events.filter(pl.col("item_id").is_in(list(known)))
+            keep = events.filter(pl.col("item_id").is_in(self._known_items.implode()))
             dropped.append(events.height - keep.height)
             context = dict(context or {})
             slot = {"item_id": None, "timestamp": to_seconds(context.pop("timestamp", None))}
@@ -242,7 +262,7 @@ class Recommender:
         return self._tables.interactions, self._tables.users
 
     def for_known_users(
-        self, user_ids: list[Any] | None, at: Any = None, k: int = 10, batch_size: int = 512
+        self, user_ids: list[Any] | None, at: Any = None, k: int = 10
     ) -> pl.DataFrame:
         """Recommendations for users in the run's data (all of them when ``user_ids`` is None),
         from their whole history, at time ``at`` (default: now)."""
@@ -260,31 +280,32 @@ class Recommender:
             source = self.spec.data.dataset or self.spec.data.interactions
             raise FeatrecError(f"--user: {', '.join(map(str, missing[:5]))} not in {source}")
         stamp = to_seconds(at) if at is not None else int(time.time())
-        grouped = (
-            interactions.filter(pl.col("user_id").is_in(wanted.to_list()))
-            .sort("user_id", "timestamp", maintain_order=True)
-            .partition_by("user_id", as_dict=True, maintain_order=True)
+        wanted = wanted.drop_nulls()
+        requests = pl.DataFrame({"user_id": wanted, "request": range(len(wanted))})
+        history = interactions.join(requests, on="user_id").select(
+            pl.exclude("user_id"), pl.lit(False).alias("slot")
         )
-        attributes = {}
+        slots = requests.select(
+            "request",
+            pl.lit(None, self._item_dtype).alias("item_id"),
+            pl.lit(stamp, pl.Int64).alias("timestamp"),
+            pl.lit(True).alias("slot"),
+        )
+        events = pl.concat([history, slots], how="diagonal_relaxed")
+        time_column = self.spec.data.columns.time
+        if time_column != "timestamp" and time_column in events.columns:
+            events = events.with_columns(pl.col("timestamp").alias(time_column))
+        for column in self.event_columns:
+            if column not in events.columns:
+                events = events.with_columns(pl.lit(None).alias(column))
+        user_frame = requests.select("request")
         if users is not None and self.user_columns:
-            for row in users.filter(pl.col("user_id").is_in(wanted.to_list())).iter_rows(
-                named=True
-            ):
-                attributes[row["user_id"]] = {c: row[c] for c in self.user_columns}
-        out = []
-        ordered = wanted.to_list()
-        for start in range(0, len(ordered), batch_size):
-            chunk = ordered[start : start + batch_size]
-            histories = [grouped[(u,)] for u in chunk]
-            recs = self.recommend_many(
-                histories,
-                [attributes.get(u) for u in chunk],
-                [{"timestamp": stamp}] * len(chunk),
-                k,
+            first = users.unique("user_id", keep="first", maintain_order=True)
+            user_frame = requests.join(first, on="user_id", how="left").select(
+                "request", *self.user_columns
             )
-            for user, rec in zip(chunk, recs, strict=True):
-                out.append(_rows(user, rec))
-        return pl.concat(out)
+        recs = self._recommend(events, user_frame, [0] * len(wanted), k)
+        return pl.concat([_rows(u, rec) for u, rec in zip(wanted.to_list(), recs, strict=True)])
 
 
 def _rows(user: Any, rec: Recommendation) -> pl.DataFrame:

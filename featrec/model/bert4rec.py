@@ -74,9 +74,12 @@ class BERT4Rec(nn.Module):
         """One feature's embeddings: item (B, L, D_f), user (B, 1, D_f), event (B, L, D_f)."""
         module = self.features[config.name]
         if config.scope == "item":
-            # embed every item's attributes once, then look them up: (I, D_f) → (B, L, D_f)
             table = getattr(self, f"item_table_{config.name}")
-            return module([table])[batch["item"]]
+            items = batch["item"]
+            if items.numel() < table.shape[0]:  # few tokens (serving): look up, then embed
+                return module([table[items]])
+            # many tokens (training): embed every item's attributes once, then look them up
+            return module([table])[items]  # (I, D_f) → (B, L, D_f)
         embedded = module([batch[column.key] for column in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
