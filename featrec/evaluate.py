@@ -119,6 +119,9 @@ def evaluate_ranking(
     baseline plug in here so both are measured by the same code.
     """
     users, positions = data.targets(split)
+    # batches of similar history length pad less; ranks are put back in user order below
+    order = torch.argsort(positions, stable=True)
+    users, positions = users[order], positions[order]
     metrics = RankingMetrics(ks)
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
@@ -138,7 +141,9 @@ def evaluate_ranking(
     results = metrics.compute()
     if sampled is not None:
         results |= {f"sampled{sampled_negatives}/{k}": v for k, v in sampled.compute().items()}
-    ranks = torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.int64)
+    ranks = torch.zeros(len(order), dtype=torch.int64)
+    if all_ranks:
+        ranks[order] = torch.cat(all_ranks)
     return results, ranks
 
 
