@@ -24,7 +24,7 @@ import yaml
 from featrec.errors import FeatrecError
 from featrec.evaluate import evaluate_ranking, popularity_scorer
 from featrec.spec import Spec
-from featrec.train import Experiment, train
+from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,6 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
 
 def _most_popular(spec: Spec, directory: Path) -> dict:
     """The popularity baseline, evaluated and stored like a trained run."""
-    from featrec.train import _write_ranks
-
     experiment = Experiment.from_spec(spec)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -184,7 +182,7 @@ def _most_popular(spec: Spec, directory: Path) -> dict:
         )  # fmt: skip
     final = {"name": spec.name, "variant": MOST_POPULAR, "features": [], "seed": spec.train.seed,
              "test": results["test"], "valid": results["valid"]}  # fmt: skip
-    _write_ranks(experiment.data, staging, ranks["valid"], ranks["test"])
+    write_ranks(experiment.data, staging, ranks["valid"], ranks["test"])
     (staging / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)

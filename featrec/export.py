@@ -17,11 +17,14 @@ import json
 import shutil
 from pathlib import Path
 
+import polars as pl
 import torch
 from torch import nn
 
+from featrec.batching import SequenceData, request_batch
 from featrec.encoders import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.recommend import Recommender
+from featrec.sequences import encode_requests
 
 
 class ScoreLastSlot(nn.Module):
@@ -38,26 +41,16 @@ class ScoreLastSlot(nn.Module):
 
 
 def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
-    """A small batch of real requests, to trace the program with."""
+    """A small batch of real requests (three histories, no user attributes) to trace with."""
     items = recommender.item_vocab.ids
     histories = [items[:3], items[1:6], items[2:4]]
-    from featrec.batching import SequenceData, request_batch
-    from featrec.sequences import encode_requests
-
-    events, _ = recommender._events(histories, [None] * 3)
-    users = pl_frame(recommender, 3)
-    frame = encode_requests(
-        recommender.spec, recommender.encoders, recommender.item_vocab, events, users
-    )
-    data = SequenceData.from_frame(frame, recommender.encoders, recommender.spec)
-    return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
-
-
-def pl_frame(recommender: Recommender, rows: int):
-    import polars as pl
-
-    frame = pl.DataFrame({"request": list(range(rows))})
-    return frame.with_columns(pl.lit(None).alias(c) for c in recommender.user_columns)
+    events, _ = recommender.request_events(histories, [None] * 3)
+    users = pl.DataFrame({"request": [0, 1, 2]})
+    users = users.with_columns(pl.lit(None).alias(c) for c in recommender.user_columns)
+    spec, encoders = recommender.spec, recommender.encoders
+    frame = encode_requests(spec, encoders, recommender.item_vocab, events, users)
+    data = SequenceData.from_frame(frame, encoders, spec)
+    return request_batch(data, torch.arange(3), data.test_idx, spec.model.max_len)
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:

@@ -137,7 +137,7 @@ class Recommender:
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
         """Top-``k`` items for many requests at once."""
-        events, dropped = self._events(histories, contexts)
+        events, dropped = self.request_events(histories, contexts)
         user_rows = [{"request": i, **(u or {})} for i, u in enumerate(users)]
         user_frame = pl.DataFrame(user_rows, infer_schema_length=None)
         return self._recommend(events, user_frame, dropped, k, exclude_seen, candidates)
@@ -205,7 +205,7 @@ class Recommender:
     def _known_items(self) -> pl.Series:
         return pl.Series(self.item_vocab.ids, dtype=self._item_dtype)
 
-    def _events(
+    def request_events(
         self, histories: list[History], contexts: list[dict | None]
     ) -> tuple[pl.DataFrame, list[int]]:
         """One frame of every request's known history events plus its predicted slot."""

@@ -339,11 +339,11 @@ def _final_metrics(
         "fusion_weights": experiment.fusion_weights("valid"),
     }
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
-    _write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
+    write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
     return final
 
 
-def _write_ranks(
+def write_ranks(
     data: SequenceData, run_dir: Path, valid_ranks: torch.Tensor, test_ranks: torch.Tensor
 ) -> None:
     frames = []
