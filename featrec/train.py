@@ -16,6 +16,8 @@ Run directory (DESIGN.md §6)::
 from __future__ import annotations
 
 import csv
+import ctypes
+import functools
 import json
 import logging
 import math
@@ -123,6 +125,26 @@ class Experiment:
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``).
+
+    Batches of varying length leave glibc's heap fragmented: without this, a training
+    process on ML-1M grew by ~45 MB per epoch (4.9 GB resident after 44 epochs, 0.65 GB
+    right after one ``malloc_trim``). Nothing was leaked; it was just never returned.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def masked_item_loss(
     model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
@@ -227,6 +249,7 @@ def train(
             checkpoints / "last.pt",
         )
         _write_history(run_dir, state["history"])
+        release_free_memory()
         valid_score = row.get(f"valid/{EARLY_STOP_METRIC}", float("nan"))
         log.info(
             "epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.0f tokens/s",
