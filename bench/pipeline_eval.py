@@ -1,7 +1,9 @@
 """ML-1M data to first batch, full-ranking evaluation of every user, and training peak RSS.
 
 * first batch: a fresh process with an empty cache: raw files → prepared sequences →
-  tensors → the first training batch (the wall time a user waits before step one);
+  tensors → the first training batch, timed apart from the imports before it (torch alone
+  takes ~2 s to import here) and together with them (the wall time a user waits before
+  step one, interpreter start aside);
 * evaluation: full ranking of all items for every ML-1M user (test split, seen items
   excluded), full-feature model, median of ``--repeats``;
 * peak RSS: ``featrec train`` on ML-1M (full features) for ``--epochs`` epochs in a child
@@ -29,13 +31,15 @@ import torch
 from featrec.batching import length_aware_batches, training_batch
 from featrec.spec import load_spec
 from featrec.train import Experiment
+imported = time.perf_counter()
 spec = load_spec(sys.argv[1])
 experiment = Experiment.from_spec(spec)
 data, generator = experiment.data, torch.Generator().manual_seed(0)
 users = torch.nonzero(data.train_len > 0).squeeze(1)
 first = length_aware_batches(users, data.train_len.clamp(max=200), 128, generator)[0]
 batch, labels = training_batch(data, first, 200, 0.2, 0.1, generator)
-print(time.perf_counter() - start)
+done = time.perf_counter()
+print(imported - start, done - imported, done - start)
 """
 
 
@@ -62,12 +66,20 @@ def main() -> None:
                 [sys.executable, "-c", FIRST_BATCH, args.spec],
                 {**os.environ, "FEATREC_CACHE": cache},
             )
-            first_batch.append(float(out.strip().splitlines()[-1]))
-    print(
-        f"ML-1M raw files → first training batch (fresh process, empty cache): median "
-        f"{statistics.median(first_batch):.2f} s (min {min(first_batch):.2f}, max "
-        f"{max(first_batch):.2f}) over {args.repeats}"
-    )
+            first_batch.append([float(x) for x in out.strip().splitlines()[-1].split()])
+    for column, what in enumerate(
+        [
+            "imports (torch, featrec)",
+            "raw files → first training batch (data)",
+            "whole wait: imports + data",
+        ]
+    ):
+        values = [row[column] for row in first_batch]
+        print(
+            f"ML-1M, fresh process, empty cache, {what}: median "
+            f"{statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}) "
+            f"over {args.repeats}"
+        )
 
     from featrec.spec import load_spec
     from featrec.train import Experiment
@@ -78,11 +90,12 @@ def main() -> None:
         start = time.perf_counter()
         _, ranks = experiment.evaluate("test")
         times.append(time.perf_counter() - start)
-    times = times[1:]  # the first call warms up
+    first, times = times[0], times[1:]  # the first call also imports torchmetrics
     print(
         f"full-ranking evaluation of {len(ranks):,} ML-1M users x "
         f"{experiment.model.num_items - 4:,} items: median {statistics.median(times):.2f} s "
-        f"(min {min(times):.2f}, max {max(times):.2f}) over {args.repeats}"
+        f"(min {min(times):.2f}, max {max(times):.2f}) over {args.repeats}; the first call "
+        f"of the process (imports torchmetrics, first-touch memory): {first:.2f} s"
     )
 
     with tempfile.TemporaryDirectory() as run_dir:

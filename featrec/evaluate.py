@@ -12,51 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchmetrics import Metric
 
 from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.encoders import N_RESERVED
-
-
-class RankingMetrics(Metric):
-    """HR@K (= recall@K with one target), NDCG@K and MRR@K from 0-based target ranks.
-
-    Sums and counts are torchmetrics states reduced by sum, so they aggregate across
-    processes.
-    """
-
-    full_state_update = False
-
-    def __init__(self, ks: list[int]) -> None:
-        super().__init__()
-        self.ks = sorted(ks)
-        for k in self.ks:
-            for name in ("hr", "ndcg", "mrr"):
-                self.add_state(
-                    f"{name}_{k}",
-                    default=torch.tensor(0.0, dtype=torch.float64),
-                    dist_reduce_fx="sum",
-                )
-        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, ranks: torch.Tensor) -> None:
-        ranks = ranks.to(torch.float64)
-        for k in self.ks:
-            hit = ranks < k
-            setattr(self, f"hr_{k}", getattr(self, f"hr_{k}") + hit.sum())
-            ndcg = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0)
-            setattr(self, f"ndcg_{k}", getattr(self, f"ndcg_{k}") + ndcg.sum())
-            mrr = torch.where(hit, 1.0 / (ranks + 1.0), 0.0)
-            setattr(self, f"mrr_{k}", getattr(self, f"mrr_{k}") + mrr.sum())
-        self.count += ranks.numel()
-
-    def compute(self) -> dict[str, float]:
-        count = max(int(self.count), 1)
-        return {
-            f"{name}@{k}": float(getattr(self, f"{name}_{k}")) / count
-            for name in ("hr", "ndcg", "mrr")
-            for k in self.ks
-        }
 
 
 def target_ranks(
@@ -122,6 +80,8 @@ def evaluate_ranking(
     # batches of similar history length pad less; ranks are put back in user order below
     order = torch.argsort(positions, stable=True)
     users, positions = users[order], positions[order]
+    from featrec.metrics import RankingMetrics  # torchmetrics takes ~1.5 s to import
+
     metrics = RankingMetrics(ks)
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
@@ -150,10 +110,10 @@ def evaluate_ranking(
 def model_scorer(model, data: SequenceData, max_len: int) -> Callable:
     """Scores from the model for the slot at ``positions``: the same input inference builds."""
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         batch = request_batch(data, users, positions, max_len)
-        hidden = model(batch).hidden[:, -1]  # (B, D): the predicted slot
+        hidden = model.last_hidden(batch)  # (B, D): the predicted slot
         return model.score(hidden)
 
     return score

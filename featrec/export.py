@@ -37,7 +37,7 @@ class ScoreLastSlot(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         batch = dict(zip(self.keys, inputs, strict=True))
-        return self.model.score(self.model(batch).hidden[:, -1])
+        return self.model.score(self.model.last_hidden(batch))
 
 
 def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:

@@ -187,7 +187,7 @@ class Recommender:
         """(len(users), items) scores for the slot at each request's ``test_idx``."""
         targets = data.test_idx[users]
         batch = request_batch(data, users, targets, self.spec.model.max_len)
-        scores = self.model.score(self.model(batch).hidden[:, -1])
+        scores = self.model.score(self.model.last_hidden(batch))
         if exclude_seen:
             seen = seen_items(data, users, targets, scores.shape[1])
             scores = scores.masked_fill(seen, float("-inf"))

@@ -51,6 +51,27 @@ def test_shapes_with_odd_feature_widths(
         assert torch.allclose(out.fusion_weights.sum(-1), torch.ones(1))
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"fusion.user": "add"}, {"fusion.user": "token"}, {"model.kind": "embedding_mlp"}],
+    ids=["user-add", "user-token", "embedding-mlp"],
+)
+def test_last_hidden_equals_the_full_forward_at_the_last_slot(
+    tmp_path: Path, odd_dims: dict, overrides: dict
+) -> None:
+    """Inference computes the last layer for the predicted slot only: same numbers."""
+    exp = experiment(tmp_path, odd_dims, **{"model.layers": 3, **overrides})
+    exp.model.eval()
+    users = torch.arange(exp.data.num_users)
+    batch = request_batch(exp.data, users, exp.data.test_idx[users], 6)
+    with torch.no_grad():
+        full = exp.model(batch).hidden[:, -1]
+        last = exp.model.last_hidden(batch)
+    assert last.shape == full.shape == (exp.data.num_users, 12)
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(full[0], full[1])  # not a degenerate constant output
+
+
 @pytest.mark.parametrize("behavior_only", [False, True], ids=["full", "behavior-only"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_fusion_builds_trains_and_evaluates(

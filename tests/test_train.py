@@ -11,7 +11,8 @@ import torch
 
 from featrec.batching import length_aware_batches
 from featrec.cli import main
-from featrec.evaluate import RankingMetrics, popularity, sampled_ranks, target_ranks
+from featrec.evaluate import popularity, sampled_ranks, target_ranks
+from featrec.metrics import RankingMetrics
 from featrec.spec import load_spec
 from featrec.train import Experiment, evaluate_run, train
 from tests.conftest import write_spec

@@ -83,7 +83,9 @@ class BERT4Rec(nn.Module):
         embedded = module([batch[column.key] for column in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+    def forward(self, batch: dict[str, torch.Tensor], last_only: bool = False) -> EncoderOutput:
+        """Hidden states of every slot, or (``last_only``) of the newest slot alone (B, 1, D):
+        the last layer then computes queries and feed-forward for that slot only."""
         items = batch["item"]  # (B, L)
         batch_size = items.shape[0]
         sources = {"item": self.item_embedding(items)}  # (B, L, D)
@@ -100,11 +102,15 @@ class BERT4Rec(nn.Module):
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
         hidden = self.dropout(self.norm(tokens + self.position_embedding(positions)))
         attend = ~padding[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
-        for layer in self.layers:
-            hidden = layer(hidden, attend)  # (B, L, D)
-        if self.user_features:
+        for number, layer in enumerate(self.layers, start=1):
+            hidden = layer(hidden, attend, last_only and number == len(self.layers))
+        if self.user_features and not last_only:
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights)
+
+    def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
+        return self(batch, last_only=True).hidden[:, -1]
 
     def _user_vector(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
@@ -137,10 +143,16 @@ class EncoderLayer(nn.Module):
         self.norm_feed_forward = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attend: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """(B, L, D) → (B, L, D); with ``last_only``, → (B, 1, D) for the newest slot, whose
+        query still attends to every key (the cost of the rest is skipped)."""
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
+        if last_only:
+            x, q, length = x[:, -1:], q[:, :, -1:], 1
         p = self.attention_dropout if self.training else 0.0
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
         attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, L, D)

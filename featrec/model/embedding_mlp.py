@@ -84,3 +84,7 @@ class EmbeddingMLP(nn.Module):
         logits = hidden @ self.item_embedding.weight.T + self.output_bias
         logits[:, :N_RESERVED] = float("-inf")
         return logits
+
+    def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
+        return self(batch).hidden[:, -1]

@@ -74,12 +74,13 @@ class GateFusion(nn.Module):
     def forward(self, sources: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         values = [self.project[n](v) if n in self.project else v for n, v in sources.items()]
         weights = torch.softmax(_blockwise(self.gate, values), dim=-1)  # (B, L, S)
-        fused = None
-        for i, value in enumerate(values):
-            term = weights[..., i : i + 1] * value  # (B, L, 1) x (B, L or 1, D)
-            fused = term if fused is None else fused + term
+        # the item source is (B, L, D), so the sum starts full-sized; accumulated in place
+        # (autograd-safe: no product needs the running sum), one (B, L, D) buffer in all
+        fused = weights[..., :1] * values[0]
+        for i, value in enumerate(values[1:], start=1):
+            fused.addcmul_(weights[..., i : i + 1], value)  # (B, L, 1) x (B, L or 1, D)
         # scaled by S so that equal weights give the plain sum's magnitude
-        return fused * len(values), weights  # (B, L, D)
+        return fused.mul_(len(values)), weights  # (B, L, D)
 
 
 FUSIONS = {"sum": SumFusion, "concat": ConcatFusion, "gate": GateFusion}
