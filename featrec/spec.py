@@ -221,6 +221,12 @@ class TrainSpec(_Frozen):
     grad_clip: float = Field(5.0, gt=0.0)
     epochs: int = Field(200, gt=0)
     patience: int = Field(20, gt=0)
+    min_epochs: int = Field(
+        50,
+        ge=0,
+        description="No early stop before this epoch: BERT4Rec's validation score often "
+        "plateaus for tens of epochs (the model first learns popularity) before it climbs.",
+    )
     eval_every: int = Field(1, gt=0)
     seed: int = 0
     device: str = "cpu"

@@ -258,7 +258,7 @@ def train(
         )  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-        if state["bad_evals"] >= cfg.patience:
+        if state["bad_evals"] >= cfg.patience and epoch >= cfg.min_epochs:
             log.info(
                 "early stop: no better validation %s for %d evaluations",
                 EARLY_STOP_METRIC,

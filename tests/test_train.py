@@ -107,6 +107,25 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert losses[0] == losses[1]
 
 
+@pytest.mark.parametrize(("min_epochs", "expected"), [(0, 3), (6, 6)])
+def test_early_stopping_waits_for_min_epochs(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch, min_epochs: int,
+    expected: int,
+) -> None:  # fmt: skip
+    """A validation score that never improves stops the run after ``patience`` evaluations,
+    but not before ``min_epochs`` (BERT4Rec's early plateau must not end a run)."""
+    evaluate = Experiment.evaluate
+
+    def flat(self: Experiment, split: str, batch_size: int = 512):
+        results, ranks = evaluate(self, split, batch_size)
+        return dict.fromkeys(results, 0.25), ranks
+
+    monkeypatch.setattr(Experiment, "evaluate", flat)
+    small_body["train"] |= {"epochs": 10, "patience": 2, "min_epochs": min_epochs}
+    final = train(load_spec(write_spec(tmp_path, small_body)), tmp_path / "run")
+    assert final["epochs_run"] == expected and final["best_epoch"] == 1
+
+
 def test_training_is_deterministic_for_a_seed(tmp_path: Path, small_body: dict) -> None:
     spec = load_spec(write_spec(tmp_path, small_body))
     assert train(spec, tmp_path / "a")["test"] == train(spec, tmp_path / "b")["test"]
