@@ -167,17 +167,21 @@ class Recommender:
             scores = self.score(data, users, exclude_seen)
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
-            for row, user in zip(scores, users.tolist(), strict=True):
-                fallback = None
-                if int(data.test_idx[user]) == 0:
-                    fallback = "popularity: the history holds no known item"
-                    row = self.popularity.clone()
-                    row[:N_RESERVED] = float("-inf")
-                    if allowed is not None:
-                        row = row.masked_fill(~allowed, float("-inf"))
-                top = torch.topk(row, min(k, int(torch.isfinite(row).sum())))
-                items = [self.item_vocab.ids[j - N_RESERVED] for j in top.indices.tolist()]
-                results.append(Recommendation(items, top.values.tolist(), dropped[user], fallback))
+            empty = data.test_idx[users] == 0  # no known item: rank by popularity
+            if bool(empty.any()):
+                popular = self.popularity.clone()
+                popular[:N_RESERVED] = float("-inf")
+                if allowed is not None:
+                    popular = popular.masked_fill(~allowed, float("-inf"))
+                scores[empty] = popular
+            top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # one call per batch
+            finite = torch.isfinite(top.values).sum(1).tolist()
+            indices, values = top.indices.tolist(), top.values.tolist()
+            for row, user in enumerate(users.tolist()):
+                count = finite[row]  # fewer than k rankable items: only those
+                items = [self.item_vocab.ids[j - N_RESERVED] for j in indices[row][:count]]
+                fallback = "popularity: the history holds no known item" if empty[row] else None
+                results.append(Recommendation(items, values[row][:count], dropped[user], fallback))
         return results
 
     @torch.no_grad()
@@ -305,18 +309,22 @@ class Recommender:
                 "request", *self.user_columns
             )
         recs = self._recommend(events, user_frame, [0] * len(wanted), k)
-        return pl.concat([_rows(u, rec) for u, rec in zip(wanted.to_list(), recs, strict=True)])
+        return _rows(wanted.to_list(), recs)
 
 
-def _rows(user: Any, rec: Recommendation) -> pl.DataFrame:
+def _rows(users: list[Any], recs: list[Recommendation]) -> pl.DataFrame:
+    """One table of every request's recommendations, a row per (user, rank)."""
+    columns: dict[str, list] = {n: [] for n in ("user_id", "rank", "item_id", "score", "fallback")}
+    for user, rec in zip(users, recs, strict=True):
+        count = len(rec.items)
+        columns["user_id"] += [user] * count
+        columns["rank"] += range(1, count + 1)
+        columns["item_id"] += rec.items
+        columns["score"] += rec.scores
+        columns["fallback"] += [rec.fallback] * count
     return pl.DataFrame(
-        {
-            "user_id": [user] * len(rec.items),
-            "rank": list(range(1, len(rec.items) + 1)),
-            "item_id": rec.items,
-            "score": rec.scores,
-            "fallback": pl.Series([rec.fallback] * len(rec.items), dtype=pl.String),
-        },
+        columns,
+        schema_overrides={"rank": pl.Int64, "score": pl.Float64, "fallback": pl.String},
         strict=False,
     )
 
@@ -401,7 +409,7 @@ def recommend_requests(
         if "user_id" in requests.columns
         else list(range(1, len(recs) + 1))
     )
-    return pl.concat([_rows(user, rec) for user, rec in zip(ids, recs, strict=True)])
+    return _rows(ids, recs)
 
 
 def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: str) -> list:

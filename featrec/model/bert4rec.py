@@ -149,10 +149,16 @@ class EncoderLayer(nn.Module):
         """(B, L, D) → (B, L, D); with ``last_only``, → (B, 1, D) for the newest slot, whose
         query still attends to every key (the cost of the rest is skipped)."""
         batch, length, dim = x.shape
-        qkv = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
-        if last_only:
-            x, q, length = x[:, -1:], q[:, :, -1:], 1
+        heads = (self.heads, dim // self.heads)
+        if last_only:  # keys and values of every slot, the query of the newest alone
+            weight, bias = self.qkv.weight, self.qkv.bias
+            kv = F.linear(x, weight[dim:], bias[dim:]).view(batch, length, 2, *heads)
+            k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
+            x, length = x[:, -1:], 1
+            q = F.linear(x, weight[:dim], bias[:dim]).view(batch, 1, *heads).transpose(1, 2)
+        else:
+            qkv = self.qkv(x).view(batch, length, 3, *heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
         p = self.attention_dropout if self.training else 0.0
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
         attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, L, D)
