@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,16 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far, in GiB (0.0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 
 
 def masked_item_loss(
@@ -318,6 +329,7 @@ def _train_epoch(
         "lr": scheduler.get_last_lr()[0],
         "seconds": seconds,
         "tokens_per_s": tokens / max(seconds, 1e-9),
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 
@@ -360,6 +372,7 @@ def _final_metrics(
         "valid": valid,
         "most_popular": {"test": experiment.most_popular("test")},
         "fusion_weights": experiment.fusion_weights("valid"),
+        "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
     write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)

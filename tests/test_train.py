@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,8 @@ def test_run_directory_and_checkpoint_round_trip(tmp_path: Path, small_body: dic
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and "valid/ndcg@10" in rows[0]
     assert json.loads((run / "final_metrics.json").read_text())["test"] == final["test"]
+    if sys.platform.startswith("linux"):  # peak memory is recorded per epoch and for the run
+        assert 0 < rows[0]["peak_rss_gib"] <= rows[-1]["peak_rss_gib"] <= final["peak_rss_gib"]
     again = evaluate_run(run, "test")  # a fresh model from the run directory alone
     assert again["metrics"] == final["test"]
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
