@@ -35,7 +35,7 @@ from featrec.batching import length_aware_batches, training_batch
 from featrec.encoders import PAD
 from featrec.sequences import prepare
 from featrec.spec import load_spec
-from featrec.train import Experiment, _optimizer, masked_item_loss
+from featrec.train import Experiment, _optimizer, training_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def featrec_pass(experiment: Experiment, optimizer, batches, generator, device) 
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = labels.to(device)
-        loss = masked_item_loss(model, model(batch).hidden, labels)
+        loss = training_loss(model, batch, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -47,6 +47,7 @@ from featrec.encoders import PAD, save_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import evaluate_ranking, model_scorer, popularity, popularity_scorer
 from featrec.model import build_model, feature_configs
+from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, load_spec
@@ -163,6 +164,18 @@ def masked_item_loss(
     masked = labels != IGNORE  # (B, L)
     logits = model.score(hidden[masked])  # (N, I)
     return F.cross_entropy(logits, labels[masked])
+
+
+def training_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor
+) -> torch.Tensor:
+    """The training objective on one batch. BERT4Rec computes its last layer for the
+    labelled (masked) slots only: the same loss as scoring ``model(batch).hidden``."""
+    if isinstance(model, BERT4Rec):
+        labelled = labels != IGNORE  # (B, L)
+        out = model(batch, query=labelled)
+        return F.cross_entropy(model.score(out.hidden[out.query_valid]), labels[labelled])
+    return masked_item_loss(model, model(batch).hidden, labels)
 
 
 def _optimizer(model: torch.nn.Module, spec: Spec) -> torch.optim.Optimizer:
@@ -310,7 +323,7 @@ def _train_epoch(
         else:
             batch, labels = next_item_batch(data, batch_users, max_len)
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = masked_item_loss(model, model(batch).hidden, labels.to(device))
+        loss = training_loss(model, batch, labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -13,7 +13,7 @@ import torch
 from featrec.batching import IGNORE, request_batch, training_batch
 from featrec.encoders import MASK
 from featrec.spec import load_spec
-from featrec.train import Experiment, masked_item_loss, train
+from featrec.train import Experiment, masked_item_loss, train, training_loss
 from tests.conftest import write_spec
 
 FUSIONS = ["sum", "concat", "gate"]
@@ -70,6 +70,31 @@ def test_last_hidden_equals_the_full_forward_at_the_last_slot(
     assert last.shape == full.shape == (exp.data.num_users, 12)
     torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
     assert not torch.equal(full[0], full[1])  # not a degenerate constant output
+
+
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+def test_training_scores_masked_slots_as_the_full_forward_does(
+    tmp_path: Path, odd_dims: dict, user_mode: str
+) -> None:
+    """Training runs the last layer for the masked slots only: same hidden states there,
+    hence the same loss, as the full forward (dropout off to compare)."""
+    exp = experiment(tmp_path, odd_dims, **{"model.layers": 3, "fusion.user": user_mode})
+    exp.model.eval()
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.7, 0.0, torch.Generator().manual_seed(2))
+    masked = labels != IGNORE
+    assert masked.sum(1).unique().numel() > 1  # rows with different numbers of masked slots
+    with torch.no_grad():
+        full = exp.model(batch).hidden
+        out = exp.model(batch, query=masked)
+        assert out.hidden.shape == (len(users), int(masked.sum(1).max()), 12)
+        torch.testing.assert_close(out.hidden[out.query_valid], full[masked], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            training_loss(exp.model, batch, labels),
+            masked_item_loss(exp.model, full, labels),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("behavior_only", [False, True], ids=["full", "behavior-only"])

@@ -24,8 +24,9 @@ from featrec.spec import FusionSpec, ModelSpec
 
 @dataclass
 class EncoderOutput:
-    hidden: torch.Tensor  # (B, L, D)
+    hidden: torch.Tensor  # (B, L, D); (B, M, D) for the slots a query selected
     fusion_weights: torch.Tensor | None  # (B, L, S) for gate fusion; S = 1 + token features
+    query_valid: torch.Tensor | None = None  # (B, M) bool: which of the M rows are real slots
 
 
 class BERT4Rec(nn.Module):
@@ -83,9 +84,18 @@ class BERT4Rec(nn.Module):
         embedded = module([batch[column.key] for column in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
-    def forward(self, batch: dict[str, torch.Tensor], last_only: bool = False) -> EncoderOutput:
-        """Hidden states of every slot, or (``last_only``) of the newest slot alone (B, 1, D):
-        the last layer then computes queries and feed-forward for that slot only."""
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        last_only: bool = False,
+        query: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Hidden states of every slot (B, L, D); or only of the newest slot (``last_only``,
+        B, 1, D: inference); or only of the slots where ``query`` (B, L) is true (B, M, D,
+        M = most such slots in a row, each row's in position order, then padding rows marked
+        false in ``query_valid``: training, where only masked slots are scored). The last
+        layer then computes queries, attention output and feed-forward for those slots alone;
+        their keys and values still cover every slot, so the results are the same."""
         items = batch["item"]  # (B, L)
         batch_size = items.shape[0]
         sources = {"item": self.item_embedding(items)}  # (B, L, D)
@@ -102,11 +112,21 @@ class BERT4Rec(nn.Module):
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
         hidden = self.dropout(self.norm(tokens + self.position_embedding(positions)))
         attend = ~padding[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
+        select, valid = None, None
+        if last_only:
+            select = torch.full((batch_size, 1), total - 1, device=items.device)
+        elif query is not None:
+            counts = query.sum(1)  # (B,)
+            width = max(int(counts.max()), 1) if len(counts) else 1
+            # the selected slots first, in position order (a stable sort of 0 = selected)
+            select = torch.argsort((~query).to(torch.uint8), dim=1, stable=True)[:, :width]
+            select = select + int(bool(self.user_features))  # past the user token
+            valid = torch.arange(width, device=items.device) < counts[:, None]
         for number, layer in enumerate(self.layers, start=1):
-            hidden = layer(hidden, attend, last_only and number == len(self.layers))
-        if self.user_features and not last_only:
+            hidden = layer(hidden, attend, select if number == len(self.layers) else None)
+        if self.user_features and select is None:
             hidden = hidden[:, 1:]
-        return EncoderOutput(hidden=hidden, fusion_weights=weights)
+        return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
@@ -144,18 +164,19 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, attend: torch.Tensor, last_only: bool = False
+        self, x: torch.Tensor, attend: torch.Tensor, select: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B, L, D) → (B, L, D); with ``last_only``, → (B, 1, D) for the newest slot, whose
-        query still attends to every key (the cost of the rest is skipped)."""
+        """(B, L, D) → (B, L, D); with ``select`` (B, M) slot indices, → (B, M, D) for those
+        slots, whose queries still attend to every key (the rest's cost is skipped)."""
         batch, length, dim = x.shape
         heads = (self.heads, dim // self.heads)
-        if last_only:  # keys and values of every slot, the query of the newest alone
+        if select is not None:  # keys and values of every slot, queries of the selected
             weight, bias = self.qkv.weight, self.qkv.bias
             kv = F.linear(x, weight[dim:], bias[dim:]).view(batch, length, 2, *heads)
             k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
-            x, length = x[:, -1:], 1
-            q = F.linear(x, weight[:dim], bias[:dim]).view(batch, 1, *heads).transpose(1, 2)
+            x = x.gather(1, select.unsqueeze(-1).expand(-1, -1, dim))  # (B, M, D)
+            length = x.shape[1]
+            q = F.linear(x, weight[:dim], bias[:dim]).view(batch, length, *heads).transpose(1, 2)
         else:
             qkv = self.qkv(x).view(batch, length, 3, *heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
