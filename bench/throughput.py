@@ -68,7 +68,9 @@ def model_flops(
     return 3.0 * (tokens * per_token + head)
 
 
-def featrec_pass(experiment: Experiment, optimizer, batches, generator, device) -> dict:
+def featrec_pass(
+    experiment: Experiment, optimizer, batches, generator, device, loss_fn=training_loss
+) -> dict:
     spec, model, data = experiment.spec, experiment.model, experiment.data
     model.train()
     tokens = masked = 0
@@ -86,7 +88,7 @@ def featrec_pass(experiment: Experiment, optimizer, batches, generator, device) 
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = labels.to(device)
-        loss = training_loss(model, batch, labels)
+        loss = loss_fn(model, batch, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +129,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=8, help="batches per pass")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time featrec's step under torch.compile (dynamic shapes; warm-up round "
+        "includes compilation and is dropped)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     spec = load_spec(args.spec, [f"train.device={args.device}"])
@@ -136,6 +144,13 @@ def main() -> None:
     for name, variant in variants.items():
         experiments[name] = Experiment.from_spec(variant, prepared)
         experiments[name].model.to(device)
+    losses = {name: training_loss for name in experiments}
+    if args.compile:
+        compiled = torch.compile(training_loss, dynamic=True)
+        for name, variant in list(variants.items()):
+            experiments[f"{name} compiled"] = Experiment.from_spec(variant, prepared)
+            experiments[f"{name} compiled"].model.to(device)
+            losses[f"{name} compiled"] = compiled
     optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
     cfg, model_cfg = spec.train, spec.model
     data = experiments["featrec full"].data
@@ -164,7 +179,9 @@ def main() -> None:
         generator = torch.Generator().manual_seed(repeat)
         batches = length_aware_batches(pool, window, cfg.batch_size, generator)
         for name, experiment in experiments.items():
-            run = featrec_pass(experiment, optimizers[name], batches, generator, device)
+            run = featrec_pass(
+                experiment, optimizers[name], batches, generator, device, losses[name]
+            )
             if repeat:
                 results[name].append(run)
         run = plain_pass(
@@ -190,7 +207,7 @@ def main() -> None:
         seconds = statistics.median(r["seconds"] for r in runs)
         tokens = runs[0]["tokens"]
         medians[name] = seconds
-        line = f"{name:22s} {seconds:7.2f} s/pass  {tokens / seconds:9.0f} useful tokens/s"
+        line = f"{name:31s} {seconds:7.2f} s/pass  {tokens / seconds:9.0f} useful tokens/s"
         if "masked" in runs[0]:
             flops = model_flops(
                 tokens,
@@ -207,6 +224,10 @@ def main() -> None:
     print(f"featrec behavior-only vs plain reference: {reference / behavior:.2f}x tokens/s")
     print(f"featrec full-feature vs plain reference:  {reference / full:.2f}x tokens/s")
     print(f"full-feature step / behavior-only step:   {full / behavior:.2f}")
+    for name in ("featrec full", "featrec behavior-only"):
+        if f"{name} compiled" in medians:
+            gain = medians[name] / medians[f"{name} compiled"]
+            print(f"{name}: torch.compile speed-up {gain:.2f}x")
 
 
 if __name__ == "__main__":
