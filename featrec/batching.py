@@ -91,15 +91,12 @@ class SequenceData:
         """From per-user sequences (``Prepared.sequences`` or encoded requests)."""
         lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
         offsets = _tensor(np.concatenate([[0], np.cumsum(lengths)]))
-        event, hidden, floats = {}, set(), set()
-        for feature in spec.features_in("event"):
-            encoder = encoders[feature.name]
-            for column in feature_columns(feature.name, encoder):
-                event[column] = _list_tensor(seq.get_column(column))
-                if feature.hidden_at_target:
-                    hidden.add(column)
-                if isinstance(encoder, StandardEncoder):
-                    floats.add(column)
+        hidden, floats = event_column_kinds(spec, encoders)
+        event = {
+            column: _list_tensor(seq.get_column(column))
+            for feature in spec.features_in("event")
+            for column in feature_columns(feature.name, encoders[feature.name])
+        }
         user = {f.name: column_tensor(seq.get_column(f.name)) for f in spec.features_in("user")}
         return cls(
             offsets=offsets,
@@ -109,8 +106,8 @@ class SequenceData:
             train_len=_position(seq.get_column("train_len")),
             valid_idx=_position(seq.get_column("valid_idx")),
             test_idx=_position(seq.get_column("test_idx")),
-            hidden_event=frozenset(hidden),
-            float_event=frozenset(floats),
+            hidden_event=hidden,
+            float_event=floats,
             user_ids=seq.get_column("user_id").to_list(),
         )
 
@@ -123,6 +120,19 @@ class SequenceData:
         position = self.valid_idx if split == "valid" else self.test_idx
         users = torch.nonzero(position >= 0).squeeze(1)
         return users, position[users]
+
+
+def event_column_kinds(spec: Spec, encoders: dict) -> tuple[frozenset[str], frozenset[str]]:
+    """(event columns hidden at a masked / predicted slot, event columns holding floats)."""
+    hidden, floats = set(), set()
+    for feature in spec.features_in("event"):
+        encoder = encoders[feature.name]
+        for column in feature_columns(feature.name, encoder):
+            if feature.hidden_at_target:
+                hidden.add(column)
+            if isinstance(encoder, StandardEncoder):
+                floats.add(column)
+    return frozenset(hidden), frozenset(floats)
 
 
 def gather_window(

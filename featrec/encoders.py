@@ -11,12 +11,20 @@ mean the same thing for every feature and for the item vocabulary:
 Encoders turn polars expressions into polars expressions, so encoding stays inside one
 lazy query; ``fit`` takes the training split's values as a Series. ``to_dict`` /
 ``encoder_from_dict`` round-trip exactly through JSON.
+
+For one recommendation request a polars query costs more than the model (~0.5 ms an
+expression however small the frame), so ``encode_values`` gives the same ids for a list of
+plain Python values. It answers None for any value whose conversion would need polars'
+casting rules (a float for a categorical, text for a number, ...), and the caller then takes
+the polars path; tests compare the two on random input.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,7 +69,8 @@ class CategoricalEncoder:
         kept = counts.filter(pl.col("n") >= self.min_count).get_column(values.name)
         self.integers = values.dtype.is_integer()
         self.values = sorted(kept.cast(pl.String).to_list())
-        self.__dict__.pop("_mapping", None)  # refitted: rebuild the lookup
+        self.__dict__.pop("_mapping", None)  # refitted: rebuild the lookups
+        self.__dict__.pop("_lookup", None)
         return self
 
     @functools.cached_property
@@ -81,6 +90,25 @@ class CategoricalEncoder:
         return (
             pl.when(values.is_null()).then(pl.lit(MISSING, ID_DTYPE)).otherwise(self._ids(values))
         )
+
+    @functools.cached_property
+    def _lookup(self) -> dict[Any, int]:
+        keys = [int(v) for v in self.values] if self.integers else self.values
+        return {key: i for i, key in enumerate(keys, start=N_RESERVED)}
+
+    def _id(self, value: Any) -> int | None:
+        """The id of one value as ``encode`` gives it; None: needs polars' casting rules."""
+        if value is None:
+            return MISSING
+        if type(value) is int:  # not bool: polars casts those its own way
+            return self._lookup.get(value if self.integers else str(value), OOV)
+        if type(value) is str and not self.integers:
+            return self._lookup.get(value, OOV)
+        return None
+
+    def encode_values(self, values: list[Any]) -> list[int] | None:
+        ids = [self._id(v) for v in values]
+        return None if None in ids else ids
 
 
 @dataclass
@@ -103,6 +131,20 @@ class MultiCategoricalEncoder(CategoricalEncoder):
         )
         empty = values.is_null() | (values.list.len() == 0)
         return pl.when(empty).then(pl.lit([MISSING], pl.List(ID_DTYPE))).otherwise(ids)
+
+    def encode_values(self, values: list[Any]) -> list[list[int]] | None:  # type: ignore[override]
+        out = []
+        for value in values:
+            if value is None or (isinstance(value, list) and not value):
+                out.append([MISSING])
+            elif isinstance(value, list):
+                ids = [self._id(v) for v in value]
+                if None in ids:
+                    return None
+                out.append(ids)
+            else:
+                return None
+        return out
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -148,6 +190,14 @@ class QuantileBinEncoder:
             .otherwise((bin_index + N_RESERVED).cast(ID_DTYPE))
         )
 
+    def encode_values(self, values: list[Any]) -> list[int] | None:
+        numbers = _numbers(values)
+        if numbers is None:
+            return None
+        return [
+            MISSING if math.isnan(x) else N_RESERVED + bisect_right(self.edges, x) for x in numbers
+        ]
+
 
 @dataclass
 class StandardEncoder:
@@ -170,6 +220,26 @@ class StandardEncoder:
     def encode(self, values: pl.Expr) -> pl.Expr:
         number = values.cast(pl.Float64).fill_nan(None)
         return ((number - self.mean) / self.scale).fill_null(0.0).cast(pl.Float32)
+
+    def encode_values(self, values: list[Any]) -> list[float] | None:
+        numbers = _numbers(values)
+        if numbers is None:
+            return None
+        scaled = [0.0 if math.isnan(x) else (x - self.mean) / self.scale for x in numbers]
+        return np.array(scaled, dtype=np.float32).tolist()
+
+
+def _numbers(values: list[Any]) -> list[float] | None:
+    """Python numbers as floats (None → NaN); None when a value is not a plain number."""
+    out = []
+    for value in values:
+        if value is None:
+            out.append(math.nan)
+        elif type(value) in (int, float):
+            out.append(float(value))
+        else:
+            return None
+    return out
 
 
 @dataclass
@@ -218,6 +288,33 @@ class TimeEncoder:
             .cast(ID_DTYPE)
             for part in self.parts
         }
+
+    def encode_parts_values(
+        self, seconds: list[int | None], gap_seconds: list[int | None]
+    ) -> dict[str, list[int]] | None:
+        """``encode_parts`` for plain integers; None outside UTC (polars' time-zone database
+        is the reference there)."""
+        if self.timezone != "UTC":
+            return None
+        out: dict[str, list[int]] = {part: [] for part in self.parts}
+        for second, gap in zip(seconds, gap_seconds, strict=True):
+            if second is None:
+                for part in self.parts:
+                    out[part].append(MISSING)
+                continue
+            ids = {
+                "hour": N_RESERVED + second // 3600 % 24,
+                "weekday": N_RESERVED + (second // 86400 + 3) % 7,  # 1970-01-01: a Thursday
+                "gap": MISSING if gap is None else N_RESERVED + _gap_bucket(gap),
+            }
+            for part in self.parts:
+                out[part].append(ids[part])
+        return out
+
+
+def _gap_bucket(gap: int) -> int:
+    """As the polars expression: ln(x) / ln(2) (Rust's ``f64::log``), floor, clip."""
+    return min(max(math.floor(math.log(gap + 1.0) / math.log(2.0)), 0), GAP_BUCKETS - 1)
 
 
 @dataclass

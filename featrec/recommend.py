@@ -30,6 +30,7 @@ from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.datasets import load_tables
 from featrec.encoders import N_RESERVED, load_encoders
 from featrec.errors import FeatrecError
+from featrec.fastpath import request_data
 from featrec.model import build_model, feature_configs
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec
@@ -125,7 +126,8 @@ class Recommender:
         spec's column names. ``context``: the request's ``timestamp`` and request-known event
         columns. ``candidates``: only rank these items.
         """
-        return self.recommend_many([history], [user], [context], k, exclude_seen, candidates)[0]
+        data, dropped = self.encode_one(history, user, context)
+        return self._top_k(data, dropped, k, exclude_seen, candidates)[0]
 
     def recommend_many(
         self,
@@ -137,33 +139,60 @@ class Recommender:
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
         """Top-``k`` items for many requests at once."""
+        data, dropped = self.encode_many(histories, users, contexts)
+        return self._top_k(data, dropped, k, exclude_seen, candidates)
+
+    def encode_many(
+        self,
+        histories: list[History],
+        users: list[dict[str, Any] | None],
+        contexts: list[dict[str, Any] | None],
+    ) -> tuple[SequenceData, list[int]]:
+        """Model input of raw requests (one polars query), and each one's dropped items."""
         events, dropped = self.request_events(histories, contexts)
         user_rows = [{"request": i, **(u or {})} for i, u in enumerate(users)]
-        user_frame = pl.DataFrame(user_rows, infer_schema_length=None)
-        return self._recommend(events, user_frame, dropped, k, exclude_seen, candidates)
+        return self._encode(events, pl.DataFrame(user_rows, infer_schema_length=None)), dropped
 
-    def _recommend(
+    def encode_one(
+        self, history: History, user: dict[str, Any] | None, context: dict[str, Any] | None
+    ) -> tuple[SequenceData, list[int]]:
+        """Model input of one request: without polars where the request allows
+        (:mod:`featrec.fastpath`, tested equal), else as :meth:`encode_many`."""
+        fast = request_data(
+            self.spec, self.encoders, self._item_index, self._item_type, history, user, context,
+            to_seconds,
+        )  # fmt: skip
+        if fast is None:  # something in the request needs polars' conversion rules
+            return self.encode_many([history], [user], [context])
+        return fast[0], [fast[1]]
+
+    def _encode(self, events: pl.DataFrame, user_frame: pl.DataFrame) -> SequenceData:
+        """The requests' raw events and users → model input (see :func:`encode_requests`)."""
+        for column in self.user_columns:
+            if column not in user_frame.columns:
+                user_frame = user_frame.with_columns(pl.lit(None).alias(column))
+        frame = encode_requests(self.spec, self.encoders, self.item_vocab, events, user_frame)
+        return SequenceData.from_frame(frame, self.encoders, self.spec)
+
+    @torch.inference_mode()
+    def _top_k(
         self,
-        events: pl.DataFrame,
-        user_frame: pl.DataFrame,
+        data: SequenceData,
         dropped: list[int],
         k: int,
         exclude_seen: bool = True,
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
-        """Encode the requests' events (see :func:`encode_requests`), score, take top-k."""
-        for column in self.user_columns:
-            if column not in user_frame.columns:
-                user_frame = user_frame.with_columns(pl.lit(None).alias(column))
-        frame = encode_requests(self.spec, self.encoders, self.item_vocab, events, user_frame)
-        data = SequenceData.from_frame(frame, self.encoders, self.spec)
+        """Score every request of ``data`` and take its top-k."""
         allowed = None
         if candidates is not None:
             allowed = torch.zeros(len(self.item_vocab), dtype=torch.bool)
             allowed[[self._item_index[c] for c in candidates if c in self._item_index]] = True
-        results = []
-        for start in range(0, data.num_users, self.batch_size):
-            users = torch.arange(start, min(start + self.batch_size, data.num_users))
+        results: list[Recommendation | None] = [None] * data.num_users
+        # batches of similar history length pad less (as in evaluation); results keep the
+        # requests' order
+        order = torch.argsort(data.test_idx, stable=True)
+        for users in torch.split(order, self.batch_size):
             scores = self.score(data, users, exclude_seen)
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
@@ -181,10 +210,10 @@ class Recommender:
                 count = finite[row]  # fewer than k rankable items: only those
                 items = [self.item_vocab.ids[j - N_RESERVED] for j in indices[row][:count]]
                 fallback = "popularity: the history holds no known item" if empty[row] else None
-                results.append(Recommendation(items, values[row][:count], dropped[user], fallback))
-        return results
+                results[user] = Recommendation(items, values[row][:count], dropped[user], fallback)
+        return results  # type: ignore[return-value]: every request was filled
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(
         self, data: SequenceData, users: torch.Tensor, exclude_seen: bool = True
     ) -> torch.Tensor:
@@ -200,6 +229,10 @@ class Recommender:
     @functools.cached_property
     def _item_dtype(self) -> pl.DataType:
         return pl.Series(self.item_vocab.ids[:1]).dtype
+
+    @functools.cached_property
+    def _item_type(self) -> type:
+        return type(self.item_vocab.ids[0]) if self.item_vocab.ids else str
 
     @functools.cached_property
     def _item_index(self) -> dict[Any, int]:
@@ -308,7 +341,7 @@ class Recommender:
             user_frame = requests.join(first, on="user_id", how="left").select(
                 "request", *self.user_columns
             )
-        recs = self._recommend(events, user_frame, [0] * len(wanted), k)
+        recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
         return _rows(wanted.to_list(), recs)
 
 

@@ -109,3 +109,14 @@ def tiny_spec_body(tiny_tables: dict[str, Path]) -> dict:
         ],
         "model": {"dim": 12, "layers": 1, "heads": 3, "max_len": 7},
     }  # fmt: skip
+
+
+@pytest.fixture
+def trained_run(tmp_path: Path, tiny_spec_body: dict) -> Path:
+    """A run directory trained for 2 epochs on the tiny tables (every feature kind)."""
+    from featrec.spec import load_spec
+    from featrec.train import train
+
+    tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3}
+    train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
+    return tmp_path / "run"

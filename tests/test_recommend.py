@@ -15,16 +15,14 @@ from featrec.export import example_batch, export_run
 from featrec.recommend import Recommender
 from featrec.spec import load_spec
 from featrec.train import Experiment, train
-from tests.conftest import real_data_dir, write_spec
+from tests.conftest import real_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def run(tmp_path: Path, tiny_spec_body: dict) -> Path:
-    tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3}
-    train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
-    return tmp_path / "run"
+def run(trained_run: Path) -> Path:
+    return trained_run
 
 
 def test_cold_user_with_a_history_only(run: Path) -> None:
@@ -101,9 +99,12 @@ def _evaluation_top_k(experiment: Experiment, k: int) -> dict:
     }
 
 
-def _recommend_top_k(recommender: Recommender, tables, experiment: Experiment, k: int) -> dict:
-    """The same users through recommend(): raw history before the test event, raw user
-    attributes, and the test event's time as the request's context."""
+def _recommend_top_k(
+    recommender: Recommender, tables, experiment: Experiment, k: int, single: bool = False
+) -> dict:
+    """The same users through recommend_many() (or one recommend() each): raw history
+    before the test event, raw user attributes, and the test event's time as the request's
+    context."""
     users, positions = experiment.data.targets("test")
     interactions = tables.interactions.with_row_index("row").sort("user_id", "timestamp", "row")
     by_user = interactions.partition_by("user_id", as_dict=True, maintain_order=True)
@@ -125,7 +126,13 @@ def _recommend_top_k(recommender: Recommender, tables, experiment: Experiment, k
             }
         )
         ids.append(user_id)
-    recs = recommender.recommend_many(histories, attributes, contexts, k)
+    if single:  # the polars-free encoding of one request (featrec.fastpath)
+        recs = [
+            recommender.recommend(h, user=a, context=c, k=k)
+            for h, a, c in zip(histories, attributes, contexts, strict=True)
+        ]
+    else:
+        recs = recommender.recommend_many(histories, attributes, contexts, k)
     return {user: rec.items for user, rec in zip(ids, recs, strict=True)}
 
 
@@ -136,7 +143,9 @@ def test_recommend_equals_the_evaluation_path_on_tiny_data(run: Path) -> None:
     from featrec.datasets import load_tables
 
     tables = load_tables(recommender.spec.data)
-    assert _recommend_top_k(recommender, tables, experiment, 5) == _evaluation_top_k(experiment, 5)
+    expected = _evaluation_top_k(experiment, 5)
+    assert _recommend_top_k(recommender, tables, experiment, 5) == expected
+    assert _recommend_top_k(recommender, tables, experiment, 5, single=True) == expected
 
 
 @pytest.mark.real_data
@@ -151,7 +160,9 @@ def test_recommend_equals_the_evaluation_path_for_every_ml100k_user(tmp_path: Pa
 
     expected = _evaluation_top_k(experiment, 10)
     assert len(expected) == 943
-    assert _recommend_top_k(recommender, load_tables(spec.data), experiment, 10) == expected
+    tables = load_tables(spec.data)
+    assert _recommend_top_k(recommender, tables, experiment, 10) == expected
+    assert _recommend_top_k(recommender, tables, experiment, 10, single=True) == expected
 
 
 def test_export_scores_equal_the_eager_model(run: Path, tmp_path: Path) -> None:
