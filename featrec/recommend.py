@@ -30,6 +30,7 @@ from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.datasets import load_tables
 from featrec.encoders import N_RESERVED, load_encoders
 from featrec.errors import FeatrecError
+from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.model import build_model, feature_configs
 from featrec.sequences import encode_requests
@@ -97,7 +98,7 @@ class Recommender:
         self.model.load_state_dict(state)
         self.model.eval()
         self._popularity: torch.Tensor | None = None
-        self.batch_size = 512  # requests scored per model call
+        self.batch_size = SCORE_BATCH  # requests scored per model call
         self._tables = None
 
     # -- raw requests -----------------------------------------------------------------------

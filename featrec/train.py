@@ -45,7 +45,13 @@ from featrec.batching import (
 )
 from featrec.encoders import PAD, save_encoders
 from featrec.errors import FeatrecError
-from featrec.evaluate import evaluate_ranking, model_scorer, popularity, popularity_scorer
+from featrec.evaluate import (
+    SCORE_BATCH,
+    evaluate_ranking,
+    model_scorer,
+    popularity,
+    popularity_scorer,
+)
 from featrec.model import build_model, feature_configs
 from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
@@ -78,7 +84,9 @@ class Experiment:
         )
         return cls(spec, prepared, SequenceData.from_prepared(prepared, spec), model)
 
-    def evaluate(self, split: str, batch_size: int = 512) -> tuple[dict[str, float], torch.Tensor]:
+    def evaluate(
+        self, split: str, batch_size: int = SCORE_BATCH
+    ) -> tuple[dict[str, float], torch.Tensor]:
         self.model.eval()
         scorer = model_scorer(self.model, self.data, self.spec.model.max_len)
         return evaluate_ranking(
@@ -102,7 +110,9 @@ class Experiment:
         )[0]  # fmt: skip
 
     @torch.no_grad()
-    def fusion_weights(self, split: str = "valid", batch_size: int = 512) -> dict[str, float]:
+    def fusion_weights(
+        self, split: str = "valid", batch_size: int = SCORE_BATCH
+    ) -> dict[str, float]:
         """Mean learned weight per fusion source (gate: over the tokens of ``split``)."""
         fusion = getattr(self.model, "fusion", None)
         if fusion is None:  # the Embedding&MLP baseline concatenates without learned weights
