@@ -284,11 +284,16 @@ def train(
         )
         _write_history(run_dir, state["history"])
         release_free_memory()
-        valid_score = row.get(f"valid/{EARLY_STOP_METRIC}", float("nan"))
+        valid_score = row.get(f"valid/{EARLY_STOP_METRIC}")
+        valid_text = "not evaluated" if valid_score is None else f"{valid_score:.4f}"
+        best_text = (
+            f"best {state['best_score']:.4f} at {state['best_epoch']}"
+            if state["best_epoch"]
+            else "no evaluation yet"
+        )
         log.info(
-            "epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.0f tokens/s",
-            epoch, row["loss"], EARLY_STOP_METRIC, valid_score,
-            state["best_score"], state["best_epoch"], row["tokens_per_s"],
+            "epoch %d: loss %.4f, valid %s %s (%s), %.0f tokens/s",
+            epoch, row["loss"], EARLY_STOP_METRIC, valid_text, best_text, row["tokens_per_s"],
         )  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
