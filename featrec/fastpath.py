@@ -19,9 +19,17 @@ import torch
 
 from featrec.batching import SequenceData, event_column_kinds
 from featrec.encoders import OOV, Encoder, MultiCategoricalEncoder, TimeEncoder
+from featrec.errors import FeatrecError
 from featrec.spec import Spec
 
 Columns = dict[str, list[Any]]
+
+
+# Polars turns seconds into microsecond datetimes: beyond ~9.2e12 s that overflows int64, and
+# what polars does then (wrap, null, error) is its own; such requests take the polars path.
+MAX_SECONDS = 8 * 10**12
+# columns the polars path itself adds to the events frame
+_RESERVED_COLUMNS = {"item_id", "request", "slot", "row"}
 
 
 def request_data(
@@ -38,8 +46,28 @@ def request_data(
 
     Mirrors ``Recommender.request_events`` + ``encode_requests``: unknown items dropped and
     counted; events ordered by time (missing times first, ties in given order); the
-    predicted slot last, its item OOV and its event values from ``context``.
+    predicted slot last, its item OOV and its event values from ``context``. Any value it
+    cannot convert exactly as polars would (or that fails to convert) sends the request to
+    the polars path, which then gives the answer or the error.
     """
+    try:
+        return _request_data(
+            spec, encoders, item_index, item_type, history, user, context, to_seconds
+        )
+    except (ValueError, TypeError, OverflowError, FeatrecError):
+        return None
+
+
+def _request_data(
+    spec: Spec,
+    encoders: dict[str, Encoder],
+    item_index: dict[Any, int],
+    item_type: type,
+    history: Any,
+    user: dict[str, Any] | None,
+    context: dict[str, Any] | None,
+    to_seconds: Any,
+) -> tuple[SequenceData, int] | None:
     time_column = spec.data.columns.time
     event_features = spec.features_in("event")
     for feature in event_features:
@@ -47,6 +75,8 @@ def request_data(
         if is_time != (feature.column in (time_column, "timestamp")):
             return None  # a time feature on another column, or a feature on the time column
         if isinstance(encoders[feature.name], MultiCategoricalEncoder):
+            return None
+        if feature.column in _RESERVED_COLUMNS:
             return None
     wanted = [f.column for f in event_features if f.type != "time"]
     columns = _history_columns(history, wanted, time_column)
@@ -57,11 +87,14 @@ def request_data(
         return None
     kept = [i for i, item in enumerate(items) if item in item_index]
     dropped = len(items) - len(kept)
-    try:
-        stamps = [to_seconds(columns["timestamp"][i]) for i in kept]
-        context = dict(context or {})
-        slot_stamp = to_seconds(context.pop("timestamp", None))
-    except Exception:  # the polars path reports it
+    raw_times = columns["timestamp"]
+    if len({type(t) for t in raw_times if t is not None}) > 1:
+        return None  # e.g. ints and datetimes: polars' supertype rules decide
+    all_stamps = [to_seconds(t) for t in raw_times]  # every row, as polars converts them
+    stamps = [all_stamps[i] for i in kept]
+    context = dict(context or {})
+    slot_stamp = to_seconds(context.pop("timestamp", None))
+    if any(abs(t) > MAX_SECONDS for t in [*stamps, slot_stamp] if t is not None):
         return None
     order = sorted(range(len(kept)), key=lambda j: (stamps[j] is not None, stamps[j] or 0, j))
     rows = [kept[j] for j in order]

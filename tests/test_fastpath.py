@@ -14,13 +14,18 @@ import torch
 import featrec
 from featrec.batching import SequenceData
 from featrec.encoders import (
+    N_RESERVED,
     CategoricalEncoder,
     QuantileBinEncoder,
     StandardEncoder,
     TimeEncoder,
 )
+from featrec.errors import FeatrecError
 from featrec.fastpath import request_data
 from featrec.recommend import Recommender, to_seconds
+from featrec.spec import load_spec
+from featrec.train import train
+from tests.conftest import write_spec
 
 
 def _assert_same(fast: SequenceData, slow: SequenceData) -> None:
@@ -92,6 +97,13 @@ def test_requests_the_fast_path_cannot_read_exactly_take_the_polars_path(
         (["10", 11], None),  # text ids for an integer vocabulary
         ([10, 11], {"age": "23"}),  # text for a number
         ([{"item_id": 10, "timestamp": 5, "device": 3}, {"item_id": 11, "device": "ios"}], None),
+        # ints and a datetime in one time column: polars' supertype rules
+        (
+            [{"item_id": 10, "timestamp": 5}, {"item_id": 11, "timestamp": datetime(2000, 1, 1)}],
+            None,
+        ),
+        # microseconds given as seconds: beyond what polars' datetimes hold
+        ([{"item_id": 10, "timestamp": 1_700_000_000_000_000}], None),
     ]
     calls = []
     original = Recommender.encode_many
@@ -149,3 +161,35 @@ def test_time_parts_equal_the_polars_expression_at_bucket_edges() -> None:
     expected = frame.select(**encoder.encode_parts(pl.col("s"), pl.col("g")))
     assert encoder.encode_parts_values(seconds, gaps) == expected.to_dict(as_series=False)
     assert TimeEncoder(timezone="Europe/Paris").encode_parts_values([0], [None]) is None
+
+
+def test_a_bad_time_fails_as_in_the_polars_path_even_on_a_dropped_item(trained_run: Path) -> None:
+    recommender = featrec.load(trained_run)
+    history = [{"item_id": 999, "timestamp": "garbage"}, {"item_id": 10, "timestamp": 5}]
+    with pytest.raises(FeatrecError, match="garbage"):
+        recommender.recommend(history, k=3)
+    with pytest.raises(FeatrecError, match="garbage"):
+        recommender.recommend_many([history], [None], [None], k=3)
+
+
+def test_a_user_attribute_named_request_does_not_hide_the_others(trained_run: Path) -> None:
+    recommender = featrec.load(trained_run)
+    user = {"request": 5, "age": 23, "job": "eng"}
+    fast, _ = recommender.encode_one([10, 11], user, None)
+    slow, _ = recommender.encode_many([[10, 11]], [user], [None])
+    _assert_same(fast, slow)
+    assert int(slow.user["job"][0]) >= N_RESERVED  # found, not MISSING
+
+
+def test_multi_categorical_user_feature_with_no_value(tmp_path: Path, tiny_spec_body: dict) -> None:
+    for feature in tiny_spec_body["features"]:
+        if feature["name"] == "job":
+            feature |= {"type": "multi_categorical", "separator": "|"}
+    tiny_spec_body["train"] = {"epochs": 1, "batch_size": 3}
+    train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
+    recommender = featrec.load(tmp_path / "run")
+    for user in (None, {}, {"job": None}, {"job": "eng|art"}, {"job": ""}):
+        fast, _ = recommender.encode_one([10, 11], user, None)
+        slow, _ = recommender.encode_many([[10, 11]], [user], [None])
+        _assert_same(fast, slow)
+    assert recommender.recommend_many([[10]], [None], [None], k=2)[0].items
