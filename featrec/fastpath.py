@@ -51,104 +51,90 @@ def request_data(
     the polars path, which then gives the answer or the error.
     """
     try:
-        return _request_data(
-            spec, encoders, item_index, item_type, history, user, context, to_seconds
+        time_column = spec.data.columns.time
+        event_features = spec.features_in("event")
+        for feature in event_features:
+            is_time = feature.type == "time"
+            if is_time != (feature.column in (time_column, "timestamp")):
+                return None  # a time feature on another column, or a feature on the time column
+            if isinstance(encoders[feature.name], MultiCategoricalEncoder):
+                return None
+            if feature.column in _RESERVED_COLUMNS:
+                return None
+        wanted = [f.column for f in event_features if f.type != "time"]
+        columns = _history_columns(history, wanted, time_column)
+        if columns is None:
+            return None
+        items = columns["item_id"]
+        if any(item is not None and type(item) is not item_type for item in items):
+            return None
+        kept = [i for i, item in enumerate(items) if item in item_index]
+        dropped = len(items) - len(kept)
+        raw_times = columns["timestamp"]
+        if len({type(t) for t in raw_times if t is not None}) > 1:
+            return None  # e.g. ints and datetimes: polars' supertype rules decide
+        all_stamps = [to_seconds(t) for t in raw_times]  # every row, as polars converts them
+        stamps = [all_stamps[i] for i in kept]
+        context = dict(context or {})
+        slot_stamp = to_seconds(context.pop("timestamp", None))
+        if any(abs(t) > MAX_SECONDS for t in [*stamps, slot_stamp] if t is not None):
+            return None
+        order = sorted(range(len(kept)), key=lambda j: (stamps[j] is not None, stamps[j] or 0, j))
+        rows = [kept[j] for j in order]
+        seconds = [stamps[j] for j in order] + [slot_stamp]
+        item_ids = [item_index[items[i]] for i in rows] + [OOV]
+
+        event: dict[str, torch.Tensor] = {}
+        for feature in event_features:
+            encoder = encoders[feature.name]
+            if isinstance(encoder, TimeEncoder):
+                gaps = [None] + [
+                    None if a is None or b is None else max(b - a, 0)
+                    for a, b in itertools.pairwise(seconds)
+                ]
+                parts = encoder.encode_parts_values(seconds, gaps)
+                if parts is None:
+                    return None
+                for part, ids in parts.items():
+                    event[f"{feature.name}.{part}"] = torch.tensor(ids, dtype=torch.int64)
+                continue
+            values = [columns[feature.column][i] for i in rows] + [context.get(feature.column)]
+            if len({type(v) for v in values if v is not None}) > 1:
+                return None  # mixed types: polars' supertype rules decide
+            ids = encoder.encode_values(values)
+            if ids is None:
+                return None
+            event[feature.name] = _tensor(ids)
+
+        user_values: dict[str, torch.Tensor] = {}
+        for feature in spec.features_in("user"):
+            value = (user or {}).get(feature.column)
+            separator = getattr(feature, "separator", None)
+            if separator is not None and isinstance(value, str):
+                value = [part for part in value.split(separator) if part != ""]
+            ids = encoders[feature.name].encode_values([value])
+            if ids is None:
+                return None
+            user_values[feature.name] = _tensor(ids)
+
+        hidden, floats = event_column_kinds(spec, encoders)
+        length = len(item_ids)
+        data = SequenceData(
+            offsets=torch.tensor([0, length]),
+            item=torch.tensor(item_ids, dtype=torch.int64),
+            event=event,
+            user=user_values,
+            train_len=torch.tensor([length - 1]),
+            valid_idx=torch.tensor([-1]),
+            test_idx=torch.tensor([length - 1]),
+            hidden_event=hidden,
+            float_event=floats,
+            user_ids=[0],
         )
+        return data, dropped
+
     except (ValueError, TypeError, OverflowError, FeatrecError):
         return None
-
-
-def _request_data(
-    spec: Spec,
-    encoders: dict[str, Encoder],
-    item_index: dict[Any, int],
-    item_type: type,
-    history: Any,
-    user: dict[str, Any] | None,
-    context: dict[str, Any] | None,
-    to_seconds: Any,
-) -> tuple[SequenceData, int] | None:
-    time_column = spec.data.columns.time
-    event_features = spec.features_in("event")
-    for feature in event_features:
-        is_time = feature.type == "time"
-        if is_time != (feature.column in (time_column, "timestamp")):
-            return None  # a time feature on another column, or a feature on the time column
-        if isinstance(encoders[feature.name], MultiCategoricalEncoder):
-            return None
-        if feature.column in _RESERVED_COLUMNS:
-            return None
-    wanted = [f.column for f in event_features if f.type != "time"]
-    columns = _history_columns(history, wanted, time_column)
-    if columns is None:
-        return None
-    items = columns["item_id"]
-    if any(item is not None and type(item) is not item_type for item in items):
-        return None
-    kept = [i for i, item in enumerate(items) if item in item_index]
-    dropped = len(items) - len(kept)
-    raw_times = columns["timestamp"]
-    if len({type(t) for t in raw_times if t is not None}) > 1:
-        return None  # e.g. ints and datetimes: polars' supertype rules decide
-    all_stamps = [to_seconds(t) for t in raw_times]  # every row, as polars converts them
-    stamps = [all_stamps[i] for i in kept]
-    context = dict(context or {})
-    slot_stamp = to_seconds(context.pop("timestamp", None))
-    if any(abs(t) > MAX_SECONDS for t in [*stamps, slot_stamp] if t is not None):
-        return None
-    order = sorted(range(len(kept)), key=lambda j: (stamps[j] is not None, stamps[j] or 0, j))
-    rows = [kept[j] for j in order]
-    seconds = [stamps[j] for j in order] + [slot_stamp]
-    item_ids = [item_index[items[i]] for i in rows] + [OOV]
-
-    event: dict[str, torch.Tensor] = {}
-    for feature in event_features:
-        encoder = encoders[feature.name]
-        if isinstance(encoder, TimeEncoder):
-            gaps = [None] + [
-                None if a is None or b is None else max(b - a, 0)
-                for a, b in itertools.pairwise(seconds)
-            ]
-            parts = encoder.encode_parts_values(seconds, gaps)
-            if parts is None:
-                return None
-            for part, ids in parts.items():
-                event[f"{feature.name}.{part}"] = torch.tensor(ids, dtype=torch.int64)
-            continue
-        values = [columns[feature.column][i] for i in rows] + [context.get(feature.column)]
-        if len({type(v) for v in values if v is not None}) > 1:
-            return None  # mixed types: polars' supertype rules decide
-        ids = encoder.encode_values(values)
-        if ids is None:
-            return None
-        event[feature.name] = _tensor(ids)
-
-    user_values: dict[str, torch.Tensor] = {}
-    for feature in spec.features_in("user"):
-        value = (user or {}).get(feature.column)
-        separator = getattr(feature, "separator", None)
-        if separator is not None and isinstance(value, str):
-            value = [part for part in value.split(separator) if part != ""]
-        ids = encoders[feature.name].encode_values([value])
-        if ids is None:
-            return None
-        user_values[feature.name] = _tensor(ids)
-
-    hidden, floats = event_column_kinds(spec, encoders)
-    length = len(item_ids)
-    data = SequenceData(
-        offsets=torch.tensor([0, length]),
-        item=torch.tensor(item_ids, dtype=torch.int64),
-        event=event,
-        user=user_values,
-        train_len=torch.tensor([length - 1]),
-        valid_idx=torch.tensor([-1]),
-        test_idx=torch.tensor([length - 1]),
-        hidden_event=hidden,
-        float_event=floats,
-        user_ids=[0],
-    )
-    return data, dropped
 
 
 def _tensor(values: list) -> torch.Tensor:
