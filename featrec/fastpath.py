@@ -14,10 +14,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
-from featrec.batching import SequenceData, event_column_kinds
+from featrec.batching import SequenceData, _tensor, event_column_kinds
 from featrec.encoders import OOV, Encoder, MultiCategoricalEncoder, TimeEncoder
 from featrec.errors import FeatrecError
 from featrec.spec import Spec
@@ -104,7 +105,7 @@ def request_data(
             ids = encoder.encode_values(values)
             if ids is None:
                 return None
-            event[feature.name] = _tensor(ids)
+            event[feature.name] = _tensor(np.asarray(ids))
 
         user_values: dict[str, torch.Tensor] = {}
         for feature in spec.features_in("user"):
@@ -115,7 +116,7 @@ def request_data(
             ids = encoders[feature.name].encode_values([value])
             if ids is None:
                 return None
-            user_values[feature.name] = _tensor(ids)
+            user_values[feature.name] = _tensor(np.asarray(ids))  # (1,) or (1, K)
 
         hidden, floats = event_column_kinds(spec, encoders)
         length = len(item_ids)
@@ -135,15 +136,6 @@ def request_data(
 
     except (ValueError, TypeError, OverflowError, FeatrecError):
         return None
-
-
-def _tensor(values: list) -> torch.Tensor:
-    """ids → int64, scaled numbers → float32, a list of id lists → (rows, K) int64."""
-    if values and isinstance(values[0], list):
-        return torch.tensor(values, dtype=torch.int64)  # one row: no padding needed
-    if values and isinstance(values[0], float):
-        return torch.tensor(values, dtype=torch.float32)
-    return torch.tensor(values, dtype=torch.int64)
 
 
 def _history_columns(history: Any, wanted: list[str], time_column: str) -> Columns | None:

@@ -172,10 +172,6 @@ class Recommender:
         for column in self.user_columns:
             if column not in user_frame.columns:
                 user_frame = user_frame.with_columns(pl.lit(None).alias(column))
-        for feature in self.spec.features_in("user"):  # all null: give lists a list type
-            column = feature.column
-            if feature.type == "multi_categorical" and user_frame.schema[column] == pl.Null:
-                user_frame = user_frame.with_columns(pl.col(column).cast(pl.List(pl.String)))
         frame = encode_requests(self.spec, self.encoders, self.item_vocab, events, user_frame)
         return SequenceData.from_frame(frame, self.encoders, self.spec)
 

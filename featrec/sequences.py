@@ -300,6 +300,8 @@ def _raw_value(feature: AnyFeature, frame: pl.DataFrame) -> pl.Expr:
     if feature.type == "time":
         return epoch_seconds(frame, feature.column).alias(feature.name)
     column = pl.col(feature.column)
+    if feature.type == "multi_categorical" and frame.schema[feature.column] == pl.Null:
+        column = column.cast(pl.List(pl.String))  # nothing but nulls: still a list column
     separator = getattr(feature, "separator", None)
     if separator is not None and frame.schema[feature.column] == pl.String:
         parts = column.str.split(separator)
