@@ -7,7 +7,8 @@
 * evaluation: full ranking of all items for every ML-1M user (test split, seen items
   excluded), full-feature model, median of ``--repeats``;
 * peak RSS: ``featrec train`` on ML-1M (full features) for ``--epochs`` epochs in a child
-  process (``ru_maxrss``); memory does not grow after the first epoch.
+  process (``ru_maxrss``), a short run; the whole-run peak and its growth epoch by epoch
+  are measured by ``bench/memory.py`` and read from the quality runs' ``metrics.csv``.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/pipeline_eval.py [--repeats 3]
 """

@@ -172,9 +172,17 @@ def training_batch(
     mask_prob: float,
     last_item_share: float,
     generator: torch.Generator,
+    crop_prob: float = 0.0,
 ) -> tuple[Batch, torch.Tensor]:
-    """A Cloze batch over the users' training events: (inputs, labels (B, L))."""
-    batch = gather_window(data, users, data.train_len[users], max_len)
+    """A Cloze batch over the users' training events: (inputs, labels (B, L)).
+
+    A window holds a user's newest ``max_len`` training events; with ``crop_prob``, a user
+    with more than that gets a window ending at a uniformly drawn earlier position instead,
+    so the older events are trained on too (BERT4Rec's sliding windows, one per visit).
+    """
+    batch = gather_window(
+        data, users, training_window_ends(data, users, max_len, crop_prob, generator), max_len
+    )
     valid = batch["item"] != PAD  # (B, L)
     draw = torch.rand(valid.shape, generator=generator)  # (B, L)
     mask = (draw < mask_prob) & valid
@@ -189,6 +197,24 @@ def training_batch(
     labels = torch.where(mask, batch["item"], IGNORE)
     hide(batch, mask, data)
     return batch, labels
+
+
+def training_window_ends(
+    data: SequenceData,
+    users: torch.Tensor,
+    max_len: int,
+    crop_prob: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(B,) end positions of the training windows: the newest, or with ``crop_prob`` an
+    earlier one drawn uniformly from those that still fill ``max_len`` events."""
+    ends = data.train_len[users]
+    if crop_prob <= 0.0:  # no draw: the random stream of uncropped runs stays as it was
+        return ends
+    spare = (ends - max_len).clamp(min=0)  # how far back a full window can end
+    crop = (torch.rand(len(users), generator=generator) < crop_prob) & (spare > 0)
+    back = (torch.rand(len(users), generator=generator) * (spare + 1)).long().clamp(max=spare)
+    return torch.where(crop, ends - back, ends)
 
 
 def next_item_batch(

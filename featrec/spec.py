@@ -214,6 +214,13 @@ class TrainSpec(_Frozen):
     last_item_share: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of sequences with only the last item masked."
     )
+    crop_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of histories longer than model.max_len trained on a random "
+        "earlier window (ending at a uniformly drawn position) instead of the newest one.",
+    )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)

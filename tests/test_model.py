@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from featrec.batching import IGNORE, request_batch, training_batch
+from featrec.batching import IGNORE, request_batch, training_batch, training_window_ends
 from featrec.encoders import MASK
 from featrec.spec import load_spec
 from featrec.train import Experiment, masked_item_loss, train, training_loss
@@ -263,3 +263,26 @@ def test_embedding_mlp_baseline_trains_and_only_looks_back(
     assert torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
     later["item"][:, -2] = 6  # the history is
     assert not torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
+
+
+def test_crop_draws_every_full_earlier_window_of_long_histories_only(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    data = experiment(tmp_path, tiny_spec_body).data
+    users, max_len = torch.arange(data.num_users), 3
+    train_len = data.train_len
+    generator = torch.Generator().manual_seed(0)
+    untouched = generator.get_state()
+    assert torch.equal(training_window_ends(data, users, max_len, 0.0, generator), train_len)
+    assert torch.equal(generator.get_state(), untouched)  # uncropped runs draw nothing extra
+    long = train_len > max_len
+    assert long.any() and (~long).any()
+    drawn, newest = set(), 0
+    for _ in range(300):
+        ends = training_window_ends(data, users, max_len, 0.5, generator)
+        assert torch.equal(ends[~long], train_len[~long])
+        drawn |= {(u, e) for u, e in zip(users[long].tolist(), ends[long].tolist(), strict=True)}
+        newest += int((ends[long] == train_len[long]).sum())
+    possible = {(u, e) for u in users[long].tolist() for e in range(max_len, int(train_len[u]) + 1)}
+    assert drawn == possible  # only full windows, and every one of them
+    assert newest / (300 * int(long.sum())) > 0.5  # the newest window stays the most common

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +58,50 @@ def test_length_aware_batching_keeps_every_example_once() -> None:
     assert max(len(b) for b in aware) == 64
     spread = [int(lengths[b].max() - lengths[b].min()) for b in aware if len(b) == 64]
     assert sum(spread) / len(spread) < 0.5 * 199  # similar lengths share a batch
+
+
+MMAP_PROBE = """
+import ctypes, sys
+import torch
+from featrec.train import pin_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
+big = torch.empty(8 << 18)  # 8 MiB, mmapped, then freed: glibc raises its threshold past it
+del big
+before = libc.mallinfo2().hblkhd
+kept = torch.empty(2 << 18)  # 2 MiB
+print(pinned, libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
+    reason="glibc only",
+)
+def test_pinned_mmap_threshold_keeps_large_tensors_off_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+    def probe(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    pinned, mmapped = probe("pin")
+    assert pinned == "True" and mmapped >= 2 << 20  # its own mapping, unmapped when freed
+    pinned, mmapped = probe("glibc")
+    assert pinned == "False" and mmapped == 0  # glibc's dynamic threshold: from the heap
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")  # the user's own setting wins
+    assert probe("pin") == ("False", 0)
 
 
 def test_popularity_counts_training_events_only(tmp_path: Path, tiny_spec_body: dict) -> None:
