@@ -1,17 +1,20 @@
-"""ML-1M training memory under glibc allocator settings: peak RSS per epoch, s per epoch.
+"""ML-1M training memory under allocator settings: peak RSS per epoch, s per epoch.
 
 Each setting trains the same spec (full features by default) for ``--epochs`` epochs in a
 fresh child process (``featrec train``, validation every 5 epochs as in the quality runs)
 and reads the per-epoch ``peak_rss_gib`` and ``seconds`` from the run's ``metrics.csv``:
 
-* ``glibc``: glibc's own behaviour, a dynamic mmap threshold (featrec's pin disabled);
-* ``featrec``: what ``featrec train`` does (``train.pin_mmap_threshold``, 1 MiB);
-* a number: that fixed threshold in bytes (``MALLOC_MMAP_THRESHOLD_``).
+* ``featrec``: what ``featrec train`` does: glibc's mmap threshold pinned at 1 MiB
+  (``train.pin_mmap_threshold``) and oneDNN's primitive cache held to 64 entries
+  (``featrec.ONEDNN_CACHE_CAPACITY``);
+* ``untuned``: neither (glibc's dynamic threshold, oneDNN's 1,024 cached primitives);
+* ``pin-only``: the pinned threshold with oneDNN's default cache;
+* a number: that fixed threshold in bytes (``MALLOC_MMAP_THRESHOLD_``), oneDNN's default.
 
 The settings run one after another, so keep the machine otherwise idle.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/memory.py --epochs 12 \\
-           --settings glibc featrec 131072 4194304
+           --settings untuned pin-only featrec
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ raise SystemExit(main())
 def run(setting: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
     env = dict(os.environ)
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    if setting != "featrec":
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"  # oneDNN's default
     if setting.isdigit():
         env["MALLOC_MMAP_THRESHOLD_"] = setting
-    pin = "off" if setting == "glibc" else "on"
+    pin = "off" if setting == "untuned" else "on"
     argv = [sys.executable, "-c", TRAIN, pin, "-q", "train", args.spec, "--out", str(out)]
     argv += ["--set", f"train.epochs={args.epochs}", "--set", "train.eval_every=5"]
     if args.behavior_only:
@@ -60,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(ROOT / "feature_specs" / "ml-1m.yaml"))
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--settings", nargs="+", default=["glibc", "featrec"])
+    parser.add_argument("--settings", nargs="+", default=["untuned", "pin-only", "featrec"])
     parser.add_argument("--behavior-only", action="store_true")
     args = parser.parse_args()
     marks = sorted({1, 2, 5, 6, 10, 11, args.epochs} & set(range(1, args.epochs + 1)))

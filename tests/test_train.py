@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -60,10 +61,10 @@ def test_length_aware_batching_keeps_every_example_once() -> None:
     assert sum(spread) / len(spread) < 0.5 * 199  # similar lengths share a batch
 
 
-MMAP_PROBE = """
+MALLINFO = """
 import ctypes, sys
+import featrec
 import torch
-from featrec.train import pin_mmap_threshold
 
 class MallInfo2(ctypes.Structure):
     names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -71,6 +72,16 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
+"""
+glibc_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
+    reason="reads glibc's heap statistics (mallinfo2)",
+)
+
+MMAP_PROBE = (
+    MALLINFO
+    + """
+from featrec.train import pin_mmap_threshold
 pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
 big = torch.empty(8 << 18)  # 8 MiB, mmapped, then freed: glibc raises its threshold past it
 del big
@@ -78,12 +89,10 @@ before = libc.mallinfo2().hblkhd
 kept = torch.empty(2 << 18)  # 2 MiB
 print(pinned, libc.mallinfo2().hblkhd - before)
 """
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
-    reason="glibc only",
 )
+
+
+@glibc_only
 def test_pinned_mmap_threshold_keeps_large_tensors_off_the_heap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -204,3 +213,39 @@ def test_train_and_evaluate_commands(
     assert out.splitlines()[1].startswith("valid ")
     assert main(["-q", "evaluate", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+ONEDNN_PROBE = (
+    MALLINFO
+    + """
+gelu = torch.nn.GELU()
+gelu(torch.randn(2, 64))
+before = libc.mallinfo2().uordblks
+for rows in range(1, 801):  # a new shape every call, as featrec's batches have
+    gelu(torch.randn(rows, 64))
+print((libc.mallinfo2().uordblks - before) / 2**20)
+"""
+)
+
+
+def _held_after_new_shapes(env: dict[str, str]) -> float:
+    """MiB still allocated after GELU on 800 different shapes, in a fresh process that
+    imported featrec before torch's first oneDNN primitive."""
+    out = subprocess.run(
+        [sys.executable, "-c", ONEDNN_PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.split()[-1])
+
+
+@glibc_only
+def test_onednn_primitive_cache_stays_small_with_a_new_shape_every_step() -> None:
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["OMP_NUM_THREADS"] = "1"
+    bounded = _held_after_new_shapes(env)
+    # oneDNN's own default, which a user may still choose: one entry per shape is kept
+    default = _held_after_new_shapes({**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"})
+    if default < 5:
+        pytest.skip(f"GELU does not go through oneDNN here ({default:.1f} MiB at capacity 1024)")
+    assert bounded < 3 < default
