@@ -14,7 +14,7 @@ model (transformer layers + output head at masked positions, forward + backward 
 forward) for the useful tokens, over wall time, over the matmul peak.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/throughput.py [--repeats 5]
-       [--batches 8] [--device cpu|cuda]
+       [--batches 8] [--device cpu|cuda] [--compile] [--bf16]
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_peak(
+    device: torch.device, size: int = 2048, repeats: int = 10, dtype=torch.float32
+) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     sync(device)
     times = []
@@ -135,6 +137,11 @@ def main() -> None:
         help="also time featrec's step under torch.compile (dynamic shapes; warm-up round "
         "includes compilation and is dropped)",
     )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time featrec's step under bf16 autocast (fp32 weights and optimizer)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     spec = load_spec(args.spec, [f"train.device={args.device}"])
@@ -151,6 +158,16 @@ def main() -> None:
             experiments[f"{name} compiled"] = Experiment.from_spec(variant, prepared)
             experiments[f"{name} compiled"].model.to(device)
             losses[f"{name} compiled"] = compiled
+    if args.bf16:
+
+        def bf16_loss(model, batch, labels):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return training_loss(model, batch, labels)
+
+        for name, variant in list(variants.items()):
+            experiments[f"{name} bf16"] = Experiment.from_spec(variant, prepared)
+            experiments[f"{name} bf16"].model.to(device)
+            losses[f"{name} bf16"] = bf16_loss
     optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
     cfg, model_cfg = spec.train, spec.model
     data = experiments["featrec full"].data
@@ -198,6 +215,9 @@ def main() -> None:
             results["plain reference"].append(run)
     print(f"device: {device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"fp32 matmul peak (2048², median of 10): {peak / 1e9:.1f} GFLOP/s")
+    if args.bf16:
+        bf16_peak = matmul_peak(device, dtype=torch.bfloat16)
+        print(f"bf16 matmul peak (2048², median of 10): {bf16_peak / 1e9:.1f} GFLOP/s")
     print(
         f"pool: {len(pool)} ML-1M users, {args.batches} batches of {cfg.batch_size}, "
         f"max_len {model_cfg.max_len}; {args.repeats} interleaved repeats (+1 warm-up)"
@@ -228,6 +248,8 @@ def main() -> None:
         if f"{name} compiled" in medians:
             gain = medians[name] / medians[f"{name} compiled"]
             print(f"{name}: torch.compile speed-up {gain:.2f}x")
+        if f"{name} bf16" in medians:
+            print(f"{name}: bf16 autocast speed-up {medians[name] / medians[f'{name} bf16']:.2f}x")
 
 
 if __name__ == "__main__":
