@@ -31,27 +31,22 @@ ENV = {
     "no-mkldnn": {},
 }
 CHILD = """
-import ctypes, sys, tempfile
+import sys, tempfile
 from pathlib import Path
 import torch
 import featrec.train
 from featrec.spec import load_spec
 
-class MallInfo2(ctypes.Structure):
-    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
 spec_path, epochs, setting = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if setting == "no-mkldnn":
     torch.backends.mkldnn.enabled = False
 page = 4096
 
 def record(epoch, row):
-    info = libc.mallinfo2()
+    heap = featrec.train.heap_stats()
     resident = int(open("/proc/self/statm").read().split()[1]) * page
-    print(epoch, resident >> 20, info.uordblks >> 20, info.arena >> 20, row["seconds"], flush=True)
+    print(epoch, resident >> 20, heap["uordblks"] >> 20, heap["arena"] >> 20, row["seconds"],
+          flush=True)
 
 overrides = [f"train.epochs={epochs}", "train.eval_every=100000", "train.min_epochs=100000"]
 spec = load_spec(spec_path, overrides).behavior_only()
@@ -66,6 +61,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=41)
     parser.add_argument("--settings", nargs="+", default=list(ENV), choices=list(ENV))
     args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error("--epochs: at least 3 (the last epoch also evaluates and is not shown)")
     last = args.epochs - 1  # the last epoch also evaluates on the test split
     marks = sorted({1, 2, 5, 10, 20, 30, 40, last} & set(range(1, last + 1)))
     print(f"MB after each epoch's trim: resident / heap in use / heap size, epochs {marks}")

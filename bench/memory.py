@@ -44,6 +44,7 @@ raise SystemExit(main())
 def run(setting: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
     env = dict(os.environ)
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    env.pop("GLIBC_TUNABLES", None)  # would switch featrec's pin off
     env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
     if setting != "featrec":
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"  # oneDNN's default

@@ -15,9 +15,11 @@ from typing import Any
 # turning over, and the evicted entries fragment the heap: an ML-100K training process
 # grew ~3 MB resident per epoch (heap 145 -> 268 MB in 40 epochs), ML-1M ~15 MB per epoch.
 # 64 entries keep it bounded (flat after ~20 epochs, same speed; bench/RESULTS.md).
-# oneDNN reads this when it creates its first primitive; a value the user set wins.
+# oneDNN reads this when it creates its first primitive; a value the user set (under this
+# name or the older DNNL_ one) wins.
 ONEDNN_CACHE_CAPACITY = "64"
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
+if not {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"} & set(os.environ):
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = ONEDNN_CACHE_CAPACITY
 
 __all__ = ["Recommendation", "Recommender", "load"]
 

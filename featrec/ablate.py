@@ -11,6 +11,7 @@ seeds. Layout of an ablation directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -155,6 +156,10 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     resolved = spec.model_dump(mode="json")
     if path.is_file():
         stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # a spec stored before a field was added compares with that field's default; one
+        # that is no valid spec any more is certainly not this one
+        with contextlib.suppress(ValueError):
+            stored = Spec.model_validate(stored).model_dump(mode="json")
         if stored != resolved:
             raise FeatrecError(
                 f"{ablation_dir}: holds an ablation of a different spec (compare {path}); "

@@ -177,8 +177,9 @@ def training_batch(
     """A Cloze batch over the users' training events: (inputs, labels (B, L)).
 
     A window holds a user's newest ``max_len`` training events; with ``crop_prob``, a user
-    with more than that gets a window ending at a uniformly drawn earlier position instead,
-    so the older events are trained on too (BERT4Rec's sliding windows, one per visit).
+    with more than that gets a window drawn uniformly from all full windows of the history
+    (the newest included), so the older events are trained on too (BERT4Rec's sliding
+    windows, one per visit).
     """
     batch = gather_window(
         data, users, training_window_ends(data, users, max_len, crop_prob, generator), max_len
@@ -204,10 +205,10 @@ def training_window_ends(
     users: torch.Tensor,
     max_len: int,
     crop_prob: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """(B,) end positions of the training windows: the newest, or with ``crop_prob`` an
-    earlier one drawn uniformly from those that still fill ``max_len`` events."""
+    """(B,) end positions of the training windows: the newest, or with ``crop_prob`` one
+    drawn uniformly from every window that fills ``max_len`` events (the newest included)."""
     ends = data.train_len[users]
     if crop_prob <= 0.0:  # no draw: the random stream of uncropped runs stays as it was
         return ends
@@ -218,11 +219,17 @@ def training_window_ends(
 
 
 def next_item_batch(
-    data: SequenceData, users: torch.Tensor, max_len: int
+    data: SequenceData,
+    users: torch.Tensor,
+    max_len: int,
+    generator: torch.Generator | None = None,
+    crop_prob: float = 0.0,
 ) -> tuple[Batch, torch.Tensor]:
     """Every position of the training window is a target, predicted from the events before it
-    (for models that only look back, such as the Embedding&MLP baseline). Labels (B, L)."""
-    batch = gather_window(data, users, data.train_len[users], max_len)
+    (for models that only look back, such as the Embedding&MLP baseline). Labels (B, L).
+    Windows as in :func:`training_batch`, ``crop_prob`` included."""
+    ends = training_window_ends(data, users, max_len, crop_prob, generator)
+    batch = gather_window(data, users, ends, max_len)
     valid = batch["item"] != PAD  # (B, L)
     has_history = valid & (valid.cumsum(dim=1) > 1)
     return batch, torch.where(has_history, batch["item"], IGNORE)

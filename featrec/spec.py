@@ -218,8 +218,8 @@ class TrainSpec(_Frozen):
         0.0,
         ge=0.0,
         le=1.0,
-        description="Share of histories longer than model.max_len trained on a random "
-        "earlier window (ending at a uniformly drawn position) instead of the newest one.",
+        description="Share of histories longer than model.max_len trained on a window drawn "
+        "uniformly from all their full windows (the newest included) instead of the newest.",
     )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)

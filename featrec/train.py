@@ -172,6 +172,35 @@ def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     )
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+    ]
+
+
+def heap_stats() -> dict[str, int] | None:
+    """glibc's heap statistics (``mallinfo2``), in bytes: ``arena`` (the heap's size),
+    ``uordblks`` (in use), ``hblkhd`` (in mmapped blocks), ...; None where not glibc."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return {name: getattr(info, name) for name, _ in _MallInfo2._fields_}
+
+
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc's ``malloc_trim``).
 
@@ -268,7 +297,10 @@ def train(
     model.to(device)
     _write_run_files(run_dir, spec, experiment)
 
-    trainable = torch.nonzero(data.train_len > 0).squeeze(1)
+    # a user needs a training event to mask (Cloze), two to have a next item to predict: a
+    # batch without any target would make the loss NaN
+    fewest = 2 if model.objective == "next_item" else 1
+    trainable = torch.nonzero(data.train_len >= fewest).squeeze(1)
     steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
     optimizer = _optimizer(model, spec)
     scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
@@ -370,7 +402,7 @@ def _train_epoch(
                 cfg.crop_prob,
             )
         else:
-            batch, labels = next_item_batch(data, batch_users, max_len)
+            batch, labels = next_item_batch(data, batch_users, max_len, generator, cfg.crop_prob)
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = training_loss(model, batch, labels.to(device))
         optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from featrec.ablate import run_ablation, run_dir, variants
 from featrec.cli import main
@@ -74,6 +75,20 @@ def test_an_ablation_directory_holds_one_spec(tmp_path: Path, quick: dict) -> No
     other = load_spec(write_spec(tmp_path, quick), ["model.dim=24"])
     with pytest.raises(FeatrecError, match="holds an ablation of a different spec"):
         run_ablation(other, out, 1, ["most-popular"])
+
+
+def test_a_spec_stored_before_a_new_field_still_matches(tmp_path: Path, quick: dict) -> None:
+    out = tmp_path / "abl"
+    spec = load_spec(write_spec(tmp_path, quick))
+    run_ablation(spec, out, 1, ["most-popular"])
+    stored = yaml.safe_load((out / "spec.yaml").read_text(encoding="utf-8"))
+    del stored["train"]["crop_prob"]  # as written by a featrec without that field
+    (out / "spec.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+    assert run_ablation(spec, out, 1, ["most-popular"]) == []  # finished: not rerun
+    stored["train"]["crop_prob"] = 0.5  # a real difference still refuses
+    (out / "spec.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
+    with pytest.raises(FeatrecError, match="holds an ablation of a different spec"):
+        run_ablation(spec, out, 1, ["most-popular"])
 
 
 def test_bootstrap_interval_covers_a_known_difference() -> None:
