@@ -79,8 +79,10 @@ class BERT4Rec(nn.Module):
             items = batch["item"]
             if items.numel() < table.shape[0]:  # few tokens (serving): look up, then embed
                 return module([table[items]])
-            # many tokens (training): embed every item's attributes once, then look them up
-            return module([table])[items]  # (I, D_f) → (B, L, D_f)
+            # many tokens (training): embed every item's attributes once, then look them up;
+            # F.embedding, not indexing: its backward sums the gradients per item ~3x faster
+            # than indexing's (index_put with accumulate) on CPU
+            return F.embedding(items, module([table]))  # (I, D_f) → (B, L, D_f)
         embedded = module([batch[column.key] for column in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
