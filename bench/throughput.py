@@ -87,6 +87,7 @@ def featrec_pass(
             spec.train.mask_prob,
             spec.train.last_item_share,
             generator,
+            spec.train.crop_prob,
         )
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = labels.to(device)
@@ -147,27 +148,23 @@ def main() -> None:
     spec = load_spec(args.spec, [f"train.device={args.device}"])
     prepared, _ = prepare(spec)
     variants = {"featrec full": spec, "featrec behavior-only": spec.behavior_only()}
-    experiments = {}
-    for name, variant in variants.items():
-        experiments[name] = Experiment.from_spec(variant, prepared)
-        experiments[name].model.to(device)
-    losses = {name: training_loss for name in experiments}
+
+    def bf16_loss(model, batch, labels):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return training_loss(model, batch, labels)
+
+    # each way of running the step: a suffix of the trainer's name and its loss function
+    modes = {"": training_loss}
     if args.compile:
-        compiled = torch.compile(training_loss, dynamic=True)
-        for name, variant in list(variants.items()):
-            experiments[f"{name} compiled"] = Experiment.from_spec(variant, prepared)
-            experiments[f"{name} compiled"].model.to(device)
-            losses[f"{name} compiled"] = compiled
+        modes[" compiled"] = torch.compile(training_loss, dynamic=True)
     if args.bf16:
-
-        def bf16_loss(model, batch, labels):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return training_loss(model, batch, labels)
-
-        for name, variant in list(variants.items()):
-            experiments[f"{name} bf16"] = Experiment.from_spec(variant, prepared)
-            experiments[f"{name} bf16"].model.to(device)
-            losses[f"{name} bf16"] = bf16_loss
+        modes[" bf16"] = bf16_loss
+    experiments, losses = {}, {}
+    for suffix, loss_fn in modes.items():
+        for name, variant in variants.items():
+            experiments[name + suffix] = Experiment.from_spec(variant, prepared)
+            experiments[name + suffix].model.to(device)
+            losses[name + suffix] = loss_fn
     optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
     cfg, model_cfg = spec.train, spec.model
     data = experiments["featrec full"].data
