@@ -14,7 +14,7 @@ model (transformer layers + output head at masked positions, forward + backward 
 forward) for the useful tokens, over wall time, over the matmul peak.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/throughput.py [--repeats 5]
-       [--batches 8] [--device cpu|cuda] [--compile] [--bf16]
+       [--batches 8] [--device cpu|cuda] [--compile] [--bf16] [--per-token-fusion]
 """
 
 from __future__ import annotations
@@ -143,6 +143,12 @@ def main() -> None:
         action="store_true",
         help="also time featrec's step under bf16 autocast (fp32 weights and optimizer)",
     )
+    parser.add_argument(
+        "--per-token-fusion",
+        action="store_true",
+        help="also time the full model fusing its item-level sources per token, as before "
+        "the fusion learned to transform them once per item",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     spec = load_spec(args.spec, [f"train.device={args.device}"])
@@ -165,6 +171,11 @@ def main() -> None:
             experiments[name + suffix] = Experiment.from_spec(variant, prepared)
             experiments[name + suffix].model.to(device)
             losses[name + suffix] = loss_fn
+    if args.per_token_fusion:
+        name = "featrec full per-token fusion"
+        experiments[name] = Experiment.from_spec(spec, prepared)
+        experiments[name].model.to(device).item_level_features = False
+        losses[name] = training_loss
     optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
     cfg, model_cfg = spec.train, spec.model
     data = experiments["featrec full"].data
@@ -243,6 +254,9 @@ def main() -> None:
     print(f"featrec behavior-only vs plain reference: {reference / behavior:.2f}x tokens/s")
     print(f"featrec full-feature vs plain reference:  {reference / full:.2f}x tokens/s")
     print(f"full-feature step / behavior-only step:   {full / behavior:.2f}")
+    if "featrec full per-token fusion" in medians:
+        per_token = medians["featrec full per-token fusion"]
+        print(f"  the same with per-token fusion:         {per_token / behavior:.2f}")
     for name in ("featrec full", "featrec behavior-only"):
         if f"{name} compiled" in medians:
             gain = medians[name] / medians[f"{name} compiled"]

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from torch import nn
 
 from featrec.batching import IGNORE, request_batch, training_batch, training_window_ends
 from featrec.encoders import MASK
@@ -243,6 +244,74 @@ def test_fusion_equals_the_concatenated_form_with_broadcast_sources(method: str)
         expected = (weights.unsqueeze(-1) * torch.stack(values, dim=-2)).sum(-2) * len(values)
     assert fused.shape == (2, 5, 6)
     assert torch.allclose(fused, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sum", "concat", "gate"])
+def test_fusion_of_per_item_tables_equals_fusion_per_token(method: str) -> None:
+    """Item-level sources given once per item (I, D) and looked up inside the fusion give
+    the outputs and gradients of the same sources gathered per token first; PAD slots pass
+    no gradient to the tables."""
+    from featrec.encoders import PAD
+    from featrec.model.fusion import FUSIONS
+
+    torch.manual_seed(0)
+    dims = {"item": 6, "genre": 4, "user_a": 6, "event_b": 3}  # genre and event_b projected
+    fusion = FUSIONS[method](dims, 6)
+    tables = {"item": torch.randn(7, 6, requires_grad=True),
+              "genre": torch.randn(7, 4, requires_grad=True)}  # fmt: skip
+    others = {"user_a": torch.randn(2, 1, 6), "event_b": torch.randn(2, 5, 3)}
+    items = torch.tensor([[PAD, PAD, 3, 4, 3], [2, 5, 6, 2, 3]])
+    upstream = torch.randn(2, 5, 6)
+
+    def run(per_item: bool, upstream: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        fusion.zero_grad()
+        for table in tables.values():
+            table.grad = None
+        if per_item:
+            fused, _ = fusion(tables | others, items)
+        else:
+            fused, _ = fusion({k: t[items] for k, t in tables.items()} | others)
+        (fused * upstream).sum().backward()
+        grads = [t.grad.clone() for t in tables.values()]
+        return fused.detach(), grads + [p.grad.clone() for p in fusion.parameters()]
+
+    _, grads = run(per_item=True, upstream=upstream)
+    assert all(table[PAD].abs().sum() == 0 for table in grads[:2])
+    # in the model, padding slots feed nothing downstream: no gradient reaches them
+    upstream[items == PAD] = 0
+    fused, grads = run(per_item=True, upstream=upstream)
+    expected, expected_grads = run(per_item=False, upstream=upstream)
+    assert torch.allclose(fused, expected, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_several_id_columns_embed_as_the_sum_of_their_tables() -> None:
+    """A time feature's parts, looked up together, give each part's embedding summed, and
+    the gradients of separate lookups; PAD ids add nothing and train no row."""
+    from featrec.encoders import MASK, PAD
+    from featrec.model.embeddings import ColumnConfig, FeatureConfig, FeatureEmbedding
+
+    torch.manual_seed(0)
+    columns = (ColumnConfig("event:t.hour", "ids", 28), ColumnConfig("event:t.weekday", "ids", 11),
+               ColumnConfig("event:t.gap", "ids", 9))  # fmt: skip
+    module = FeatureEmbedding(FeatureConfig("t", "event", columns, 5))
+    for part in module.parts:  # every row non-zero but PAD's, so a wrong row would show
+        nn.init.normal_(part.weight[1:])
+    values = [torch.randint(N, (3, 7)) for N in (28, 11, 9)]
+    values[0][0, :2] = PAD
+    values[1][0, 1:3] = PAD
+    values[2][1, 4] = MASK
+    upstream = torch.randn(3, 7, 5)
+    (module(values) * upstream).sum().backward()
+    got = [part.weight.grad.clone() for part in module.parts]
+    module.zero_grad()
+    expected = sum(part(value) for part, value in zip(module.parts, values, strict=True))
+    (expected * upstream).sum().backward()
+    assert torch.allclose(module(values), expected, atol=1e-6)
+    for part, grad in zip(module.parts, got, strict=True):
+        assert grad[PAD].abs().sum() == 0
+        assert torch.allclose(grad, part.weight.grad, atol=1e-6)
 
 
 def test_embedding_mlp_baseline_trains_and_only_looks_back(

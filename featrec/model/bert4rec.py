@@ -46,6 +46,7 @@ class BERT4Rec(nn.Module):
         self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
         self.token_features = [f for f in features if not (self.user_token and f.scope == "user")]
         self.user_features = [f for f in features if self.user_token and f.scope == "user"]
+        self.item_level_features = any(f.scope == "item" for f in features)
         for name, table in item_tables.items():
             self.register_buffer(f"item_table_{name}", table)
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
@@ -71,18 +72,15 @@ class BERT4Rec(nn.Module):
     def num_items(self) -> int:
         return self.item_embedding.num_embeddings
 
-    def _embed(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One feature's embeddings: item (B, L, D_f), user (B, 1, D_f), event (B, L, D_f)."""
+    def _embed(
+        self, config: FeatureConfig, batch: dict[str, torch.Tensor], per_item: bool = False
+    ) -> torch.Tensor:
+        """One feature's embeddings: item (B, L, D_f), or (I, D_f) one row per item id with
+        ``per_item``; user (B, 1, D_f); event (B, L, D_f)."""
         module = self.features[config.name]
         if config.scope == "item":
             table = getattr(self, f"item_table_{config.name}")
-            items = batch["item"]
-            if items.numel() < table.shape[0]:  # few tokens (serving): look up, then embed
-                return module([table[items]])
-            # many tokens (training): embed every item's attributes once, then look them up;
-            # F.embedding, not indexing: its backward sums the gradients per item ~3x faster
-            # than indexing's (index_put with accumulate) on CPU
-            return F.embedding(items, module([table]))  # (I, D_f) → (B, L, D_f)
+            return module([table]) if per_item else module([table[batch["item"]]])
         embedded = module([batch[column.key] for column in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
@@ -100,10 +98,15 @@ class BERT4Rec(nn.Module):
         their keys and values still cover every slot, so the results are the same."""
         items = batch["item"]  # (B, L)
         batch_size = items.shape[0]
-        sources = {"item": self.item_embedding(items)}  # (B, L, D)
+        # item-level sources are functions of the item id: with more tokens than items
+        # (training, evaluation) the fusion transforms each item's once and looks the
+        # results up (see featrec.model.fusion); with few (serving), it works per token
+        per_item = self.item_level_features and items.numel() >= self.num_items
+        item = self.item_embedding.weight if per_item else self.item_embedding(items)
+        sources = {"item": item}  # (I, D) or (B, L, D)
         for config in self.token_features:
-            sources[config.name] = self._embed(config, batch)
-        tokens, weights = self.fusion(sources)  # (B, L, D)
+            sources[config.name] = self._embed(config, batch, per_item)
+        tokens, weights = self.fusion(sources, items if per_item else None)  # (B, L, D)
         padding = items == PAD  # (B, L)
         if self.user_features:
             user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, 1, D)

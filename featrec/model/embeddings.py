@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featrec.encoders import PAD, Encoder, MultiCategoricalEncoder, StandardEncoder, TimeEncoder
@@ -69,8 +70,17 @@ class FeatureEmbedding(nn.Module):
             else nn.Embedding(column.cardinality, config.dim, padding_idx=PAD)
             for column in config.columns
         )
+        # several id columns (a time feature's parts) are looked up in one go: their tables
+        # joined, each column's ids shifted by the rows before its table (PAD stays PAD)
+        self.summed_ids = len(config.columns) > 1 and all(c.kind == "ids" for c in config.columns)
+        if self.summed_ids:
+            sizes = [column.cardinality for column in config.columns]
+            shifts = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))])
+            self.register_buffer("shifts", shifts, persistent=False)
 
     def forward(self, values: list[torch.Tensor]) -> torch.Tensor:
+        if self.summed_ids:
+            return self._summed_ids(values)
         out = None
         for column, part, value in zip(self.config.columns, self.parts, values, strict=True):
             if column.kind == "float":
@@ -83,3 +93,16 @@ class FeatureEmbedding(nn.Module):
                 embedded = part(value)  # (..., D)
             out = embedded if out is None else out + embedded
         return out
+
+    def _summed_ids(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """The sum of the id columns' embeddings by one ``embedding_bag`` over the joined
+        tables, instead of a lookup and an add per column. A PAD id of any column points at
+        the first table's PAD row, which ``padding_idx`` leaves out of the sum and the
+        gradient, as each table's own padding row would be (zero, never trained)."""
+        ids = torch.stack(values, dim=-1)  # (..., C)
+        ids = torch.where(ids == PAD, PAD, ids + self.shifts)
+        joined = torch.cat([part.weight for part in self.parts])  # (sum of cardinalities, D)
+        summed = F.embedding_bag(
+            ids.reshape(-1, ids.shape[-1]), joined, mode="sum", padding_idx=PAD
+        )
+        return summed.view(*ids.shape[:-1], -1)  # (..., D)
