@@ -146,8 +146,8 @@ def main() -> None:
     parser.add_argument(
         "--per-token-fusion",
         action="store_true",
-        help="also time the full model fusing its item-level sources per token, as before "
-        "the fusion learned to transform them once per item",
+        help="also time the full model with its item-level sources embedded and fused per "
+        "token (the serving path), beside the per-item path that training uses",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -174,7 +174,7 @@ def main() -> None:
     if args.per_token_fusion:
         name = "featrec full per-token fusion"
         experiments[name] = Experiment.from_spec(spec, prepared)
-        experiments[name].model.to(device).item_level_features = False
+        experiments[name].model.to(device).fuse_per_item = False
         losses[name] = training_loss
     optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
     cfg, model_cfg = spec.train, spec.model
@@ -256,7 +256,7 @@ def main() -> None:
     print(f"full-feature step / behavior-only step:   {full / behavior:.2f}")
     if "featrec full per-token fusion" in medians:
         per_token = medians["featrec full per-token fusion"]
-        print(f"  the same with per-token fusion:         {per_token / behavior:.2f}")
+        print(f"  the same, item-level sources per token:  {per_token / behavior:.2f}")
     for name in ("featrec full", "featrec behavior-only"):
         if f"{name} compiled" in medians:
             gain = medians[name] / medians[f"{name} compiled"]

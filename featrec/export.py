@@ -23,6 +23,7 @@ from torch import nn
 
 from featrec.batching import SequenceData, request_batch
 from featrec.encoders import MASK, MISSING, N_RESERVED, OOV, PAD
+from featrec.model.bert4rec import BERT4Rec
 from featrec.recommend import Recommender
 from featrec.sequences import encode_requests
 
@@ -55,6 +56,10 @@ def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
     recommender = Recommender(run_dir)
+    if isinstance(recommender.model, BERT4Rec):
+        # one fusion path for every batch size: torch.export would fix the per-item /
+        # per-token choice at the example's size and refuse batches on the other side
+        recommender.model.fuse_per_item = False
     batch = example_batch(recommender)
     keys = sorted(batch)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)

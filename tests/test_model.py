@@ -98,6 +98,35 @@ def test_training_scores_masked_slots_as_the_full_forward_does(
         )
 
 
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_per_item_fusion_trains_as_per_token_fusion(
+    tmp_path: Path, odd_dims: dict, fusion: str, user_mode: str
+) -> None:
+    """The model fuses item-level sources once per item for large batches: the same loss
+    and the same gradients for every parameter as fusing them per token (dropout on, the
+    same random draws), padding slots included."""
+    exp = experiment(tmp_path, odd_dims, **{"fusion.method": fusion, "fusion.user": user_mode})
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.3, 0.1, torch.Generator().manual_seed(3))
+    assert (batch["item"] == 0).any() and batch["item"].numel() >= exp.model.num_items
+    results = []
+    for per_item in (True, False):
+        exp.model.fuse_per_item = per_item
+        exp.model.zero_grad()
+        torch.manual_seed(0)
+        loss = training_loss(exp.model, batch, labels)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in exp.model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    (loss, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    assert any(name.startswith("features.") for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("behavior_only", [False, True], ids=["full", "behavior-only"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_fusion_builds_trains_and_evaluates(
@@ -312,6 +341,7 @@ def test_several_id_columns_embed_as_the_sum_of_their_tables() -> None:
     for part, grad in zip(module.parts, got, strict=True):
         assert grad[PAD].abs().sum() == 0
         assert torch.allclose(grad, part.weight.grad, atol=1e-6)
+    assert module([value[:, :0] for value in values]).shape == (3, 0, 5)  # empty windows
 
 
 def test_embedding_mlp_baseline_trains_and_only_looks_back(

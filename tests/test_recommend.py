@@ -173,15 +173,25 @@ def test_export_scores_equal_the_eager_model(run: Path, tmp_path: Path) -> None:
     experiment.model.load_state_dict(recommender.model.state_dict())
     from featrec.batching import request_batch
 
-    users, positions = experiment.data.targets("test")  # another batch size and length
-    for batch in (example_batch(recommender), request_batch(experiment.data, users, positions, 7)):
+    serving = Recommender(run).model
+    serving.fuse_per_item = False  # the model export traces: item-level sources per token
+    users, positions = experiment.data.targets("test")  # other batch sizes and lengths
+    batches = (
+        example_batch(recommender),
+        request_batch(experiment.data, users, positions, 7),  # more tokens than items
+        request_batch(experiment.data, users[:1], positions[:1], 7),  # fewer, one request
+    )
+    assert len(batches[1]["item"].flatten()) >= recommender.model.num_items
+    assert len(batches[2]["item"].flatten()) < recommender.model.num_items
+    for batch in batches:
         keys = sorted(batch)
         with torch.no_grad():
-            eager = recommender.model.score(recommender.model.last_hidden(batch))
+            eager = serving.score(serving.last_hidden(batch))
             full = recommender.model.score(recommender.model(batch).hidden[:, -1])
         exported = program(*[batch[k] for k in keys])
         assert torch.equal(exported, eager)
-        # the last-slot-only computation agrees with the full forward up to rounding
+        # the last-slot-only computation (and the per-item fusion the evaluation takes for
+        # large batches) agrees with the full forward up to rounding
         torch.testing.assert_close(exported, full, rtol=1e-5, atol=1e-6)
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {
         "model.pt2",

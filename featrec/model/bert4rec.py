@@ -5,7 +5,7 @@ Shape letters: B batch, L window length, D model dim, N scored positions, I item
 Item features are buffers indexed by item id, so the ``[MASK]`` item brings the ``MASK``
 row of every item feature: the model cannot see the attributes of the item it predicts.
 Behavior-only is the same class built from a spec with no features: no side parameters,
-and ``forward`` never branches on a feature.
+and its ``forward`` takes no feature branch.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ class BERT4Rec(nn.Module):
         self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
         self.token_features = [f for f in features if not (self.user_token and f.scope == "user")]
         self.user_features = [f for f in features if self.user_token and f.scope == "user"]
-        self.item_level_features = any(f.scope == "item" for f in features)
+        # fuse the item-level sources once per item when a batch has at least as many
+        # tokens as there are items (see forward); export turns it off for one path at
+        # every batch size
+        self.fuse_per_item = any(f.scope == "item" for f in features)
         for name, table in item_tables.items():
             self.register_buffer(f"item_table_{name}", table)
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
@@ -98,10 +101,10 @@ class BERT4Rec(nn.Module):
         their keys and values still cover every slot, so the results are the same."""
         items = batch["item"]  # (B, L)
         batch_size = items.shape[0]
-        # item-level sources are functions of the item id: with more tokens than items
-        # (training, evaluation) the fusion transforms each item's once and looks the
-        # results up (see featrec.model.fusion); with few (serving), it works per token
-        per_item = self.item_level_features and items.numel() >= self.num_items
+        # item-level sources are functions of the item id: with at least as many tokens as
+        # items (training, evaluation) the fusion transforms each item's once and looks the
+        # results up (see featrec.model.fusion); with fewer (serving), it works per token
+        per_item = self.fuse_per_item and items.numel() >= self.num_items
         item = self.item_embedding.weight if per_item else self.item_embedding(items)
         sources = {"item": item}  # (I, D) or (B, L, D)
         for config in self.token_features:

@@ -105,4 +105,4 @@ class FeatureEmbedding(nn.Module):
         summed = F.embedding_bag(
             ids.reshape(-1, ids.shape[-1]), joined, mode="sum", padding_idx=PAD
         )
-        return summed.view(*ids.shape[:-1], -1)  # (..., D)
+        return summed.view(*ids.shape[:-1], joined.shape[-1])  # (..., D)
