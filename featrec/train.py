@@ -268,6 +268,18 @@ def _schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file, then rename it over ``path``: a run killed while writing
+    keeps the previous file whole (a checkpoint ``--resume`` can load), never half a file."""
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def save_checkpoint(obj: Any, path: Path) -> None:
+    replace_atomically(path, functools.partial(torch.save, obj))
+
+
 def default_run_dir(spec: Spec) -> Path:
     return Path("runs") / spec.name / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -326,12 +338,12 @@ def train(
             score = valid[EARLY_STOP_METRIC]
             if score > state["best_score"]:
                 state |= {"best_score": score, "best_epoch": epoch, "bad_evals": 0}
-                torch.save(model.state_dict(), checkpoints / "best.pt")
+                save_checkpoint(model.state_dict(), checkpoints / "best.pt")
             else:
                 state["bad_evals"] += 1
         state["epoch"] = epoch
         state["history"].append(row)
-        torch.save(
+        save_checkpoint(
             {
                 **state,
                 "model": model.state_dict(),
@@ -468,8 +480,10 @@ def _final_metrics(
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }
-    (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
     write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
+    # written last and whole: its presence marks a finished run (featrec ablate skips it)
+    text = json.dumps(final, indent=1)
+    replace_atomically(run_dir / "final_metrics.json", lambda p: p.write_text(text, "utf-8"))
     return final
 
 

@@ -158,6 +158,29 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert losses[0] == losses[1]
 
 
+def test_a_run_killed_while_writing_a_checkpoint_still_resumes(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_spec(write_spec(tmp_path, small_body))
+    whole = train(spec, tmp_path / "whole")
+    real_save = torch.save
+
+    def killed_after_epoch_2(obj: object, path: Path) -> None:
+        if isinstance(obj, dict) and obj.get("epoch") == 3:  # half a file, then the kill
+            Path(path).write_bytes(b"PK\x03\x04 truncated")
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut")
+    monkeypatch.setattr(torch, "save", real_save)
+    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2  # the previous checkpoint, whole
+    resumed = train(spec, tmp_path / "cut", resume=True)
+    assert resumed["test"] == whole["test"]
+
+
 @pytest.mark.parametrize(("min_epochs", "expected"), [(0, 3), (6, 6)])
 def test_early_stopping_waits_for_min_epochs(
     tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch, min_epochs: int,
@@ -256,3 +279,20 @@ def test_onednn_primitive_cache_stays_small_with_a_new_shape_every_step() -> Non
     if default < 5:
         pytest.skip(f"GELU does not go through oneDNN here ({default:.1f} MiB at capacity 1024)")
     assert bounded < default / 4  # 64 of 800 shapes kept at most, not one per shape
+
+
+def test_final_metrics_mark_a_finished_run_only(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """final_metrics.json (which tells featrec ablate a run is done) comes after the
+    per-user ranks: a run killed while writing those is not taken for finished."""
+    import featrec.train
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(featrec.train, "write_ranks", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_spec(write_spec(tmp_path, small_body)), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "final_metrics.json").exists()
