@@ -30,7 +30,7 @@ log = logging.getLogger("featrec")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_variant_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -45,6 +45,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("featrec: interrupted", file=sys.stderr)
         return 130
+
+
+def _variant_values(argv: list[str]) -> list[str]:
+    """Spell every value of ``--variants`` as ``--variants=NAME``.
+
+    Variant names such as ``-item`` start with a dash, which argparse takes for an option
+    (``--variants -item`` fails with "expected at least one argument"). Values run up to the
+    next ``--option`` (or ``-h``), as argparse reads them.
+    """
+    out: list[str] = []
+    inside = False
+    for token in argv:
+        if token == "--variants":
+            inside = True
+            out.append(token)
+            continue
+        if inside and not token.startswith("--") and token != "-h":
+            if out[-1] == "--variants":
+                out.pop()
+            out.append(f"--variants={token}")
+            continue
+        inside = False
+        out.append(token)
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ablate = spec_command("ablate", "train behavior-only, per-scope and per-feature variants")
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
-    ablate.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants")
+    ablate.add_argument(
+        "--variants", nargs="+", action="extend", metavar="NAME",
+        help="only these variants (names may start with a dash: --variants full -item)",
+    )  # fmt: skip
     ablate.add_argument("--out", type=Path, help="ablation directory (default ablations/NAME)")
     ablate.add_argument("--list", action="store_true", help="list the variants and exit")
     ablate.set_defaults(run=_ablate)

@@ -149,3 +149,20 @@ def test_ablate_list_and_errors(
     assert main(["-q", "ablate", spec, "--seeds", "0"]) == 2
     assert "--seeds: expected at least 1" in capsys.readouterr().err
     assert main(["-q", "report", str(tmp_path / "nothing")]) == 2
+
+
+def test_variant_names_with_a_leading_dash_on_the_command_line(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = str(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    # argparse alone takes "-rating" for an option and fails with a usage error (exit 2)
+    code = main(["-q", "ablate", spec, "--seeds", "1", "--variants", "most-popular", "-rating",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert (run_dir(out, "-rating", 0) / "final_metrics.json").is_file()
+    assert (run_dir(out, "most-popular", 0) / "final_metrics.json").is_file()
+    assert not run_dir(out, "full", 0).exists()
+    capsys.readouterr()
+    assert main(["-q", "ablate", spec, "--out", str(out), "--variants", "-user", "-color"]) == 2
+    assert "unknown variant(s) -color;" in capsys.readouterr().err
