@@ -139,7 +139,15 @@ class Recommender:
         exclude_seen: bool = True,
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` items for many requests at once."""
+        """Top-``k`` items for many requests at once (one entry per request in each list)."""
+        if not len(histories) == len(users) == len(contexts):
+            raise FeatrecError(
+                "recommend_many: histories, users and contexts take one entry per request; "
+                f"got {len(histories)}, {len(users)} and {len(contexts)} (use None for a "
+                "request without user attributes or context)"
+            )
+        if not histories:
+            return []
         data, dropped = self.encode_many(histories, users, contexts)
         return self._top_k(data, dropped, k, exclude_seen, candidates)
 

@@ -10,6 +10,7 @@ import torch
 
 import featrec
 from featrec.cli import main
+from featrec.errors import FeatrecError
 from featrec.evaluate import model_scorer
 from featrec.export import example_batch, export_run
 from featrec.recommend import Recommender
@@ -30,6 +31,13 @@ def test_cold_user_with_a_history_only(run: Path) -> None:
     assert len(rec.items) == 3 and rec.fallback is None
     assert not {10, 11} & set(rec.items)  # seen items excluded
     assert rec.scores == sorted(rec.scores, reverse=True)
+
+
+def test_recommend_many_of_no_requests_and_of_mismatched_lists(run: Path) -> None:
+    recommender = featrec.load(run)
+    assert recommender.recommend_many([], [], []) == []
+    with pytest.raises(FeatrecError, match="one entry per request; got 2, 1 and 2"):
+        recommender.recommend_many([[10], [11]], [None], [None, None])
 
 
 def test_empty_history_falls_back_to_popularity_and_says_so(run: Path) -> None:
