@@ -192,6 +192,13 @@ class ModelSpec(_Frozen):
     heads: int = Field(2, gt=0)
     max_len: int = Field(200, gt=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on embeddings and layers.")
+    init: Literal["bert", "torch"] = Field(
+        "bert",
+        description="Initialisation of the transformer layers. bert: truncated normal, std "
+        "0.02 (as BERT and BERT4Rec). torch: as nn.TransformerEncoderLayer (Xavier-uniform "
+        "attention projections, nn.Linear's default elsewhere), 2-4x larger. Embeddings and "
+        "the output head keep BERT's initialisation either way.",
+    )
     attention_dropout: float = Field(
         0.0,
         ge=0.0,

@@ -385,3 +385,27 @@ def test_crop_draws_every_full_earlier_window_of_long_histories_only(
     possible = {(u, e) for u in users[long].tolist() for e in range(max_len, int(train_len[u]) + 1)}
     assert drawn == possible  # only full windows, and every one of them
     assert newest / (300 * int(long.sum())) > 0.5  # the newest window stays the most common
+
+
+def test_torch_initialisation_enlarges_the_layers_only(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    bert = experiment(tmp_path, tiny_spec_body).model
+    torch_init = experiment(tmp_path, tiny_spec_body, **{"model.init": "torch"}).model
+    dim = 12
+    for layer in torch_init.layers:  # as nn.TransformerEncoderLayer initialises its weights
+        qkv = layer.qkv.weight.abs().max()
+        assert 0.04 < qkv <= (6 / (dim + 3 * dim)) ** 0.5  # Xavier-uniform bound
+        assert layer.out.weight.abs().max() > 0.04 and not layer.out.bias.any()
+        assert not layer.qkv.bias.any()
+        assert layer.feed_forward[2].bias.abs().max() > 0  # nn.Linear's default bias
+    for layer in bert.layers:  # BERT: truncated normal within two std of 0.02
+        assert layer.qkv.weight.abs().max() <= 0.04 and not layer.feed_forward[2].bias.any()
+    # embeddings, fusion and output head keep BERT's initialisation, draw for draw
+    kept = [n for n, _ in bert.named_parameters() if not n.startswith("layers.")]
+    assert "item_embedding.weight" in kept and "head.0.weight" in kept
+    for (name, a), (_, b) in zip(
+        bert.named_parameters(), torch_init.named_parameters(), strict=True
+    ):
+        if name in kept:
+            assert torch.equal(a, b), name

@@ -70,6 +70,9 @@ class BERT4Rec(nn.Module):
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         self.apply(_init_weights)
+        if model.init == "torch":
+            for layer in self.layers:
+                layer.reset_parameters()
 
     @property
     def num_items(self) -> int:
@@ -170,6 +173,17 @@ class EncoderLayer(nn.Module):
         self.norm_attention = nn.LayerNorm(dim)
         self.norm_feed_forward = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
+
+    def reset_parameters(self) -> None:
+        """nn.TransformerEncoderLayer's initialisation: Xavier-uniform attention input
+        projections with zero biases (as nn.MultiheadAttention), nn.Linear's default for the
+        output projection (zero bias) and the feed-forward layers; LayerNorms at 1 and 0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.LayerNorm)):
+                module.reset_parameters()
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out.bias)
 
     def forward(
         self, x: torch.Tensor, attend: torch.Tensor, select: torch.Tensor | None = None
