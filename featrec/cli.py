@@ -52,16 +52,20 @@ def _variant_values(argv: list[str]) -> list[str]:
 
     Variant names such as ``-item`` start with a dash, which argparse takes for an option
     (``--variants -item`` fails with "expected at least one argument"). Values run up to the
-    next ``--option`` (or ``-h``), as argparse reads them.
+    next ``--option`` or ``-h``, as argparse reads them, and stop at a ``.yaml``/``.yml``
+    file (the spec written after them). A variant named ``-h`` (a feature called ``h``)
+    is chosen as ``--variants=-h``.
     """
     out: list[str] = []
     inside = False
     for token in argv:
-        if token == "--variants":
+        name, _, value = token.partition("=")
+        if len(name) > 3 and "--variants".startswith(name):  # argparse's abbreviations too
             inside = True
-            out.append(token)
+            out.append(f"--variants={value}" if value else "--variants")
             continue
-        if inside and not token.startswith("--") and token != "-h":
+        spec_file = token.endswith((".yaml", ".yml"))
+        if inside and not token.startswith("--") and token != "-h" and not spec_file:
             if out[-1] == "--variants":
                 out.pop()
             out.append(f"--variants={token}")
@@ -327,7 +331,8 @@ def describe_spec(spec: Spec, card_title: str | None = None) -> str:
     lines += [
         f"fusion: {spec.fusion.method} (user features: {spec.fusion.user})",
         f"model: dim {m.dim}, layers {m.layers}, heads {m.heads}, max_len {m.max_len}, "
-        f"dropout {m.dropout}",
+        f"dropout {m.dropout}, attention_dropout {m.attention_dropout}, init {m.init}"
+        + (f", kind {m.kind}" if m.kind != "bert4rec" else ""),
         f"train: mask_prob {t.mask_prob}, batch {t.batch_size}, lr {t.lr}, epochs {t.epochs}, "
         f"patience {t.patience}, seed {t.seed}",
         f"eval: {e.split}, ks {e.ks}, exclude_seen {e.exclude_seen}",

@@ -133,13 +133,17 @@ class Recommender:
     def recommend_many(
         self,
         histories: list[History],
-        users: list[dict[str, Any] | None],
-        contexts: list[dict[str, Any] | None],
+        users: list[dict[str, Any] | None] | None = None,
+        contexts: list[dict[str, Any] | None] | None = None,
         k: int = 10,
         exclude_seen: bool = True,
         candidates: list[Any] | None = None,
     ) -> list[Recommendation]:
-        """Top-``k`` items for many requests at once (one entry per request in each list)."""
+        """Top-``k`` items for many requests at once: one entry per request in each list;
+        ``users`` or ``contexts`` None: no attributes or context for any request."""
+        histories = list(histories)
+        users = [None] * len(histories) if users is None else list(users)
+        contexts = [None] * len(histories) if contexts is None else list(contexts)
         if not len(histories) == len(users) == len(contexts):
             raise FeatrecError(
                 "recommend_many: histories, users and contexts take one entry per request; "

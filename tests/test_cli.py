@@ -144,3 +144,22 @@ def test_prepare_bad_input_exits_2_with_one_line(
     code, out, err = run(capsys, "prepare", str(write_spec(tmp_path, tiny_spec_body)))
     assert code == 2 and out == ""
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "chosen"),
+    [
+        (["--variants", "full", "-item"], ["full", "-item"]),
+        (["--variants=full", "-item", "--variants", "-user"], ["full", "-item", "-user"]),
+        (["--var", "-event", "--seeds", "2"], ["-event"]),
+        (["--variants", "-genres", "--set", "train.epochs=1"], ["-genres"]),
+    ],
+)
+def test_ablate_variant_names_may_start_with_a_dash(argv: list[str], chosen: list[str]) -> None:
+    from featrec.cli import _parser, _variant_values
+
+    args = _parser().parse_args(_variant_values(["ablate", "spec.yaml", *argv]))
+    assert args.variants == chosen and args.spec == "spec.yaml"
+    # the spec may also follow the names
+    later = _parser().parse_args(_variant_values(["ablate", *argv, "later.yml"]))
+    assert later.spec == "later.yml" and later.variants == chosen

@@ -394,11 +394,14 @@ def test_torch_initialisation_enlarges_the_layers_only(
     torch_init = experiment(tmp_path, tiny_spec_body, **{"model.init": "torch"}).model
     dim = 12
     for layer in torch_init.layers:  # as nn.TransformerEncoderLayer initialises its weights
-        qkv = layer.qkv.weight.abs().max()
-        assert 0.04 < qkv <= (6 / (dim + 3 * dim)) ** 0.5  # Xavier-uniform bound
-        assert layer.out.weight.abs().max() > 0.04 and not layer.out.bias.any()
-        assert not layer.qkv.bias.any()
-        assert layer.feed_forward[2].bias.abs().max() > 0  # nn.Linear's default bias
+        # Xavier-uniform over (3 dim, dim): bound sqrt(6 / 4 dim), above nn.Linear's 1/sqrt(dim)
+        assert dim**-0.5 < layer.qkv.weight.abs().max() <= (6 / (4 * dim)) ** 0.5
+        assert not layer.qkv.bias.any() and not layer.out.bias.any()
+        linears = [(layer.out, dim), (layer.feed_forward[0], dim), (layer.feed_forward[2], 4 * dim)]
+        for linear, fan_in in linears:
+            bound = fan_in**-0.5  # nn.Linear's default: uniform within 1/sqrt(fan_in)
+            assert 0.8 * bound < linear.weight.abs().max() <= bound
+        assert 0 < layer.feed_forward[2].bias.abs().max() <= (4 * dim) ** -0.5
     for layer in bert.layers:  # BERT: truncated normal within two std of 0.02
         assert layer.qkv.weight.abs().max() <= 0.04 and not layer.feed_forward[2].bias.any()
     # embeddings, fusion and output head keep BERT's initialisation, draw for draw

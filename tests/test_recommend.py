@@ -36,6 +36,8 @@ def test_cold_user_with_a_history_only(run: Path) -> None:
 def test_recommend_many_of_no_requests_and_of_mismatched_lists(run: Path) -> None:
     recommender = featrec.load(run)
     assert recommender.recommend_many([], [], []) == []
+    both = recommender.recommend_many([[10], [11]], k=3)  # no attributes, no context
+    assert [r.items for r in both] == [recommender.recommend(h, k=3).items for h in ([10], [11])]
     with pytest.raises(FeatrecError, match="one entry per request; got 2, 1 and 2"):
         recommender.recommend_many([[10], [11]], [None], [None, None])
 
