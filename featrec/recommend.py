@@ -355,11 +355,14 @@ class Recommender:
                 "request", *self.user_columns
             )
         recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
-        return _rows(wanted.to_list(), recs)
+        return _rows(wanted.to_list(), recs, wanted.dtype, self._item_dtype)
 
 
-def _rows(users: list[Any], recs: list[Recommendation]) -> pl.DataFrame:
-    """One table of every request's recommendations, a row per (user, rank)."""
+def _rows(
+    users: list[Any], recs: list[Recommendation], user_dtype: pl.DataType, item_dtype: pl.DataType
+) -> pl.DataFrame:
+    """One table of every request's recommendations, a row per (user, rank); typed as the
+    user and item ids even when there are no rows."""
     columns: dict[str, list] = {n: [] for n in ("user_id", "rank", "item_id", "score", "fallback")}
     for user, rec in zip(users, recs, strict=True):
         count = len(rec.items)
@@ -370,7 +373,13 @@ def _rows(users: list[Any], recs: list[Recommendation]) -> pl.DataFrame:
         columns["fallback"] += [rec.fallback] * count
     return pl.DataFrame(
         columns,
-        schema_overrides={"rank": pl.Int64, "score": pl.Float64, "fallback": pl.String},
+        schema_overrides={
+            "user_id": user_dtype,
+            "rank": pl.Int64,
+            "item_id": item_dtype,
+            "score": pl.Float64,
+            "fallback": pl.String,
+        },
         strict=False,
     )
 
@@ -451,11 +460,11 @@ def recommend_requests(
     ]
     recs = recommender.recommend_many(histories, users, contexts, k)
     ids = (
-        requests["user_id"].to_list()
+        requests["user_id"]
         if "user_id" in requests.columns
-        else list(range(1, len(recs) + 1))
+        else pl.Series(range(1, len(recs) + 1), dtype=pl.Int64)
     )
-    return _rows(ids, recs)
+    return _rows(ids.to_list(), recs, ids.dtype, recommender._item_dtype)
 
 
 def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: str) -> list:

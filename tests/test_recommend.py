@@ -13,7 +13,7 @@ from featrec.cli import main
 from featrec.errors import FeatrecError
 from featrec.evaluate import model_scorer
 from featrec.export import example_batch, export_run
-from featrec.recommend import Recommender
+from featrec.recommend import Recommender, recommend_requests
 from featrec.spec import load_spec
 from featrec.train import Experiment, train
 from tests.conftest import real_data_dir
@@ -40,6 +40,17 @@ def test_recommend_many_of_no_requests_and_of_mismatched_lists(run: Path) -> Non
     assert [r.items for r in both] == [recommender.recommend(h, k=3).items for h in ([10], [11])]
     with pytest.raises(FeatrecError, match="one entry per request; got 2, 1 and 2"):
         recommender.recommend_many([[10], [11]], [None], [None, None])
+
+
+def test_an_empty_request_table_keeps_the_id_types(run: Path) -> None:
+    """No requests: no rows, but the columns keep the types a non-empty table has."""
+    recommender = featrec.load(run)
+    requests = pl.DataFrame({"user_id": [1], "history": ["10 11"]})
+    some = recommend_requests(recommender, requests, k=2)
+    none = recommend_requests(recommender, requests.clear(), k=2)
+    assert some.height == 2 and none.height == 0
+    assert none.schema == some.schema
+    assert pl.Null not in some.schema.dtypes()
 
 
 def test_empty_history_falls_back_to_popularity_and_says_so(run: Path) -> None:
