@@ -13,6 +13,7 @@ from torch import nn
 
 from featrec.batching import IGNORE, request_batch, training_batch, training_window_ends
 from featrec.encoders import MASK
+from featrec.model.bert4rec import EncoderLayer
 from featrec.spec import load_spec
 from featrec.train import Experiment, masked_item_loss, train, training_loss
 from tests.conftest import write_spec
@@ -54,7 +55,11 @@ def test_shapes_with_odd_feature_widths(
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"fusion.user": "add"}, {"fusion.user": "token"}, {"model.kind": "embedding_mlp"}],
+    [
+        {"fusion.user": "add"},
+        {"fusion.user": "token"},
+        {"model.kind": "embedding_mlp"},
+    ],
     ids=["user-add", "user-token", "embedding-mlp"],
 )
 def test_last_hidden_equals_the_full_forward_at_the_last_slot(
@@ -412,3 +417,31 @@ def test_torch_initialisation_enlarges_the_layers_only(
     ):
         if name in kept:
             assert torch.equal(a, b), name
+
+
+def test_encoder_layer_computes_what_torchs_layer_computes() -> None:
+    """Same weights, same outputs as a post-LN nn.TransformerEncoderLayer (GELU, no
+    dropout), with padded keys masked out."""
+    torch.manual_seed(0)
+    dim, heads = 12, 3
+    ours = EncoderLayer(dim, heads, 0.0, 0.0).eval()
+    reference = nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, 0.0, "gelu", batch_first=True
+    ).eval()
+    with torch.no_grad():
+        reference.self_attn.in_proj_weight.copy_(ours.qkv.weight)
+        reference.self_attn.in_proj_bias.copy_(ours.qkv.bias.normal_())
+        reference.self_attn.out_proj.weight.copy_(ours.out.weight)
+        reference.self_attn.out_proj.bias.copy_(ours.out.bias.normal_())
+        reference.linear1.load_state_dict(ours.feed_forward[0].state_dict())
+        reference.linear2.load_state_dict(ours.feed_forward[2].state_dict())
+        for norm in (ours.norm_attention, ours.norm_feed_forward):
+            norm.weight.normal_(1.0, 0.1), norm.bias.normal_()
+        reference.norm1.load_state_dict(ours.norm_attention.state_dict())
+        reference.norm2.load_state_dict(ours.norm_feed_forward.state_dict())
+        x = torch.randn(4, 7, dim)
+        padding = torch.zeros(4, 7, dtype=torch.bool)
+        padding[1, :3] = padding[3, :5] = True
+        expected = reference(x, src_key_padding_mask=padding)
+        got = ours(x, ~padding[:, None, None, :])
+    torch.testing.assert_close(got[~padding], expected[~padding], rtol=1e-5, atol=1e-5)
