@@ -133,6 +133,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches per pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="sequences per batch (default: the spec's; the recorded results used 128)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="also time featrec's step under torch.compile (dynamic shapes; warm-up round "
@@ -151,7 +156,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device(args.device)
-    spec = load_spec(args.spec, [f"train.device={args.device}"])
+    overrides = [f"train.device={args.device}"]
+    if args.batch_size is not None:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    spec = load_spec(args.spec, overrides)
     prepared, _ = prepare(spec)
     variants = {"featrec full": spec, "featrec behavior-only": spec.behavior_only()}
 
