@@ -355,16 +355,14 @@ class Recommender:
                 "request", *self.user_columns
             )
         recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
-        return _rows(wanted.to_list(), recs, wanted.dtype, self._item_dtype)
+        return _rows(wanted, recs, self._item_dtype)
 
 
-def _rows(
-    users: list[Any], recs: list[Recommendation], user_dtype: pl.DataType, item_dtype: pl.DataType
-) -> pl.DataFrame:
+def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType) -> pl.DataFrame:
     """One table of every request's recommendations, a row per (user, rank); typed as the
     user and item ids even when there are no rows."""
     columns: dict[str, list] = {n: [] for n in ("user_id", "rank", "item_id", "score", "fallback")}
-    for user, rec in zip(users, recs, strict=True):
+    for user, rec in zip(users.to_list(), recs, strict=True):
         count = len(rec.items)
         columns["user_id"] += [user] * count
         columns["rank"] += range(1, count + 1)
@@ -374,7 +372,7 @@ def _rows(
     return pl.DataFrame(
         columns,
         schema_overrides={
-            "user_id": user_dtype,
+            "user_id": users.dtype,
             "rank": pl.Int64,
             "item_id": item_dtype,
             "score": pl.Float64,
@@ -464,7 +462,7 @@ def recommend_requests(
         if "user_id" in requests.columns
         else pl.Series(range(1, len(recs) + 1), dtype=pl.Int64)
     )
-    return _rows(ids.to_list(), recs, ids.dtype, recommender._item_dtype)
+    return _rows(ids, recs, recommender._item_dtype)
 
 
 def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: str) -> list:
