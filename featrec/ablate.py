@@ -24,14 +24,13 @@ import yaml
 
 from featrec.errors import FeatrecError
 from featrec.evaluate import evaluate_ranking, popularity_scorer
+from featrec.report import EMBEDDING_MLP, MOST_POPULAR, headline
 from featrec.spec import Spec
 from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("item", "user", "event")
-MOST_POPULAR = "most-popular"
-EMBEDDING_MLP = "embedding-mlp"
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,12 @@ class Variant:
 
 
 def variants(spec: Spec) -> dict[str, Variant]:
-    """Every variant of ``spec``, in report order.
+    """Every variant of ``spec``, in report order, keyed by name.
 
     full · behavior-only · -<scope> · behavior+<scope> · -<feature> · most-popular ·
-    embedding-mlp (the Embedding&MLP baseline with the same features).
+    embedding-mlp (the Embedding&MLP baseline with the same features). A name whose features
+    equal an earlier variant's (``-gender`` where gender is the only user feature) maps to
+    that variant: it is trained once, under the first name.
     """
     features = list(spec.features)
     scopes = [s for s in SCOPES if any(f.scope == s for f in features)]
@@ -56,12 +57,19 @@ def variants(spec: Spec) -> dict[str, Variant]:
             "behavior-only", spec.behavior_only(), description="item ids only"
         ),
     }
+    by_features = {tuple(f.name for f in features): out["full"]}
 
     def add(name: str, kept: list, description: str) -> None:
-        if kept and len(kept) < len(features) and name not in out:
-            out[name] = Variant(
-                name, spec.model_copy(update={"features": kept}), description=description
-            )
+        if not kept or name in out:
+            return
+        same = by_features.get(tuple(f.name for f in kept))
+        if same is not None:
+            out[name] = same  # an alias: the same features as an earlier variant
+            return
+        out[name] = Variant(
+            name, spec.model_copy(update={"features": kept}), description=description
+        )
+        by_features[tuple(f.name for f in kept)] = out[name]
 
     if len(scopes) > 1:
         for scope in scopes:
@@ -74,11 +82,11 @@ def variants(spec: Spec) -> dict[str, Variant]:
             )
     if len(features) > 1:
         for feature in features:
-            add(
-                f"-{feature.name}",
-                [f for f in features if f is not feature],
-                f"without {feature.name}",
-            )
+            # a feature named like a scope ("user") must not take that scope's variant name
+            name = f"-{feature.name}"
+            if feature.name in SCOPES:
+                name = f"-{feature.scope}.{feature.name}"
+            add(name, [f for f in features if f is not feature], f"without {feature.name}")
     out[MOST_POPULAR] = Variant(
         MOST_POPULAR, spec.behavior_only(), trained=False, description="training-set popularity"
     )
@@ -91,16 +99,29 @@ def variants(spec: Spec) -> dict[str, Variant]:
     return out
 
 
+def aliases(available: dict[str, Variant]) -> dict[str, str]:
+    """Names that stand for an earlier variant with the same features → that variant's name."""
+    return {name: v.name for name, v in available.items() if name != v.name}
+
+
 def select(available: dict[str, Variant], names: list[str] | None) -> list[Variant]:
+    """The variants named (all of them when none), each once, in the order given."""
     if not names:
-        return list(available.values())
+        names = list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise FeatrecError(
             f"--variants: unknown variant(s) {', '.join(unknown)}; this spec has: "
             f"{', '.join(available)}"
         )
-    return [available[n] for n in names]
+    chosen: dict[str, Variant] = {}
+    for name in names:
+        variant = available[name]
+        if name != variant.name:
+            log.info("%s has the same features as %s: trained once, as %s", name,
+                     variant.name, variant.name)  # fmt: skip
+        chosen.setdefault(variant.name, variant)
+    return list(chosen.values())
 
 
 def run_dir(ablation_dir: Path, variant: str, seed: int) -> Path:
@@ -139,11 +160,10 @@ def run_ablation(
         else:
             resume = (directory / "checkpoints" / "last.pt").is_file()
             log.info("%s: %s", label, "resuming" if resume else "training")
-            final = train(seeded, directory, resume=resume, progress=progress)
-        log.info(
-            "%s: test ndcg@10 %.4f, hr@10 %.4f (%.1f min)", label, final["test"]["ndcg@10"],
-            final["test"]["hr@10"], (time.perf_counter() - started) / 60,
-        )  # fmt: skip
+            final = train(seeded, directory, resume=resume, progress=progress, variant=variant.name)
+        scores = ", ".join(f"{m} {final['test'][m]:.4f}" for m in headline(spec.eval.primary))
+        minutes = (time.perf_counter() - started) / 60
+        log.info("%s: test %s (%.1f min)", label, scores, minutes)
         trained.append((variant.name, seed))
         if on_run_end is not None:
             on_run_end(variant.name, seed)

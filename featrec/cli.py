@@ -225,8 +225,9 @@ def _ablate(args: argparse.Namespace) -> int:
         raise FeatrecError("ablate makes the behavior-only variant itself; drop --behavior-only")
     spec = _load(args)
     if args.list:
-        for variant in variants(spec).values():
-            print(f"{variant.name:24s} {variant.description}")
+        for name, variant in variants(spec).items():
+            what = variant.description if name == variant.name else f"same as {variant.name}"
+            print(f"{name:24s} {what}")
         return 0
     if args.seeds < 1:
         raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")

@@ -1,10 +1,11 @@
 """Ablation statistics and the report (Markdown, CSV, PNG), from stored results only.
 
-Per variant: test NDCG@10 and HR@10 as mean ± std over seeds. Against behavior-only and
-against full: the paired per-user difference (each user's metric averaged over seeds),
-its 95% bootstrap confidence interval over users, and a paired t-test p-value. A
-difference whose interval excludes zero is labelled; otherwise it is "not distinguishable
-from zero".
+Per variant: every test metric as mean ± std over seeds (the mean alone for one seed).
+Against behavior-only and against full: the paired per-user difference of each full-ranking
+metric (each user's metric averaged over seeds), its 95% bootstrap confidence interval over
+users, and a paired t-test p-value. A difference whose interval excludes zero is labelled;
+otherwise it is "not distinguishable from zero". The headline metric is the spec's
+``eval.primary``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,36 @@ import numpy as np
 import polars as pl
 
 from featrec.errors import FeatrecError
+from featrec.spec import Spec, load_spec
 
-METRICS = ("ndcg@10", "hr@10")
 REFERENCES = ("behavior-only", "full")
+MOST_POPULAR = "most-popular"
+EMBEDDING_MLP = "embedding-mlp"
+BASELINES = (MOST_POPULAR, EMBEDDING_MLP)
+RANK_METRICS = ("ndcg", "hr", "mrr")  # computable per user from the stored target ranks
+LABELS = {"ndcg": "NDCG", "hr": "HR", "mrr": "MRR"}
+
+
+def label(metric: str) -> str:
+    """``ndcg@10`` → ``NDCG@10``."""
+    name, _, k = metric.partition("@")
+    return f"{LABELS.get(name, name)}@{k}"
+
+
+def headline(primary: str) -> tuple[str, str]:
+    """The primary metric and its companion at the same K (HR beside NDCG, else NDCG)."""
+    name, k = primary.split("@")
+    return primary, f"{'hr' if name == 'ndcg' else 'ndcg'}@{k}"
 
 
 def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """HR@K / NDCG@K of each user from 0-based target ranks."""
+    """HR@K / NDCG@K / MRR@K of each user from 0-based target ranks."""
     name, k = metric.split("@")
     hit = ranks < int(k)
     if name == "hr":
         return hit.astype(float)
+    if name == "mrr":
+        return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
     return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
@@ -37,16 +57,26 @@ def bootstrap_ci(
     differences: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of paired per-user differences."""
+    low, high = bootstrap_cis(differences[:, None], resamples, seed, level)
+    return float(low[0]), float(high[0])
+
+
+def bootstrap_cis(
+    differences: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bootstrap_ci` of each column of ``differences`` (users by metrics), all over
+    the same resamples of users."""
     rng = np.random.default_rng(seed)
-    n = len(differences)
-    means = np.empty(resamples)
+    n, columns = differences.shape
+    means = np.empty((resamples, columns))
     for start in range(0, resamples, 250):  # chunks keep memory at 250 x n
         count = min(250, resamples - start)
         picks = rng.integers(0, n, size=(count, n))
-        means[start : start + count] = differences[picks].mean(axis=1)
+        for column in range(columns):
+            means[start : start + count, column] = differences[picks, column].mean(axis=1)
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return low, high
 
 
 def paired_p_value(differences: np.ndarray) -> float:
@@ -62,11 +92,23 @@ def paired_p_value(differences: np.ndarray) -> float:
 class VariantResult:
     name: str
     seeds: list[int]
-    test: dict[str, list[float]]  # metric → one value per seed
-    per_user: dict[str, pl.DataFrame]  # metric → user_id, value (seed-averaged)
+    test: dict[str, list[float]]  # every stored test metric → one value per seed
+    per_user: pl.DataFrame  # user_id and one column per full-ranking metric, seed-averaged
 
 
-def load_results(ablation_dir: Path) -> dict[str, VariantResult]:
+def ablation_spec(ablation_dir: Path) -> Spec:
+    """The spec the ablation's variants were made from (its ``spec.yaml``)."""
+    path = ablation_dir / "spec.yaml"
+    if not path.is_file():
+        raise FeatrecError(f"{ablation_dir}: no spec.yaml; not an ablation directory")
+    return load_spec(path)
+
+
+def rank_metrics(spec: Spec) -> list[str]:
+    return [f"{name}@{k}" for name in RANK_METRICS for k in spec.eval.ks]
+
+
+def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantResult]:
     runs = ablation_dir / "runs"
     if not runs.is_dir():
         raise FeatrecError(f"{ablation_dir}: no runs/ folder; run featrec ablate first")
@@ -75,44 +117,51 @@ def load_results(ablation_dir: Path) -> dict[str, VariantResult]:
         finished = sorted(variant_dir.glob("seed*/final_metrics.json"))
         if not finished:
             continue
-        seeds, test, frames = [], {m: [] for m in METRICS}, []
+        seeds, tests, frames = [], [], []
         for path in finished:
             final = json.loads(path.read_text(encoding="utf-8"))
             seeds.append(int(final["seed"]))
-            for metric in METRICS:
-                test[metric].append(final["test"][metric])
+            tests.append(final["test"])
             ranks = pl.read_parquet(path.parent / "ranks.parquet").filter(pl.col("split") == "test")
-            frames.append(ranks.with_columns(pl.lit(final["seed"]).alias("seed")))
+            frames.append(ranks)
+        keys = [key for key in tests[0] if all(key in test for test in tests)]
         ranks = pl.concat(frames)
-        per_user = {}
-        for metric in METRICS:
-            values = per_user_metric(ranks["rank"].to_numpy(), metric)
-            per_user[metric] = (
-                ranks.with_columns(pl.Series("value", values))
-                .group_by("user_id")
-                .agg(pl.col("value").mean())
-                .sort("user_id")
-            )
+        values = ranks["rank"].to_numpy()
+        per_user = (
+            ranks.select("user_id")
+            .with_columns(pl.Series(m, per_user_metric(values, m)) for m in metrics)
+            .group_by("user_id")
+            .agg(pl.col(metrics).mean())
+            .sort("user_id")
+        )
+        test = {key: [t[key] for t in tests] for key in keys}
         results[variant_dir.name] = VariantResult(variant_dir.name, seeds, test, per_user)
     if not results:
         raise FeatrecError(f"{ablation_dir}: no finished runs to report yet")
     return results
 
 
-def compare(result: VariantResult, reference: VariantResult, metric: str) -> dict[str, float]:
-    """Paired difference (variant - reference) over the users both evaluated."""
-    joined = result.per_user[metric].join(reference.per_user[metric], on="user_id", suffix="_ref")
-    differences = (joined["value"] - joined["value_ref"]).to_numpy()
-    low, high = bootstrap_ci(differences)
-    reference_mean = float(joined["value_ref"].mean())
-    return {
-        "diff": float(differences.mean()),
-        "relative": float(differences.mean()) / reference_mean if reference_mean else math.nan,
-        "ci_low": low,
-        "ci_high": high,
-        "p": paired_p_value(differences),
-        "users": len(differences),
-    }
+def compare(
+    result: VariantResult, reference: VariantResult, metrics: list[str]
+) -> dict[str, dict[str, float]]:
+    """Paired differences (variant - reference) of each metric over the users both
+    evaluated: metric → diff, relative, ci_low, ci_high, p, users."""
+    joined = result.per_user.join(reference.per_user, on="user_id", suffix="_ref")
+    differences = np.stack([(joined[m] - joined[f"{m}_ref"]).to_numpy() for m in metrics], axis=1)
+    lows, highs = bootstrap_cis(differences)
+    out = {}
+    for column, metric in enumerate(metrics):
+        mean = float(differences[:, column].mean())
+        reference_mean = float(joined[f"{metric}_ref"].mean())
+        out[metric] = {
+            "diff": mean,
+            "relative": mean / reference_mean if reference_mean else math.nan,
+            "ci_low": float(lows[column]),
+            "ci_high": float(highs[column]),
+            "p": paired_p_value(differences[:, column]),
+            "users": len(differences),
+        }
+    return out
 
 
 def verdict(name: str, against: str, comparison: dict[str, float]) -> str:
@@ -120,35 +169,45 @@ def verdict(name: str, against: str, comparison: dict[str, float]) -> str:
     if comparison["ci_low"] <= 0.0 <= comparison["ci_high"]:
         return "not distinguishable from zero"
     better = comparison["ci_low"] > 0
-    if name.startswith("-") and against == "full":
-        return f"{name[1:]} {'hurts' if better else 'helps'}"
-    return "helps" if better else "hurts"
+    if name in BASELINES:
+        return "better" if better else "worse"
+    if against == "behavior-only":  # the variant adds its features to the ids
+        return "its features help" if better else "its features hurt"
+    if name == "behavior-only":
+        return "features hurt" if better else "features help"
+    if name.startswith("behavior+"):  # full adds the other scopes to this one
+        return "the other scopes hurt" if better else "the other scopes help"
+    if name.startswith("-"):  # full adds back what this variant removed
+        return f"{name[1:]} hurts" if better else f"{name[1:]} helps"
+    return "better" if better else "worse"
 
 
 def summarize(ablation_dir: Path) -> list[dict]:
-    results = load_results(ablation_dir)
+    """One row per variant: every test metric's mean and std over seeds, the paired
+    comparisons against behavior-only and full, and the verdicts on the primary metric."""
+    spec = ablation_spec(ablation_dir)
+    metrics = rank_metrics(spec)
+    results = load_results(ablation_dir, metrics)
     rows = []
     for name, result in results.items():
         row: dict = {"variant": name, "seeds": len(result.seeds)}
-        for metric in METRICS:
-            values = result.test[metric]
+        for metric, values in result.test.items():
             row[f"{metric} mean"] = float(np.mean(values))
-            row[f"{metric} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            row[f"{metric} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         for reference in REFERENCES:
             if reference not in results or reference == name:
                 continue
-            for metric in METRICS:
-                comparison = compare(result, results[reference], metric)
+            comparisons = compare(result, results[reference], metrics)
+            for metric, comparison in comparisons.items():
                 for key, value in comparison.items():
                     row[f"{metric} vs {reference} {key}"] = value
-            row[f"vs {reference}"] = verdict(
-                name, reference, compare(result, results[reference], "ndcg@10")
-            )
+            row[f"vs {reference}"] = verdict(name, reference, comparisons[spec.eval.primary])
         rows.append(row)
     order = {"full": 0, "behavior-only": 1}
     rows.sort(
         key=lambda r: (
             order.get(r["variant"], 2),
+            r["variant"] in BASELINES,
             r["variant"].startswith("behavior+"),
             r["variant"],
         )
@@ -166,31 +225,81 @@ def _format_diff(row: dict, metric: str, reference: str) -> str:
     )
 
 
+def _mean_std(row: dict, metric: str) -> str:
+    if f"{metric} mean" not in row:
+        return "-"
+    if math.isnan(row[f"{metric} std"]):  # one seed: no spread to show
+        return f"{row[f'{metric} mean']:.4f}"
+    return f"{row[f'{metric} mean']:.4f} ± {row[f'{metric} std']:.4f}"
+
+
+def _protocol(spec: Spec) -> str:
+    split = "leave-one-out" if spec.eval.split == "leave_one_out" else "global temporal split"
+    seen = ", seen items excluded" if spec.eval.exclude_seen else ""
+    return f"Test split, {split}, ranking against all items{seen}"
+
+
+def _seed_note(rows: list[dict]) -> list[str]:
+    counts = {row["seeds"] for row in rows}
+    if len(counts) < 2:
+        return []
+    listed = "; ".join(f"{row['variant']} {row['seeds']}" for row in rows)
+    return [
+        "",
+        f"Seeds per variant differ ({listed}): each Δ pairs users' metrics averaged over the "
+        "seeds each side has, so a side with fewer seeds carries more seed-to-seed noise.",
+    ]
+
+
 def write_report(ablation_dir: Path) -> list[Path]:
     """report.md, report.csv and report.png in ``ablation_dir``; returns their paths."""
+    spec = ablation_spec(ablation_dir)
     rows = summarize(ablation_dir)
+    first, second = headline(spec.eval.primary)
     markdown = [
         f"# Ablation report: {ablation_dir.name}",
         "",
-        "Test split, leave-one-out, full ranking. Mean ± std over seeds; Δ = paired per-user "
-        "difference of the seed-averaged metric, [95% bootstrap CI over users], paired t-test p.",
+        f"{_protocol(spec)}. Mean ± std over seeds; Δ = paired per-user difference of the "
+        "seed-averaged metric, [95% bootstrap CI over users], paired t-test p. Verdicts on "
+        f"{label(first)}.",
         "",
-        "| variant | seeds | NDCG@10 | HR@10 | Δ NDCG@10 vs behavior-only | Δ NDCG@10 vs full | "
-        "verdict vs behavior-only | verdict vs full |",
+        f"| variant | seeds | {label(first)} | {label(second)} | Δ {label(first)} vs "
+        f"behavior-only | Δ {label(first)} vs full | verdict vs behavior-only | verdict vs full |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
             row["variant"],
             str(row["seeds"]),
-            f"{row['ndcg@10 mean']:.4f} ± {row['ndcg@10 std']:.4f}",
-            f"{row['hr@10 mean']:.4f} ± {row['hr@10 std']:.4f}",
-            _format_diff(row, "ndcg@10", "behavior-only"),
-            _format_diff(row, "ndcg@10", "full"),
+            _mean_std(row, first),
+            _mean_std(row, second),
+            _format_diff(row, first, "behavior-only"),
+            _format_diff(row, first, "full"),
             row.get("vs behavior-only", "-"),
             row.get("vs full", "-"),
         ]
         markdown.append("| " + " | ".join(cells) + " |")
+    markdown += _seed_note(rows)
+    metrics = list(
+        dict.fromkeys(k.removesuffix(" mean") for row in rows for k in row if k.endswith(" mean"))
+    )
+    markdown += [
+        "",
+        "## Every metric",
+        "",
+        "| variant | metric | mean ± std | Δ vs behavior-only | Δ vs full |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for metric in metrics:
+            cells = [
+                row["variant"],
+                label(metric),
+                _mean_std(row, metric),
+                _format_diff(row, metric, "behavior-only"),
+                _format_diff(row, metric, "full"),
+            ]
+            markdown.append("| " + " | ".join(cells) + " |")
     md_path = ablation_dir / "report.md"
     md_path.write_text("\n".join(markdown) + "\n", encoding="utf-8")
 
@@ -202,31 +311,31 @@ def write_report(ablation_dir: Path) -> list[Path]:
         writer.writerows(rows)
 
     png_path = ablation_dir / "report.png"
-    _chart(ablation_dir, rows, png_path)
+    _chart(ablation_dir, rows, first, png_path)
     return [md_path, csv_path, png_path]
 
 
-def _chart(ablation_dir: Path, rows: list[dict], path: Path) -> None:
-    """NDCG@10 per variant; bars: 95% bootstrap CI of the mean over users."""
+def _chart(ablation_dir: Path, rows: list[dict], metric: str, path: Path) -> None:
+    """The primary metric per variant; bars: 95% bootstrap CI of the mean over users."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = load_results(ablation_dir)
+    results = load_results(ablation_dir, [metric])
     names = [row["variant"] for row in rows]
     means, errors = [], [[], []]
     for name in names:
-        values = results[name].per_user["ndcg@10"]["value"].to_numpy()
+        values = results[name].per_user[metric].to_numpy()
         mean = float(values.mean())
-        low, high = bootstrap_ci(values - 0.0)
+        low, high = bootstrap_ci(values)
         means.append(mean)
         errors[0].append(mean - low)
         errors[1].append(high - mean)
     figure, axis = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
     axis.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue")
     axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axis.set_ylabel("test NDCG@10 (95% CI over users)")
+    axis.set_ylabel(f"test {label(metric)} (95% CI over users)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

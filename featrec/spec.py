@@ -249,6 +249,12 @@ class TrainSpec(_Frozen):
 class EvalSpec(_Frozen):
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     ks: list[Annotated[int, Field(gt=0)]] = Field([1, 5, 10, 20], min_length=1)
+    primary: str = Field(
+        "ndcg@10",
+        pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$",
+        description="Validation metric for early stopping and the best checkpoint, and the "
+        "headline metric of ablation reports; its K must be in ks.",
+    )
     exclude_seen: bool = True
     valid_quantile: float = Field(
         0.8, gt=0.0, lt=1.0, description="temporal split: validation window starts here."
@@ -259,6 +265,16 @@ class EvalSpec(_Frozen):
     sampled_negatives: int | None = Field(
         None, gt=0, description="Also report the popularity-sampled N-negative protocol."
     )
+
+    @model_validator(mode="after")
+    def _primary_in_ks(self) -> EvalSpec:
+        k = int(self.primary.split("@")[1])
+        if k not in self.ks:
+            raise ValueError(
+                f"eval.primary is {self.primary!r} but {k} is not in eval.ks {self.ks}: "
+                f"add {k} to eval.ks or choose a primary metric at one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ordered_windows(self) -> EvalSpec:

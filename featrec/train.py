@@ -57,11 +57,9 @@ from featrec.model import build_model, feature_configs
 from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
-from featrec.spec import Spec, load_spec
+from featrec.spec import Spec, TrainSpec, load_spec
 
 log = logging.getLogger(__name__)
-
-EARLY_STOP_METRIC = "ndcg@10"
 
 
 @dataclass
@@ -290,8 +288,13 @@ def train(
     resume: bool = False,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec`` into ``run_dir`` (or continue the run there); return final metrics."""
+    """Train ``spec`` into ``run_dir`` (or continue the run there); return final metrics.
+
+    ``variant`` names the run in ``final_metrics.json`` (an ablation's variant); by default
+    "full" or "behavior-only" after the spec's features.
+    """
     started = time.perf_counter()
     pin_mmap_threshold()
     checkpoints = run_dir / "checkpoints"
@@ -327,15 +330,18 @@ def train(
         torch.set_rng_state(saved["torch_rng"])
         state = {k: saved[k] for k in state}
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    metric = spec.eval.primary
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    # a run stopped early and interrupted before its final evaluation trains no further
+    last_epoch = state["epoch"] if _stops_early(state, cfg) else cfg.epochs
+    for epoch in range(state["epoch"] + 1, last_epoch + 1):
         row = _train_epoch(
             experiment, trainable, optimizer, scheduler, generator, device, epoch, progress
         )
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             valid, _ = experiment.evaluate("valid")
             row |= {f"valid/{k}": v for k, v in valid.items()}
-            score = valid[EARLY_STOP_METRIC]
+            score = valid[metric]
             if score > state["best_score"]:
                 state |= {"best_score": score, "best_epoch": epoch, "bad_evals": 0}
                 save_checkpoint(model.state_dict(), checkpoints / "best.pt")
@@ -356,7 +362,7 @@ def train(
         )
         _write_history(run_dir, state["history"])
         release_free_memory()
-        valid_score = row.get(f"valid/{EARLY_STOP_METRIC}")
+        valid_score = row.get(f"valid/{metric}")
         valid_text = "not evaluated" if valid_score is None else f"{valid_score:.4f}"
         best_text = (
             f"best {state['best_score']:.4f} at {state['best_epoch']}"
@@ -365,22 +371,24 @@ def train(
         )
         log.info(
             "epoch %d: loss %.4f, valid %s %s (%s), %.0f tokens/s",
-            epoch, row["loss"], EARLY_STOP_METRIC, valid_text, best_text, row["tokens_per_s"],
+            epoch, row["loss"], metric, valid_text, best_text, row["tokens_per_s"],
         )  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-        if state["bad_evals"] >= cfg.patience and epoch >= cfg.min_epochs:
-            log.info(
-                "early stop: no better validation %s for %d evaluations",
-                EARLY_STOP_METRIC,
-                cfg.patience,
-            )
+        if _stops_early(state, cfg):
+            log.info("early stop: no better validation %s for %d evaluations", metric,
+                     cfg.patience)  # fmt: skip
             break
 
     model.load_state_dict(torch.load(checkpoints / "best.pt", weights_only=True))
-    final = _final_metrics(experiment, run_dir, state, time.perf_counter() - started)
-    _plot(run_dir, state["history"])
+    seconds = time.perf_counter() - started
+    final = _final_metrics(experiment, run_dir, state, seconds, variant)
+    _plot(run_dir, state["history"], metric)
     return final
+
+
+def _stops_early(state: dict[str, Any], cfg: TrainSpec) -> bool:
+    return state["bad_evals"] >= cfg.patience and state["epoch"] >= cfg.min_epochs
 
 
 def _train_epoch(
@@ -460,14 +468,14 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _final_metrics(
-    experiment: Experiment, run_dir: Path, state: dict, seconds: float
+    experiment: Experiment, run_dir: Path, state: dict, seconds: float, variant: str | None
 ) -> dict[str, Any]:
     valid, valid_ranks = experiment.evaluate("valid")
     test, test_ranks = experiment.evaluate("test")
     spec = experiment.spec
     final = {
         "name": spec.name,
-        "variant": "full" if spec.features else "behavior-only",
+        "variant": variant or ("full" if spec.features else "behavior-only"),
         "features": [f.name for f in spec.features],
         "fusion": spec.fusion.method,
         "seed": spec.train.seed,
@@ -505,7 +513,7 @@ def write_ranks(
     pl.concat(frames).write_parquet(run_dir / "ranks.parquet")
 
 
-def _plot(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def _plot(run_dir: Path, history: list[dict[str, Any]], metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -518,13 +526,13 @@ def _plot(run_dir: Path, history: list[dict[str, Any]]) -> None:
     )
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss", color="tab:blue")
-    key = f"valid/{EARLY_STOP_METRIC}"
+    key = f"valid/{metric}"
     evaluated = [row for row in history if key in row]
     metric_axis = loss_axis.twinx()
     metric_axis.plot(
         [r["epoch"] for r in evaluated], [r[key] for r in evaluated], color="tab:orange"
     )
-    metric_axis.set_ylabel(f"validation {EARLY_STOP_METRIC}", color="tab:orange")
+    metric_axis.set_ylabel(f"validation {metric}", color="tab:orange")
     figure.tight_layout()
     figure.savefig(run_dir / "learning_curve.png", dpi=100)
     plt.close(figure)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from featrec.ablate import run_ablation, run_dir, variants
+from featrec.ablate import aliases, run_ablation, run_dir, select, variants
 from featrec.cli import main
 from featrec.errors import FeatrecError
-from featrec.report import bootstrap_ci, paired_p_value, verdict, write_report
+from featrec.report import bootstrap_ci, label, paired_p_value, verdict, write_report
 from featrec.spec import load_spec
 from featrec.train import Experiment
 from tests.conftest import write_spec
@@ -67,6 +68,8 @@ def test_interrupted_ablation_resumes_without_recomputing(tmp_path: Path, quick:
     assert trained == [("-rating", 0), ("most-popular", 0)]
     assert first.stat().st_mtime_ns == stamp  # the finished pair was not rerun
     assert run_ablation(spec, out, 1, chosen) == []  # all done: nothing trains
+    final = json.loads((run_dir(out, "-rating", 0) / "final_metrics.json").read_text())
+    assert final["variant"] == "-rating" and "rating" not in final["features"]
 
 
 def test_an_ablation_directory_holds_one_spec(tmp_path: Path, quick: dict) -> None:
@@ -106,10 +109,43 @@ def test_verdicts() -> None:
     up = {"ci_low": 0.01, "ci_high": 0.02}
     down = {"ci_low": -0.02, "ci_high": -0.01}
     both = {"ci_low": -0.01, "ci_high": 0.02}
-    assert verdict("full", "behavior-only", up) == "helps"
+    assert verdict("full", "behavior-only", up) == "its features help"
+    assert verdict("-user", "behavior-only", down) == "its features hurt"
+    assert verdict("behavior-only", "full", down) == "features help"
     assert verdict("-genres", "full", down) == "genres helps"
     assert verdict("-genres", "full", up) == "genres hurts"
+    assert verdict("behavior+user", "full", down) == "the other scopes help"
+    assert verdict("embedding-mlp", "full", down) == "worse"
+    assert verdict("most-popular", "behavior-only", up) == "better"
     assert verdict("-genres", "full", both) == "not distinguishable from zero"
+
+
+def test_variants_with_the_same_features_are_trained_once(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quick["features"] = [f for f in quick["features"] if f["name"] != "age"]  # user: job only
+    path = write_spec(tmp_path, quick)
+    spec = load_spec(path)
+    found = variants(spec)
+    assert found["-job"] is found["-user"]  # the same features: one variant, two names
+    assert aliases(found) == {"-job": "-user"}
+    assert [v.name for v in select(found, ["-job", "-user", "full"])] == ["-user", "full"]
+    assert [v.name for v in select(found, None)].count("-user") == 1
+    assert main(["-q", "ablate", str(path), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["-job", "same", "as", "-user"] for line in listed)
+
+
+def test_a_feature_named_like_a_scope_keeps_its_own_variant(tmp_path: Path, quick: dict) -> None:
+    for feature in quick["features"]:
+        if feature["name"] == "job":
+            feature["name"] = "user"
+    found = variants(load_spec(write_spec(tmp_path, quick)))
+    assert sorted(f.name for f in found["-user"].spec.features) == sorted(
+        ["tags", "year", "time", "device", "rating"]
+    )
+    assert "user" not in {f.name for f in found["-user.user"].spec.features}
+    assert "age" in {f.name for f in found["-user.user"].spec.features}
 
 
 def test_report_renders_from_stored_results_only(
@@ -129,6 +165,7 @@ def test_report_renders_from_stored_results_only(
         raise AssertionError("report must not train")
 
     monkeypatch.setattr("featrec.train.train", no_training)
+    monkeypatch.setattr("featrec.ablate.train", no_training)
     assert main(["-q", "report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "Δ NDCG@10 vs behavior-only" in report
@@ -138,6 +175,27 @@ def test_report_renders_from_stored_results_only(
     assert (out / "report.png").stat().st_size > 1000
     paths = write_report(out)
     assert [p.name for p in paths] == ["report.md", "report.csv", "report.png"]
+
+
+def test_report_follows_the_primary_metric_and_lists_every_metric(
+    tmp_path: Path, quick: dict
+) -> None:
+    quick["eval"] = {"ks": [5, 20], "primary": "hr@5"}
+    spec = load_spec(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    run_ablation(spec, out, 2, ["behavior-only", "full"])
+    run_ablation(spec, out, 1, ["most-popular"])
+    write_report(out)
+    report = (out / "report.md").read_text()
+    assert "| variant | seeds | HR@5 | NDCG@5 | Δ HR@5 vs behavior-only |" in report
+    assert "Verdicts on HR@5" in report and "NDCG@10" not in report
+    assert "Seeds per variant differ (full 2; behavior-only 2; most-popular 1)" in report
+    every = [line for line in report.split("## Every metric")[1].splitlines() if "| full |" in line]
+    assert [line.split(" | ")[1] for line in every] == [
+        label(f"{m}@{k}") for m in ("hr", "ndcg", "mrr") for k in (5, 20)
+    ]
+    header = (out / "report.csv").read_text().splitlines()[0].split(",")
+    assert "mrr@20 vs behavior-only ci_low" in header and "hr@5 vs full p" in header
 
 
 def test_ablate_list_and_errors(

@@ -145,6 +145,14 @@ def test_heads_must_divide_dim(tmp_path: Path) -> None:
     assert "model.dim (10) is not a multiple of model.heads (3)" in message
 
 
+def test_primary_metric_needs_its_k_in_ks(tmp_path: Path) -> None:
+    message = error_of(tmp_path, minimal(eval={"ks": [5, 20]}))
+    assert "eval.primary is 'ndcg@10' but 10 is not in eval.ks [5, 20]" in message
+    assert "eval.primary" in error_of(tmp_path, minimal(eval={"primary": "auc@10"}))
+    spec = load_spec(write_spec(tmp_path, minimal(eval={"ks": [5, 20], "primary": "hr@20"})))
+    assert spec.eval.primary == "hr@20"
+
+
 def test_data_needs_exactly_one_source(tmp_path: Path) -> None:
     assert "exactly one of" in error_of(tmp_path, {"name": "x", "data": {}})
 

@@ -200,6 +200,58 @@ def test_early_stopping_waits_for_min_epochs(
     assert final["epochs_run"] == expected and final["best_epoch"] == 1
 
 
+def test_a_run_stopped_early_and_killed_before_its_final_evaluation_trains_no_further(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming a run that had already stopped early only evaluates: an extra epoch could
+    find a new best and make the result differ from the uninterrupted run's."""
+    import featrec.train
+
+    evaluate = Experiment.evaluate
+
+    def flat(self: Experiment, split: str, batch_size: int = 512):
+        results, ranks = evaluate(self, split, batch_size)
+        return dict.fromkeys(results, 0.25), ranks
+
+    monkeypatch.setattr(Experiment, "evaluate", flat)
+    small_body["train"] |= {"epochs": 10, "patience": 2, "min_epochs": 0}
+    spec = load_spec(write_spec(tmp_path, small_body))
+    real_write_ranks = featrec.train.write_ranks
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(featrec.train, "write_ranks", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "run")
+    monkeypatch.setattr(featrec.train, "write_ranks", real_write_ranks)
+    final = train(spec, tmp_path / "run", resume=True)
+    assert final["epochs_run"] == 3 and final["best_epoch"] == 1
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(row)["epoch"] for row in rows] == [1, 2, 3]
+
+
+def test_the_primary_metric_drives_early_stopping(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval.primary`` picks the validation metric: with ks [5] (no NDCG@10) training runs,
+    and a score that improves only on HR@5 keeps the run going."""
+    evaluate = Experiment.evaluate
+    calls = iter(range(100))
+
+    def rising_hr(self: Experiment, split: str, batch_size: int = 512):
+        results, ranks = evaluate(self, split, batch_size)
+        step = next(calls) if split == "valid" else 0
+        return dict.fromkeys(results, 0.25) | {"hr@5": 0.1 + 0.01 * step}, ranks
+
+    monkeypatch.setattr(Experiment, "evaluate", rising_hr)
+    small_body["train"] |= {"epochs": 6, "patience": 1, "min_epochs": 0}
+    small_body["eval"] = {"ks": [5], "primary": "hr@5"}
+    final = train(load_spec(write_spec(tmp_path, small_body)), tmp_path / "run")
+    assert final["epochs_run"] == 6 and final["best_epoch"] == 6
+    assert set(final["test"]) == {"hr@5", "ndcg@5", "mrr@5"}
+
+
 def test_training_is_deterministic_for_a_seed(tmp_path: Path, small_body: dict) -> None:
     spec = load_spec(write_spec(tmp_path, small_body))
     assert train(spec, tmp_path / "a")["test"] == train(spec, tmp_path / "b")["test"]
