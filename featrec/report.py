@@ -186,8 +186,11 @@ def summarize(ablation_dir: Path) -> list[dict]:
     """One row per variant: every test metric's mean and std over seeds, the paired
     comparisons against behavior-only and full, and the verdicts on the primary metric."""
     spec = ablation_spec(ablation_dir)
+    return _summarize(spec, load_results(ablation_dir, rank_metrics(spec)))
+
+
+def _summarize(spec: Spec, results: dict[str, VariantResult]) -> list[dict]:
     metrics = rank_metrics(spec)
-    results = load_results(ablation_dir, metrics)
     rows = []
     for name, result in results.items():
         row: dict = {"variant": name, "seeds": len(result.seeds)}
@@ -254,7 +257,8 @@ def _seed_note(rows: list[dict]) -> list[str]:
 def write_report(ablation_dir: Path) -> list[Path]:
     """report.md, report.csv and report.png in ``ablation_dir``; returns their paths."""
     spec = ablation_spec(ablation_dir)
-    rows = summarize(ablation_dir)
+    results = load_results(ablation_dir, rank_metrics(spec))
+    rows = _summarize(spec, results)
     first, second = headline(spec.eval.primary)
     markdown = [
         f"# Ablation report: {ablation_dir.name}",
@@ -311,18 +315,17 @@ def write_report(ablation_dir: Path) -> list[Path]:
         writer.writerows(rows)
 
     png_path = ablation_dir / "report.png"
-    _chart(ablation_dir, rows, first, png_path)
+    _chart(results, rows, first, png_path)
     return [md_path, csv_path, png_path]
 
 
-def _chart(ablation_dir: Path, rows: list[dict], metric: str, path: Path) -> None:
+def _chart(results: dict[str, VariantResult], rows: list[dict], metric: str, path: Path) -> None:
     """The primary metric per variant; bars: 95% bootstrap CI of the mean over users."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = load_results(ablation_dir, [metric])
     names = [row["variant"] for row in rows]
     means, errors = [], [[], []]
     for name in names:
