@@ -222,16 +222,30 @@ def next_item_batch(
     data: SequenceData,
     users: torch.Tensor,
     max_len: int,
+    target_prob: float,
     generator: torch.Generator | None = None,
     crop_prob: float = 0.0,
 ) -> tuple[Batch, torch.Tensor]:
-    """Every position of the training window is a target, predicted from the events before it
-    (for models that only look back, such as the Embedding&MLP baseline). Labels (B, L).
-    Windows as in :func:`training_batch`, ``crop_prob`` included."""
+    """Targets predicted from the events before them, for models that only look back (the
+    Embedding&MLP baseline). Labels (B, L). Windows as in :func:`training_batch`,
+    ``crop_prob`` included.
+
+    Each position with history is a target with ``target_prob`` (at least one per
+    sequence), as in the Cloze task's masking: the full softmax over all items at every
+    position of a window costs ~1/target_prob times a Cloze step, and neighbouring targets of
+    one history say much the same. ``target_prob=1`` trains on every position.
+    """
     ends = training_window_ends(data, users, max_len, crop_prob, generator)
     batch = gather_window(data, users, ends, max_len)
     valid = batch["item"] != PAD  # (B, L)
     has_history = valid & (valid.cumsum(dim=1) > 1)
+    if target_prob < 1.0:
+        draw = torch.rand(valid.shape, generator=generator)  # (B, L)
+        chosen = (draw < target_prob) & has_history
+        empty = ~chosen.any(dim=1)
+        pick = torch.where(has_history, draw, -1.0).argmax(dim=1)
+        chosen[empty, pick[empty]] = has_history[empty, pick[empty]]
+        has_history = chosen
     return batch, torch.where(has_history, batch["item"], IGNORE)
 
 

@@ -217,7 +217,13 @@ class ModelSpec(_Frozen):
 
 
 class TrainSpec(_Frozen):
-    mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
+    mask_prob: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="Share of positions that are training targets in a step: masked for "
+        "BERT4Rec's Cloze task, predicted from the events before them for embedding_mlp.",
+    )
     last_item_share: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of sequences with only the last item masked."
     )

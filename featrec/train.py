@@ -422,7 +422,9 @@ def _train_epoch(
                 cfg.crop_prob,
             )
         else:
-            batch, labels = next_item_batch(data, batch_users, max_len, generator, cfg.crop_prob)
+            batch, labels = next_item_batch(
+                data, batch_users, max_len, cfg.mask_prob, generator, cfg.crop_prob
+            )
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = training_loss(model, batch, labels.to(device))
         optimizer.zero_grad(set_to_none=True)

@@ -11,8 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from featrec.batching import IGNORE, request_batch, training_batch, training_window_ends
-from featrec.encoders import MASK
+from featrec.batching import (
+    IGNORE,
+    next_item_batch,
+    request_batch,
+    training_batch,
+    training_window_ends,
+)
+from featrec.encoders import MASK, PAD
 from featrec.model.bert4rec import EncoderLayer
 from featrec.spec import load_spec
 from featrec.train import Experiment, masked_item_loss, train, training_loss
@@ -285,7 +291,6 @@ def test_fusion_of_per_item_tables_equals_fusion_per_token(method: str) -> None:
     """Item-level sources given once per item (I, D) and looked up inside the fusion give
     the outputs and gradients of the same sources gathered per token first; PAD slots pass
     no gradient to the tables."""
-    from featrec.encoders import PAD
     from featrec.model.fusion import FUSIONS
 
     torch.manual_seed(0)
@@ -367,6 +372,30 @@ def test_embedding_mlp_baseline_trains_and_only_looks_back(
     assert torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
     later["item"][:, -2] = 6  # the history is
     assert not torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
+
+
+def test_next_item_targets_are_a_share_of_the_positions_with_history(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    data = experiment(tmp_path, tiny_spec_body).data
+    users, max_len = torch.arange(data.num_users), 7
+    batch, every = next_item_batch(data, users, max_len, 1.0, torch.Generator().manual_seed(0))
+    items = batch["item"]
+    assert torch.equal(every != IGNORE, (items != PAD) & ((items != PAD).cumsum(dim=1) > 1))
+    assert torch.equal(every[every != IGNORE], items[every != IGNORE])  # labels: the items
+    chosen = 0
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        _, labels = next_item_batch(data, users, max_len, 0.2, generator)
+        picked = labels != IGNORE
+        assert not (picked & (every == IGNORE)).any()  # only positions with history
+        assert torch.equal(labels[picked], items[picked])
+        assert picked.any(dim=1)[(every != IGNORE).any(dim=1)].all()  # ≥ 1 per sequence
+        chosen += int(picked.sum())
+    # each one with probability 0.2, and one more where none was drawn
+    per_row = (every != IGNORE).sum(dim=1).double()
+    expected = float((0.2 * per_row + 0.8**per_row * (per_row > 0)).sum())
+    assert abs(chosen / 200 - expected) < 0.05 * expected
 
 
 def test_crop_draws_every_full_earlier_window_of_long_histories_only(
