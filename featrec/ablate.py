@@ -11,7 +11,6 @@ seeds. Layout of an ablation directory::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -25,7 +24,7 @@ import yaml
 from featrec.errors import FeatrecError
 from featrec.evaluate import evaluate_ranking, popularity_scorer
 from featrec.report import EMBEDDING_MLP, MOST_POPULAR, headline
-from featrec.spec import Spec
+from featrec.spec import Spec, spec_differences
 from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
@@ -175,15 +174,11 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     path = ablation_dir / "spec.yaml"
     resolved = spec.model_dump(mode="json")
     if path.is_file():
-        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
-        # a spec stored before a field was added compares with that field's default; one
-        # that is no valid spec any more is certainly not this one
-        with contextlib.suppress(ValueError):
-            stored = Spec.model_validate(stored).model_dump(mode="json")
-        if stored != resolved:
+        changed = spec_differences(yaml.safe_load(path.read_text(encoding="utf-8")), spec)
+        if changed:
             raise FeatrecError(
-                f"{ablation_dir}: holds an ablation of a different spec (compare {path}); "
-                "choose another --out"
+                f"{ablation_dir}: holds an ablation of a different spec ({path}): "
+                f"{'; '.join(changed)}; choose another --out"
             )
         return
     ablation_dir.mkdir(parents=True, exist_ok=True)

@@ -363,6 +363,47 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     return spec
 
 
+def spec_differences(stored: Any, given: Spec, limit: int = 5) -> list[str]:
+    """Where ``given`` differs from a stored spec (a raw YAML mapping, or a Spec):
+    ``"train.epochs: 200 → 300"`` per field, at most ``limit`` (then a count of the rest).
+
+    A spec stored before a field was added compares with that field's default; one that is
+    no valid spec any more differs as a whole.
+    """
+    if not isinstance(stored, Spec):
+        try:
+            stored = Spec.model_validate(stored)
+        except (ValueError, TypeError):
+            return ["the stored spec is not a valid spec any more"]
+    old, new = _flatten(stored.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
+
+    def shown(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "(none)"
+
+    changed = [
+        f"{key}: {shown(old, key)} → {shown(new, key)}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in old or key not in new or old[key] != new[key]
+    ]
+    if len(changed) > limit:
+        changed = [*changed[:limit], f"{len(changed) - limit} more"]
+    return changed
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → ``{"a.b": value}``; lists (of features) by index: ``features.0.name``."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
 def apply_override(raw: dict, text: str) -> tuple[tuple[str | int, ...], str]:
     """Set ``a.b=c`` (or ``features.NAME.key=v``, ``features[0].key=v``) in ``raw``.
 

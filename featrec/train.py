@@ -57,7 +57,7 @@ from featrec.model import build_model, feature_configs
 from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
-from featrec.spec import Spec, TrainSpec, load_spec
+from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,17 @@ def train(
     if not resume and last_path.is_file():
         raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
     if resume:
-        spec = load_spec(run_dir / "spec.yaml")
+        # the run continues as it was started: a spec changed since then is refused, not
+        # silently ignored (a resumed run with a new schedule is neither old nor new run)
+        stored = load_spec(run_dir / "spec.yaml")
+        changed = spec_differences(stored, spec)
+        if changed:
+            raise FeatrecError(
+                f"{run_dir}: --resume continues the run with the spec it was started with "
+                f"({run_dir / 'spec.yaml'}); the spec given differs at {'; '.join(changed)}. "
+                "Resume with that spec, or train into another --out"
+            )
+        spec = stored
     checkpoints.mkdir(parents=True, exist_ok=True)
     experiment = Experiment.from_spec(spec)
     model, data, cfg = experiment.model, experiment.data, spec.train

@@ -76,8 +76,10 @@ def test_an_ablation_directory_holds_one_spec(tmp_path: Path, quick: dict) -> No
     out = tmp_path / "abl"
     run_ablation(load_spec(write_spec(tmp_path, quick)), out, 1, ["most-popular"])
     other = load_spec(write_spec(tmp_path, quick), ["model.dim=24"])
-    with pytest.raises(FeatrecError, match="holds an ablation of a different spec"):
+    dim = load_spec(write_spec(tmp_path, quick)).model.dim
+    with pytest.raises(FeatrecError, match="holds an ablation of a different spec") as err:
         run_ablation(other, out, 1, ["most-popular"])
+    assert f"model.dim: {dim} → 24" in str(err.value)  # says where
 
 
 def test_a_spec_stored_before_a_new_field_still_matches(tmp_path: Path, quick: dict) -> None:
@@ -90,7 +92,7 @@ def test_a_spec_stored_before_a_new_field_still_matches(tmp_path: Path, quick: d
     assert run_ablation(spec, out, 1, ["most-popular"]) == []  # finished: not rerun
     stored["train"]["crop_prob"] = 0.5  # a real difference still refuses
     (out / "spec.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
-    with pytest.raises(FeatrecError, match="holds an ablation of a different spec"):
+    with pytest.raises(FeatrecError, match=r"crop_prob: 0.5 → 0.0; choose another --out"):
         run_ablation(spec, out, 1, ["most-popular"])
 
 

@@ -15,6 +15,7 @@ import torch
 
 from featrec.batching import length_aware_batches
 from featrec.cli import main
+from featrec.errors import FeatrecError
 from featrec.evaluate import popularity, sampled_ranks, target_ranks
 from featrec.metrics import RankingMetrics
 from featrec.spec import load_spec
@@ -158,6 +159,31 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     assert losses[0] == losses[1]
 
 
+def test_resume_with_a_changed_spec_is_refused_and_says_where(
+    tmp_path: Path, small_body: dict
+) -> None:
+    """--resume continues the run as it was started; a spec changed since (a longer
+    schedule, another seed) would silently be ignored otherwise."""
+    path = write_spec(tmp_path, small_body)
+    spec = load_spec(path)
+
+    def interrupt(epoch: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "run", on_epoch_end=interrupt)
+    longer = load_spec(path, [f"train.epochs={spec.train.epochs + 5}", "train.seed=7"])
+    with pytest.raises(FeatrecError, match="differs at") as err:
+        train(longer, tmp_path / "run", resume=True)
+    message = str(err.value)
+    assert f"train.epochs: {spec.train.epochs} → {spec.train.epochs + 5}" in message
+    assert f"train.seed: {spec.train.seed} → 7" in message
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1  # refused before anything was touched
+    final = train(spec, tmp_path / "run", resume=True)  # the same spec resumes
+    assert final["epochs_run"] >= 2
+
+
 def test_a_run_killed_while_writing_a_checkpoint_still_resumes(
     tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,8 +298,6 @@ def test_crop_prob_reaches_training(tmp_path: Path, small_body: dict, kind: str)
 
 
 def test_a_used_run_directory_is_not_overwritten(tmp_path: Path, small_body: dict) -> None:
-    from featrec.errors import FeatrecError
-
     small_body["train"]["epochs"] = 1
     spec = load_spec(write_spec(tmp_path, small_body))
     train(spec, tmp_path / "run")
