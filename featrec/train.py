@@ -305,7 +305,7 @@ def train(
         raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
     if resume:
         # the run continues as it was started: a spec changed since then is refused, not
-        # silently ignored (a resumed run with a new schedule is neither old nor new run)
+        # silently ignored (a run resumed under a new schedule is neither the old run nor a new one)
         stored = load_spec(run_dir / "spec.yaml")
         changed = spec_differences(stored, spec)
         if changed:
@@ -433,7 +433,7 @@ def _train_epoch(
             )
         else:
             batch, labels = next_item_batch(
-                data, batch_users, max_len, cfg.mask_prob, generator, cfg.crop_prob
+                data, batch_users, max_len, cfg.next_item_share, generator, cfg.crop_prob
             )
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = training_loss(model, batch, labels.to(device))

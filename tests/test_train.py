@@ -297,6 +297,29 @@ def test_crop_prob_reaches_training(tmp_path: Path, small_body: dict, kind: str)
     assert newest != cropped  # other windows were trained on
 
 
+def test_next_item_share_reaches_the_baselines_training_only(
+    tmp_path: Path, small_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedding&MLP trains on every position unless train.next_item_share says less; the
+    share is not BERT4Rec's mask_prob."""
+    import featrec.train
+
+    shares = []
+    real = featrec.train.next_item_batch
+
+    def recording(data, users, max_len, target_prob, *args):
+        shares.append(target_prob)
+        return real(data, users, max_len, target_prob, *args)
+
+    monkeypatch.setattr(featrec.train, "next_item_batch", recording)
+    for share in (None, 0.5):
+        overrides = ["model.kind=embedding_mlp", "train.epochs=1", "train.mask_prob=0.3"]
+        overrides += [f"train.next_item_share={share}"] if share else []
+        train(load_spec(write_spec(tmp_path, small_body), overrides), tmp_path / f"s{share}")
+        assert shares and set(shares) == {share or 1.0}
+        shares.clear()
+
+
 def test_a_used_run_directory_is_not_overwritten(tmp_path: Path, small_body: dict) -> None:
     small_body["train"]["epochs"] = 1
     spec = load_spec(write_spec(tmp_path, small_body))

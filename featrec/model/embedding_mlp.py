@@ -6,10 +6,9 @@ Position ``t`` is predicted from the mean of the embeddings of the items before 
 id plus item features, fused by sum), the user's features and the request-known event
 features of position ``t`` itself; then an MLP and a softmax over all items. No attention,
 no Cloze task: the ablation table shows what those add. The representation of every
-position depends only on what precedes it, so one pass over a window can train on every
-position (``train.mask_prob`` of them are drawn as targets per step, as many as the Cloze
-task masks), and ``hidden[:, -1]`` of an inference batch scores the predicted slot, exactly
-as for BERT4Rec.
+position depends only on what precedes it, so one pass over a window trains on every
+position (or on ``train.next_item_share`` of them), and ``hidden[:, -1]`` of an inference
+batch scores the predicted slot, exactly as for BERT4Rec.
 """
 
 from __future__ import annotations
