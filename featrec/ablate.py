@@ -172,7 +172,6 @@ def run_ablation(
 def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     """An ablation directory belongs to one spec: refuse to mix results of two."""
     path = ablation_dir / "spec.yaml"
-    resolved = spec.model_dump(mode="json")
     if path.is_file():
         changed = spec_differences(yaml.safe_load(path.read_text(encoding="utf-8")), spec)
         if changed:
@@ -182,7 +181,7 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
             )
         return
     ablation_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
 def _most_popular(spec: Spec, directory: Path) -> dict:

@@ -165,6 +165,20 @@ def hide(batch: Batch, mask: torch.Tensor, data: SequenceData) -> None:
         batch[key] = batch[key].masked_fill(mask, 0.0 if column in data.float_event else MASK)
 
 
+def draw_targets(
+    eligible: torch.Tensor, prob: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B, L) bool: each eligible position with ``prob``, and in a row where none was drawn
+    the eligible position with the highest draw (a row with no eligible position stays
+    empty)."""
+    draw = torch.rand(eligible.shape, generator=generator)  # (B, L)
+    chosen = (draw < prob) & eligible
+    empty = ~chosen.any(dim=1)
+    pick = torch.where(eligible, draw, -1.0).argmax(dim=1)
+    chosen[empty, pick[empty]] = eligible[empty, pick[empty]]
+    return chosen
+
+
 def training_batch(
     data: SequenceData,
     users: torch.Tensor,
@@ -184,13 +198,7 @@ def training_batch(
     batch = gather_window(
         data, users, training_window_ends(data, users, max_len, crop_prob, generator), max_len
     )
-    valid = batch["item"] != PAD  # (B, L)
-    draw = torch.rand(valid.shape, generator=generator)  # (B, L)
-    mask = (draw < mask_prob) & valid
-    # at least one masked item per sequence: the valid position with the highest draw
-    empty = ~mask.any(dim=1)
-    pick = torch.where(valid, draw, -1.0).argmax(dim=1)
-    mask[empty, pick[empty]] = True
+    mask = draw_targets(batch["item"] != PAD, mask_prob, generator)
     # a share of sequences is masked as at inference: only the newest item
     last_only = torch.rand(len(users), generator=generator) < last_item_share
     mask[last_only] = False
@@ -240,12 +248,7 @@ def next_item_batch(
     valid = batch["item"] != PAD  # (B, L)
     has_history = valid & (valid.cumsum(dim=1) > 1)
     if target_prob < 1.0:
-        draw = torch.rand(valid.shape, generator=generator)  # (B, L)
-        chosen = (draw < target_prob) & has_history
-        empty = ~chosen.any(dim=1)
-        pick = torch.where(has_history, draw, -1.0).argmax(dim=1)
-        chosen[empty, pick[empty]] = has_history[empty, pick[empty]]
-        has_history = chosen
+        has_history = draw_targets(has_history, target_prob, generator)
     return batch, torch.where(has_history, batch["item"], IGNORE)
 
 
