@@ -158,10 +158,12 @@ class DataSpec(_Frozen):
     @field_validator("interactions", "users", "items")
     @classmethod
     def _relative_to_spec(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative path is relative to the spec file, made absolute at load: the run
+        directory's copy of the spec must find the same file from any working directory."""
         base = (info.context or {}).get("base_dir")
         if path is None or path.is_absolute() or base is None:
             return path
-        return Path(base) / path
+        return (Path(base) / path).resolve()
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

@@ -395,3 +395,40 @@ def test_final_metrics_mark_a_finished_run_only(
         train(load_spec(write_spec(tmp_path, small_body)), tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert not (tmp_path / "run" / "final_metrics.json").exists()
+
+
+def test_own_files_with_relative_paths_work_from_another_directory(
+    tmp_path: Path,
+    tiny_tables: dict[str, Path],
+    small_body: dict,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Paths in a spec are relative to the spec file; the run's copy of the spec must find
+    the same files when evaluate, recommend and --resume run from elsewhere."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for path in tiny_tables.values():
+        path.rename(project / "data" / path.name)
+    small_body["data"] |= {
+        name: f"data/{path.name}" for name, path in tiny_tables.items()
+    }  # relative to the spec in project/
+    small_body["train"]["epochs"] = 1
+    write_spec(project, small_body)
+    monkeypatch.chdir(project)
+    assert main(["-q", "train", "spec.yaml", "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = "../project/run"
+    capsys.readouterr()
+    assert main(["-q", "evaluate", run]) == 0, capsys.readouterr().err
+    assert main(["-q", "recommend", run, "--user", "u4", "--k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 3
+    more = ["--set", "train.epochs=2"]
+    spec = "../project/spec.yaml"
+    assert main(["-q", "train", spec, "--out", run, "--resume", *more]) == 2  # changed spec
+    assert "train.epochs" in capsys.readouterr().err
+    stored = load_spec(Path(run) / "spec.yaml")
+    assert stored.data.interactions == (project / "data" / "interactions.parquet").resolve()
+    assert main(["-q", "train", spec, "--out", run, "--resume"]) == 0, capsys.readouterr().err
