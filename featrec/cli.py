@@ -26,6 +26,7 @@ from featrec.spec import (
 )
 
 log = logging.getLogger("featrec")
+DEVICE_HELP = "auto (default: CUDA where torch sees it), cpu, cuda or cuda:N"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run's best checkpoint")
     evaluate.add_argument("run_dir", type=Path, help="run directory written by featrec train")
     evaluate.add_argument("--split", choices=["valid", "test"], default="test")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(run=_evaluate)
 
     ablate = spec_command("ablate", "train behavior-only, per-scope and per-feature variants")
@@ -138,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--at", help="request time: unix seconds or ISO 8601 (default now)")
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--out", type=Path, help="write recommendations (.parquet / .csv)")
+    recommend.add_argument("--device", default="auto", help=DEVICE_HELP)
     recommend.set_defaults(run=_recommend)
 
     export = commands.add_parser("export", help="write a torch.export program + encoders")
@@ -209,7 +212,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from featrec.train import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.split)
+    result = evaluate_run(args.run_dir, args.split, device=args.device)
     print(
         describe_metrics(
             {args.split: result["metrics"], f"most popular ({args.split})": result["most_popular"]}
@@ -252,7 +255,7 @@ def _recommend(args: argparse.Namespace) -> int:
         raise FeatrecError(f"--k: expected at least 1; got {args.k}")
     if (args.input or args.all_users) and args.out is None:
         raise FeatrecError("--input / --all-users write a table: give --out recs.parquet")
-    recommender = load(args.run_dir)
+    recommender = load(args.run_dir, device=args.device)
     if args.input:
         table = recommend_requests(recommender, read_requests(args.input), args.k, str(args.input))
     else:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
+from featrec.devices import model_device, to_device
 from featrec.encoders import N_RESERVED
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
@@ -28,7 +29,7 @@ def target_ranks(
     """0-based rank of each target among the candidates: scores (B, I), targets (B,)."""
     scores = scores.clone()
     scores[:, :N_RESERVED] = float("-inf")
-    rows = torch.arange(len(targets))
+    rows = torch.arange(len(targets), device=scores.device)
     target_scores = scores[rows, targets]  # (B,)
     if excluded is not None:
         scores = scores.masked_fill(excluded, float("-inf"))
@@ -96,13 +97,16 @@ def evaluate_ranking(
         batch_users = users[start : start + batch_size]
         batch_positions = positions[start : start + batch_size]
         targets = data.item[data.offsets[batch_users] + batch_positions]
-        scores = score_fn(batch_users, batch_positions).float()
+        scores = score_fn(batch_users, batch_positions).float()  # on the model's device
         seen = seen_items(data, batch_users, batch_positions, num_items)
-        ranks = target_ranks(scores, targets, seen if exclude_seen else None)
+        excluded = seen.to(scores.device) if exclude_seen else None
+        ranks = target_ranks(scores, targets.to(scores.device), excluded).cpu()
         metrics.update(ranks)
         all_ranks.append(ranks)
-        if sampled is not None:
-            sampled.update(sampled_ranks(scores, targets, seen, pop, sampled_negatives, generator))
+        if sampled is not None:  # drawn on the CPU, from the seed's generator
+            sampled.update(
+                sampled_ranks(scores.cpu(), targets, seen, pop, sampled_negatives, generator)
+            )
     results = metrics.compute()
     if sampled is not None:
         results |= {f"sampled{sampled_negatives}/{k}": v for k, v in sampled.compute().items()}
@@ -115,9 +119,11 @@ def evaluate_ranking(
 def model_scorer(model, data: SequenceData, max_len: int) -> Callable:
     """Scores from the model for the slot at ``positions``: the same input inference builds."""
 
+    device = model_device(model)
+
     @torch.inference_mode()
     def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        batch = request_batch(data, users, positions, max_len)
+        batch = to_device(request_batch(data, users, positions, max_len), device)
         hidden = model.last_hidden(batch)  # (B, D): the predicted slot
         return model.score(hidden)
 

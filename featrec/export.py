@@ -55,7 +55,7 @@ def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
-    recommender = Recommender(run_dir)
+    recommender = Recommender(run_dir, device="cpu")  # traced on the CPU; load it anywhere
     if isinstance(recommender.model, BERT4Rec):
         # one fusion path for every batch size: torch.export would fix the per-item /
         # per-token choice at the example's size and refuse batches on the other side

@@ -28,6 +28,7 @@ import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.datasets import load_tables
+from featrec.devices import resolve_device, to_device
 from featrec.encoders import N_RESERVED, load_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import SCORE_BATCH
@@ -49,9 +50,11 @@ class Recommendation:
     fallback: str | None = None  # set when the model could not be used
 
 
-def load(run_dir: str | Path) -> Recommender:
-    """The recommender of a trained run directory (``featrec train --out RUN_DIR``)."""
-    return Recommender(Path(run_dir))
+def load(run_dir: str | Path, device: str | torch.device | None = None) -> Recommender:
+    """The recommender of a trained run directory (``featrec train --out RUN_DIR``), on
+    ``device`` (``auto``/None: a CUDA device where torch sees one, else the CPU; ``cpu``,
+    ``cuda``, ``cuda:N``), wherever the run was trained."""
+    return Recommender(Path(run_dir), device)
 
 
 def to_seconds(value: Any) -> int | None:
@@ -77,7 +80,7 @@ def to_seconds(value: Any) -> int | None:
 
 
 class Recommender:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, device: str | torch.device | None = None) -> None:
         spec_path, best = run_dir / "spec.yaml", run_dir / "checkpoints" / "best.pt"
         if not spec_path.is_file() or not best.is_file():
             raise FeatrecError(
@@ -86,7 +89,8 @@ class Recommender:
         self.run_dir = run_dir
         self.spec: Spec = load_spec(spec_path)
         self.item_vocab, self.encoders = load_encoders(run_dir / "encoders.json")
-        state = torch.load(best, weights_only=True)
+        self.device = resolve_device(device, field="device")
+        state = torch.load(best, map_location="cpu", weights_only=True)
         tables = {
             key.removeprefix("item_table_"): value
             for key, value in state.items()
@@ -96,7 +100,7 @@ class Recommender:
             self.spec, len(self.item_vocab), feature_configs(self.spec, self.encoders), tables
         )
         self.model.load_state_dict(state)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self._popularity: torch.Tensor | None = None
         self.batch_size = SCORE_BATCH  # requests scored per model call
         self._tables = None
@@ -201,6 +205,7 @@ class Recommender:
         if candidates is not None:
             allowed = torch.zeros(len(self.item_vocab), dtype=torch.bool)
             allowed[[self._item_index[c] for c in candidates if c in self._item_index]] = True
+            allowed = allowed.to(self.device)
         results: list[Recommendation | None] = [None] * data.num_users
         # batches of similar history length pad less (as in evaluation); results keep the
         # requests' order
@@ -211,11 +216,11 @@ class Recommender:
                 scores = scores.masked_fill(~allowed, float("-inf"))
             empty = data.test_idx[users] == 0  # no known item: rank by popularity
             if bool(empty.any()):
-                popular = self.popularity.clone()
+                popular = self.popularity.to(self.device, copy=True)
                 popular[:N_RESERVED] = float("-inf")
                 if allowed is not None:
                     popular = popular.masked_fill(~allowed, float("-inf"))
-                scores[empty] = popular
+                scores[empty.to(self.device)] = popular
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # one call per batch
             finite = torch.isfinite(top.values).sum(1).tolist()
             indices, values = top.indices.tolist(), top.values.tolist()
@@ -233,11 +238,11 @@ class Recommender:
         """(len(users), items) scores for the slot at each request's ``test_idx``."""
         targets = data.test_idx[users]
         batch = request_batch(data, users, targets, self.spec.model.max_len)
-        scores = self.model.score(self.model.last_hidden(batch))
+        scores = self.model.score(self.model.last_hidden(to_device(batch, self.device)))
         if exclude_seen:
             seen = seen_items(data, users, targets, scores.shape[1])
-            scores = scores.masked_fill(seen, float("-inf"))
-        return scores
+            scores = scores.masked_fill(seen.to(self.device), float("-inf"))
+        return scores  # on self.device
 
     @functools.cached_property
     def _item_dtype(self) -> pl.DataType:

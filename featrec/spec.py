@@ -32,6 +32,9 @@ TimePart = Literal["hour", "weekday", "gap"]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # train.device
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -254,7 +257,12 @@ class TrainSpec(_Frozen):
     )
     eval_every: int = Field(1, gt=0)
     seed: int = 0
-    device: str = "cpu"
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (the first CUDA device when torch sees one, else the CPU), cpu, "
+        "cuda or cuda:N.",
+    )
 
 
 class EvalSpec(_Frozen):

@@ -44,6 +44,7 @@ from featrec.batching import (
     request_batch,
     training_batch,
 )
+from featrec.devices import resolve_device, to_device
 from featrec.encoders import PAD, save_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import (
@@ -60,6 +61,7 @@ from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY = 20  # steps between progress-bar updates (each waits for the device)
 
 
 @dataclass
@@ -72,7 +74,11 @@ class Experiment:
     model: torch.nn.Module  # BERT4Rec, or the Embedding&MLP baseline
 
     @classmethod
-    def from_spec(cls, spec: Spec, prepared: Prepared | None = None) -> Experiment:
+    def from_spec(
+        cls, spec: Spec, prepared: Prepared | None = None, device: torch.device | None = None
+    ) -> Experiment:
+        """The spec's model on ``device`` (default: ``train.device``)."""
+        device = device if device is not None else resolve_device(spec.train.device)
         prepared = prepared if prepared is not None else prepare(spec)[0]
         torch.manual_seed(spec.train.seed)  # the initial weights depend on the seed only
         model = build_model(
@@ -80,14 +86,20 @@ class Experiment:
             len(prepared.item_vocab),
             feature_configs(spec, prepared.encoders),
             item_tables(prepared, spec),
-        )
-        return cls(spec, prepared, SequenceData.from_prepared(prepared, spec), model)
+        )  # built on the CPU, so the initial weights are the same on every device
+        return cls(spec, prepared, SequenceData.from_prepared(prepared, spec), model.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def evaluate(
         self, split: str, batch_size: int = SCORE_BATCH
     ) -> tuple[dict[str, float], torch.Tensor]:
         self.model.eval()
-        scorer = model_scorer(self.model, self.data, self.spec.model.max_len)
+        scorer = model_scorer(
+            self.model, self.data, self.spec.model.max_len
+        )  # on the model's device
         return evaluate_ranking(
             scorer,
             self.data,
@@ -127,11 +139,11 @@ class Experiment:
                 self.data, users[start : start + batch_size],
                 positions[start : start + batch_size], self.spec.model.max_len,
             )  # fmt: skip
-            weights = self.model(batch).fusion_weights
+            weights = self.model(to_device(batch, self.device)).fusion_weights
             if weights is None:
                 return {}
-            valid = batch["item"] != PAD
-            totals += weights[valid].sum(dim=0).double()
+            valid = (batch["item"] != PAD).to(weights.device)
+            totals += weights[valid].sum(dim=0).double().cpu()
             count += int(valid.sum())
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
 
@@ -315,11 +327,11 @@ def train(
                 "Resume with that spec, or train into another --out"
             )
         spec = stored
+    device = resolve_device(spec.train.device)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    experiment = Experiment.from_spec(spec)
+    experiment = Experiment.from_spec(spec, device=device)
     model, data, cfg = experiment.model, experiment.data, spec.train
-    device = torch.device(cfg.device)
-    model.to(device)
+    log.info("training on %s", device)
     _write_run_files(run_dir, spec, experiment)
 
     # a user needs a training event to mask (Cloze), two to have a next item to predict: a
@@ -332,12 +344,16 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_evals": 0, "history": []}
     if resume:
-        saved = torch.load(last_path, weights_only=True)
+        # on the CPU: the RNG states must stay there; load_state_dict moves the weights and the
+        # optimizer's moments to the model's device
+        saved = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks drawn on the GPU
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         state = {k: saved[k] for k in state}
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     metric = spec.eval.primary
@@ -367,6 +383,7 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             },
             checkpoints / "last.pt",
         )
@@ -390,7 +407,9 @@ def train(
                      cfg.patience)  # fmt: skip
             break
 
-    model.load_state_dict(torch.load(checkpoints / "best.pt", weights_only=True))
+    model.load_state_dict(
+        torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
+    )
     seconds = time.perf_counter() - started
     final = _final_metrics(experiment, run_dir, state, seconds, variant)
     _plot(run_dir, state["history"], metric)
@@ -418,7 +437,8 @@ def _train_epoch(
     model.train()
     window = data.train_len.clamp(max=experiment.spec.model.max_len)
     batches = length_aware_batches(users, window, cfg.batch_size, generator)
-    total_loss, tokens, started = 0.0, 0, time.perf_counter()
+    total_loss: torch.Tensor | float = 0.0
+    tokens, started = 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
     for batch_users in bar:
         if model.objective == "cloze":
@@ -435,23 +455,23 @@ def _train_epoch(
             batch, labels = next_item_batch(
                 data, batch_users, max_len, cfg.next_item_share, generator, cfg.crop_prob
             )
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = training_loss(model, batch, labels.to(device))
+        tokens += int((batch["item"] != PAD).sum())  # counted on the CPU: no device sync
+        loss = training_loss(model, to_device(batch, device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        value = float(loss.detach())
-        total_loss += value
-        tokens += int((batch["item"] != PAD).sum())
-        bar.set_postfix(
-            loss=f"{value:.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
-        )
+        total_loss += loss.detach()  # summed where it is: reading it would wait for the GPU
+        if progress and bar.n % PROGRESS_EVERY == 0:
+            bar.set_postfix(
+                loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
+            )
+    total = float(total_loss)
     seconds = time.perf_counter() - started
     return {
         "epoch": epoch,
-        "loss": total_loss / max(len(batches), 1),
+        "loss": total / max(len(batches), 1),
         "lr": scheduler.get_last_lr()[0],
         "seconds": seconds,
         "tokens_per_s": tokens / max(seconds, 1e-9),
@@ -550,8 +570,9 @@ def _plot(run_dir: Path, history: list[dict[str, Any]], metric: str) -> None:
     plt.close(figure)
 
 
-def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
-    """Evaluate the best checkpoint of a finished run on ``split``."""
+def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[str, Any]:
+    """Evaluate the best checkpoint of a finished run on ``split`` (on ``device``; default:
+    a CUDA device where there is one, whatever the run trained on)."""
     spec_path = run_dir / "spec.yaml"
     best = run_dir / "checkpoints" / "best.pt"
     if not spec_path.is_file() or not best.is_file():
@@ -559,7 +580,8 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
             f"{run_dir}: not a run directory (needs spec.yaml and checkpoints/best.pt)"
         )
     spec = load_spec(spec_path)
-    experiment = Experiment.from_spec(spec)
-    experiment.model.load_state_dict(torch.load(best, weights_only=True))
+    experiment = Experiment.from_spec(spec, device=resolve_device(device, field="device"))
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    experiment.model.load_state_dict(state)
     metrics, _ = experiment.evaluate(split)
     return {"split": split, "metrics": metrics, "most_popular": experiment.most_popular(split)}

@@ -109,9 +109,8 @@ def _evaluation_top_k(experiment: Experiment, k: int) -> dict:
     scores = model_scorer(experiment.model, experiment.data, experiment.spec.model.max_len)(
         users, positions
     )
-    scores = scores.masked_fill(
-        seen_items(experiment.data, users, positions, scores.shape[1]), float("-inf")
-    )
+    seen = seen_items(experiment.data, users, positions, scores.shape[1])
+    scores = scores.masked_fill(seen.to(scores.device), float("-inf"))
     top = torch.topk(scores, k).indices
     ids = experiment.prepared.item_vocab.ids
     return {
@@ -189,12 +188,12 @@ def test_recommend_equals_the_evaluation_path_for_every_ml100k_user(tmp_path: Pa
 def test_export_scores_equal_the_eager_model(run: Path, tmp_path: Path) -> None:
     path = export_run(run, tmp_path / "export")
     program = torch.export.load(path).module()
-    recommender = Recommender(run)
+    recommender = Recommender(run, device="cpu")  # the exported program runs on the CPU
     experiment = Experiment.from_spec(recommender.spec)
     experiment.model.load_state_dict(recommender.model.state_dict())
     from featrec.batching import request_batch
 
-    serving = Recommender(run).model
+    serving = Recommender(run, device="cpu").model
     serving.fuse_per_item = False  # the model export traces: item-level sources per token
     users, positions = experiment.data.targets("test")  # other batch sizes and lengths
     batches = (

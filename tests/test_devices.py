@@ -1,0 +1,87 @@
+"""train.device, featrec.load(device=...), and runs moving between the GPU and the CPU.
+
+The CUDA tests run where torch sees a CUDA device and skip with the reason elsewhere (CI
+has none; bench/RESULTS.md says where they last ran).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from featrec.devices import resolve_device
+from featrec.errors import FeatrecError, SpecError
+from featrec.export import export_run
+from featrec.recommend import load
+from featrec.spec import load_spec
+from featrec.train import evaluate_run, train
+from tests.conftest import write_spec
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+@pytest.mark.parametrize("value", ["tpu", "cuda:x", "gpu", "CUDA", "cuda:"])
+def test_a_device_that_is_no_device_is_refused_at_load(
+    tmp_path: Path, tiny_spec_body: dict, value: str
+) -> None:
+    tiny_spec_body["train"] = {"device": value}
+    with pytest.raises(SpecError, match=r"train\.device: .*got '" + value):
+        load_spec(write_spec(tmp_path, tiny_spec_body))
+
+
+def test_auto_and_cpu_resolve_here() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected == resolve_device(None).type
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@no_cuda
+@pytest.mark.parametrize("value", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_one_clear_error_before_anything_is_written(
+    tmp_path: Path, tiny_spec_body: dict, value: str
+) -> None:
+    tiny_spec_body["train"] = {"device": value, "epochs": 1}
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body))
+    with pytest.raises(FeatrecError, match=f"train.device: {value} asked for, but this torch"):
+        train(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@cuda
+def test_a_cuda_device_beyond_the_last_is_named() -> None:
+    beyond = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(FeatrecError, match=f"{beyond} asked for, but torch sees"):
+        resolve_device(beyond)
+
+
+@cuda
+def test_trained_on_cuda_evaluated_and_served_on_the_cpu(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3, "device": "cuda"}
+    tiny_spec_body["fusion"] = {"method": "gate"}  # the fusion report runs the model too
+    final = train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
+    assert set(final["fusion_weights"]) == {"item", "tags", "year", "age", "job", "time",
+                                            "device", "rating"}  # fmt: skip
+    on_cpu = evaluate_run(tmp_path / "run", "test", device="cpu")["metrics"]
+    assert on_cpu == pytest.approx(final["test"], abs=1e-6)
+    assert export_run(tmp_path / "run", tmp_path / "export").is_file()  # traced on the CPU
+    gpu, cpu = load(tmp_path / "run", device="cuda"), load(tmp_path / "run", device="cpu")
+    assert gpu.device.type == "cuda" and cpu.device.type == "cpu"
+    for history in ([10, 11, 12], [13], [], [17, 19, 20, 14]):
+        context = {"timestamp": 650, "device": "web"}
+        a = gpu.recommend(history, {"age": 30, "job": "eng"}, context, k=5)
+        b = cpu.recommend(history, {"age": 30, "job": "eng"}, context, k=5)
+        assert a.items == b.items and a.scores == pytest.approx(b.scores, abs=1e-4)
+    table = gpu.for_known_users(None, at=650, k=3)
+    assert table.equals(cpu.for_known_users(None, at=650, k=3).with_columns(table["score"]))
+
+
+@cuda
+def test_a_run_evaluates_the_same_on_cuda_and_on_the_cpu(trained_run: Path) -> None:
+    on_cpu = evaluate_run(trained_run, "valid", device="cpu")["metrics"]
+    on_cuda = evaluate_run(trained_run, "valid", device="cuda")["metrics"]
+    assert on_cuda == pytest.approx(on_cpu, abs=1e-6)
