@@ -34,6 +34,7 @@ CHILD = """
 import sys, tempfile
 from pathlib import Path
 import torch
+import featrec.memory
 import featrec.train
 from featrec.spec import load_spec
 
@@ -43,7 +44,7 @@ if setting == "no-mkldnn":
 page = 4096
 
 def record(epoch, row):
-    heap = featrec.train.heap_stats()
+    heap = featrec.memory.heap_stats()
     resident = int(open("/proc/self/statm").read().split()[1]) * page
     print(epoch, resident >> 20, heap["uordblks"] >> 20, heap["arena"] >> 20, row["seconds"],
           flush=True)

@@ -16,13 +16,11 @@ Run directory (DESIGN.md §6)::
 from __future__ import annotations
 
 import csv
-import ctypes
 import functools
 import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from featrec.evaluate import (
     popularity,
     popularity_scorer,
 )
+from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import build_model, feature_configs
 from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
@@ -148,91 +147,6 @@ class Experiment:
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, Windows, musl): nothing to do
-        return None
-
-
-M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
-MMAP_THRESHOLD_BYTES = 1 << 20
-
-
-def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Serve every allocation of ``nbytes`` or more with its own mmap (glibc ``mallopt``).
-
-    glibc starts at 128 KiB but raises the threshold (up to 32 MiB) each time a large
-    mmapped block is freed, so after the first steps activation-sized tensors come from the
-    heap. Batches of varying length then fragment it: the heap only grows, and an ML-1M
-    run's peak RSS climbed all run long (1.4 GiB after one epoch, 5.0 GiB after 156)
-    although the live tensors stay near 1 GiB. A fixed threshold turns the adjustment off;
-    large tensors go back to the OS when freed. Left alone where the user set it already
-    (``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES``) or libc is not glibc. Returns
-    whether it was set.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
-        return False
-    libc = _libc()
-    return bool(
-        libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, nbytes)
-    )
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in [
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        ]
-    ]
-
-
-def heap_stats() -> dict[str, int] | None:
-    """glibc's heap statistics (``mallinfo2``), in bytes: ``arena`` (the heap's size),
-    ``uordblks`` (in use), ``hblkhd`` (in mmapped blocks), ...; None where not glibc."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
-        return None
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return {name: getattr(info, name) for name, _ in _MallInfo2._fields_}
-
-
-def release_free_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc's ``malloc_trim``).
-
-    Batches of varying length leave glibc's heap fragmented: without this, a training
-    process on ML-1M grew by ~45 MB per epoch (4.9 GB resident after 44 epochs, 0.65 GB
-    right after one ``malloc_trim``). Nothing was leaked; it was just never returned.
-    """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far, in GiB (0.0 where unknown)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
-
-
 def masked_item_loss(
     model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
@@ -308,7 +222,7 @@ def train(
     "full" or "behavior-only" after the spec's features.
     """
     started = time.perf_counter()
-    pin_mmap_threshold()
+    tune_allocator()
     checkpoints = run_dir / "checkpoints"
     last_path = checkpoints / "last.pt"
     if resume and not last_path.is_file():

@@ -65,46 +65,63 @@ def test_length_aware_batching_keeps_every_example_once() -> None:
 MALLINFO = """
 import sys
 import torch
-from featrec.train import heap_stats
+from featrec.memory import heap_stats
 """
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
     reason="reads glibc's heap statistics (mallinfo2)",
 )
 
-MMAP_PROBE = (
+ALLOCATOR_PROBE = (
     MALLINFO
     + """
-from featrec.train import pin_mmap_threshold
-pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
-big = torch.empty(8 << 18)  # 8 MiB, mmapped, then freed: glibc raises its threshold past it
+from featrec.memory import tune_allocator
+tuned = tune_allocator(sys.argv[1])
+big = torch.empty(8 << 18)  # 8 MiB, then freed: glibc's default raises its threshold past it
 del big
 before = heap_stats()["hblkhd"]
 kept = torch.empty(2 << 18)  # 2 MiB
-print(pinned, heap_stats()["hblkhd"] - before)
+mapped = heap_stats()["hblkhd"] - before
+del kept
+heap = heap_stats()["arena"]
+for _ in range(50):  # activation-sized blocks allocated and freed again and again
+    torch.empty(4 << 18)
+print(tuned, mapped, heap, heap_stats()["arena"])
 """
 )
 
 
 @glibc_only
-def test_pinned_mmap_threshold_keeps_large_tensors_off_the_heap(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+def test_allocator_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "GLIBC_TUNABLES", "FEATREC_MALLOC"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
 
-    def probe(mode: str) -> tuple[str, int]:
+    def probe(policy: str) -> tuple[str, int, int, int]:
         out = subprocess.run(
-            [sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, check=True
+            [sys.executable, "-c", ALLOCATOR_PROBE, policy],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
-        return out[0], int(out[1])
+        return out[0], int(out[1]), int(out[2]), int(out[3])
 
-    pinned, mmapped = probe("pin")
-    assert pinned == "True" and mmapped >= 2 << 20  # its own mapping, unmapped when freed
-    pinned, mmapped = probe("glibc")
-    assert pinned == "False" and mmapped == 0  # glibc's dynamic threshold: from the heap
+    tuned, mapped, heap_before, heap_after = probe("arena")
+    assert tuned == "True" and mapped == 0  # from the heap, reused: no fresh pages per step
+    assert heap_after == heap_before  # and the heap did not grow for blocks it had room for
+    tuned, mapped, _, _ = probe("pin")
+    assert tuned == "True" and mapped >= 2 << 20  # its own mapping, unmapped when freed
+    assert probe("glibc")[:2] == ("False", 0)  # glibc's dynamic threshold: from the heap
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")  # the user's own setting wins
-    assert probe("pin") == ("False", 0)
+    assert probe("arena")[:2] == ("False", 0)
+
+
+def test_an_unknown_allocator_policy_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from featrec.memory import allocator_policy
+
+    monkeypatch.setenv("FEATREC_MALLOC", "jemalloc")
+    with pytest.raises(FeatrecError, match="FEATREC_MALLOC: expected one of arena, pin, glibc"):
+        allocator_policy()
 
 
 def test_popularity_counts_training_events_only(tmp_path: Path, tiny_spec_body: dict) -> None:
