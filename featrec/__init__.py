@@ -1,7 +1,9 @@
 """featrec: feature-aware BERT4Rec with honest ablations.
 
-``featrec.load(run_dir)`` gives a trained run's recommender (imported lazily, so the data
-commands do not pay for importing torch).
+``featrec.fit(spec, interactions=df)`` trains and returns a recommender;
+``featrec.load(run_dir)`` gives a trained run's recommender; ``featrec.prepare`` the
+encoded, split data; ``featrec.load_spec`` / ``featrec.Spec`` the validated spec. Names are
+imported on first use, so the data commands do not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -21,12 +23,23 @@ ONEDNN_CACHE_CAPACITY = "64"
 if not {"ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"} & set(os.environ):
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = ONEDNN_CACHE_CAPACITY
 
-__all__ = ["Recommendation", "Recommender", "load"]
+# public names → the module that defines them (imported on first use)
+_PUBLIC = {
+    "fit": "featrec.api",
+    "prepare": "featrec.api",
+    "load": "featrec.recommend",
+    "Recommender": "featrec.recommend",
+    "Recommendation": "featrec.recommend",
+    "load_spec": "featrec.spec",
+    "Spec": "featrec.spec",
+    "FeatrecError": "featrec.errors",
+}
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from featrec import recommend
+    if name in _PUBLIC:
+        import importlib
 
-        return getattr(recommend, name)
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'featrec' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Ablations: variants of one spec, trained over seeds, resumable (DESIGN.md §4).
+"""Ablations: variants of one spec, trained over seeds, resumable (docs/design.md §4).
 
 Every variant is a transformation of the spec (features dropped or kept by scope, or the
 baseline model), so all variants share the split, item vocabulary, evaluation users and

@@ -6,7 +6,7 @@ All sequences live in flat tensors with per-user offsets, so a batch is a handfu
 vectorized gathers: no per-example Python work. Windows are right-aligned (left padding),
 so the newest event — the predicted slot at inference — is always the last position.
 
-The leakage rules of DESIGN.md §3 are applied here, in :func:`hide`, for training masks and
+The leakage rules of docs/design.md §3 are applied here, in :func:`hide`, for training masks and
 for the predicted slot alike: the item id becomes ``MASK`` (so item features, looked up by
 item id inside the model, become the ``MASK`` row), and every event feature known only
 after the interaction becomes ``MASK``; request-known event features and user features stay.

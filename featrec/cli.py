@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     train = spec_command("train", "train a model; print the test metrics of the best epoch")
     train.add_argument("--out", type=Path, help="run directory (default runs/NAME/TIMESTAMP)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--log", action="append", default=[], choices=["tensorboard", "mlflow"],
+        help="also report to TensorBoard (RUN_DIR/tensorboard) or MLflow (MLFLOW_TRACKING_URI, "
+        "else ./mlruns); repeatable",
+    )  # fmt: skip
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run's best checkpoint")
@@ -155,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Spec:
     spec = load_spec(args.spec, args.overrides)
+    spec.require_source()
     return spec.behavior_only() if args.behavior_only else spec
 
 
@@ -193,7 +199,7 @@ def _train(args: argparse.Namespace) -> int:
     spec = _load(args)
     run_dir = args.out or default_run_dir(spec)
     log.info("run directory %s", run_dir)
-    final = train(spec, run_dir, resume=args.resume, progress=sys.stderr.isatty())
+    final = train(spec, run_dir, resume=args.resume, progress=sys.stderr.isatty(), log_to=args.log)
     print(
         f"{final['name']} ({final['variant']}): best epoch {final['best_epoch']} of "
         f"{final['epochs_run']}, {final['train_seconds'] / 60:.1f} min; run in {run_dir}"

@@ -316,6 +316,11 @@ class Tables:
 def load_tables(data: DataSpec) -> Tables:
     if data.dataset is not None:
         return _load_card_tables(load_card(data.dataset))
+    if data.interactions is None:
+        raise DataError(
+            "data: set data.dataset (a card) or data.interactions (your file), or pass the "
+            "tables to featrec.fit"
+        )
     return _load_own_tables(data)
 
 
@@ -404,29 +409,38 @@ def _first_line(err: Exception) -> str:
 
 
 def _load_own_tables(data: DataSpec) -> Tables:
-    renames = {getattr(data.columns, k): v for k, v in CANONICAL_KEYS.items()}
     frames, origin = {}, {}
-    for table, keys in (("interactions", ("user", "item", "time")), ("users", ("user",)),
-                        ("items", ("item",))):  # fmt: skip
+    for table in OWN_TABLES:
         path = getattr(data, table)
-        if path is None:
-            continue
-        frame = read_table(path, table)
-        for key in keys:
+        if path is not None:
+            frames[table], origin[table] = read_table(path, table), str(path)
+    return own_tables(frames, data, origin)
+
+
+OWN_TABLES = {"interactions": ("user", "item", "time"), "users": ("user",), "items": ("item",)}
+
+
+def own_tables(frames: dict[str, pl.DataFrame], data: DataSpec, origin: dict[str, str]) -> Tables:
+    """A user's tables (read from files, or DataFrames given to ``featrec.fit``) → canonical
+    tables: the key columns named by ``data.columns`` checked and also present under their
+    canonical names (features may name either), times as unix seconds. ``origin`` names
+    each table in errors."""
+    renames = {getattr(data.columns, k): v for k, v in CANONICAL_KEYS.items()}
+    out = {}
+    for table, frame in frames.items():
+        for key in OWN_TABLES[table]:
             column = getattr(data.columns, key)
             if column not in frame.columns:
                 raise DataError(
-                    f"data.columns.{key}: column '{column}' not in the {table} table ({path}); "
-                    f"columns: {', '.join(frame.columns)}"
+                    f"data.columns.{key}: column '{column}' not in the {table} table "
+                    f"({origin[table]}); columns: {', '.join(frame.columns)}"
                 )
-        # canonical key names as extra columns: features may name either
-        frames[table] = frame.with_columns(
+        out[table] = frame.with_columns(
             pl.col(c).alias(n) for c, n in renames.items() if c in frame.columns and c != n
         )
-        origin[table] = str(path)
-    interactions = frames["interactions"]
+    interactions = out["interactions"]
     interactions = interactions.with_columns(epoch_seconds(interactions, "timestamp"))
-    return Tables(interactions, frames.get("users"), frames.get("items"), origin)
+    return Tables(interactions, out.get("users"), out.get("items"), origin)
 
 
 def epoch_seconds(frame: pl.DataFrame, name: str) -> pl.Expr:

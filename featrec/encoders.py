@@ -4,7 +4,7 @@ Every id space reserves the same four ids, so padding, masking, unseen and missi
 mean the same thing for every feature and for the item vocabulary:
 
     PAD = 0      padding after the end of a sequence
-    MASK = 1     hidden value at a masked / predicted slot (DESIGN.md §3)
+    MASK = 1     hidden value at a masked / predicted slot (docs/design.md §3)
     OOV = 2      a value not seen (often enough) in the training split
     MISSING = 3  null in the data
 

@@ -1,4 +1,4 @@
-"""Evaluation: full ranking over all items (DESIGN.md §5), and the most-popular baseline.
+"""Evaluation: full ranking over all items (docs/design.md §5), and the most-popular baseline.
 
 A target's rank counts the candidate items scoring at least as high as it (ties go against
 the target, so constant scores earn nothing). Reserved ids are never candidates; with

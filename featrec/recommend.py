@@ -131,7 +131,7 @@ class Recommender:
         spec's column names. ``context``: the request's ``timestamp`` and request-known event
         columns. ``candidates``: only rank these items.
         """
-        data, dropped = self.encode_one(history, user, context)
+        data, dropped = self.encode_one(as_history(history), user, context)
         return self._top_k(data, dropped, k, exclude_seen, candidates)[0]
 
     def recommend_many(
@@ -145,7 +145,7 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top-``k`` items for many requests at once: one entry per request in each list;
         ``users`` or ``contexts`` None: no attributes or context for any request."""
-        histories = list(histories)
+        histories = [as_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
         users = [None] * len(histories) if users is None else list(users)
         contexts = [None] * len(histories) if contexts is None else list(contexts)
         if not len(histories) == len(users) == len(contexts):
@@ -293,6 +293,27 @@ class Recommender:
             events = events.with_columns(pl.col("timestamp").alias(time_column))
         return events, dropped
 
+    # -- evaluation ------------------------------------------------------------------------
+
+    @functools.cached_property
+    def experiment(self):
+        """This run's model with its prepared data (read from the run's data files; cached
+        as by ``featrec prepare``), for evaluation."""
+        from featrec.sequences import prepare
+        from featrec.train import Experiment
+
+        prepared = prepare(self.spec)[0]
+        return Experiment(
+            self.spec, prepared, SequenceData.from_prepared(prepared, self.spec), self.model
+        )
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """HR / NDCG / MRR at each of ``eval.ks`` on ``split`` (``valid`` or ``test``), full
+        ranking: the metrics ``featrec train`` and ``featrec evaluate`` report."""
+        if split not in ("valid", "test"):
+            raise FeatrecError(f"split: expected 'valid' or 'test'; got {split!r}")
+        return self.experiment.evaluate(split)[0]
+
     # -- known users -----------------------------------------------------------------------
 
     @property
@@ -384,6 +405,42 @@ def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType)
             "fallback": pl.String,
         },
         strict=False,
+    )
+
+
+def as_history(history: Any, where: str = "history") -> History:
+    """A history as given (item ids in a list, tuple, numpy array, pandas / polars / pyarrow
+    Series or array; records; a pandas / polars DataFrame or pyarrow Table with an item_id
+    column) → a list or a polars DataFrame."""
+    if history is None or isinstance(history, (list, pl.DataFrame)):
+        return history
+    if isinstance(history, tuple):
+        return list(history)
+    if isinstance(history, pl.Series):
+        return history.to_list()
+    if isinstance(history, pl.LazyFrame):
+        return history.collect()
+    if isinstance(history, (str, bytes)):
+        raise FeatrecError(
+            f"{where}: expected item ids (a list, an array or a Series) or a table with an "
+            f"item_id column; got the text {history!r}"
+        )
+    module, kind = type(history).__module__.split(".")[0], type(history).__name__
+    if module == "numpy" and kind == "ndarray":
+        if history.ndim != 1:
+            raise FeatrecError(f"{where}: expected a 1-d array of item ids; got {history.shape}")
+        return history.tolist()
+    if module == "pandas" and kind == "Series":
+        return history.tolist()
+    if module == "pandas" and kind == "DataFrame":
+        return pl.from_pandas(history)
+    if module == "pyarrow" and kind == "Table":
+        return pl.from_arrow(history)
+    if module == "pyarrow" and (kind in ("Array", "ChunkedArray") or kind.endswith("Array")):
+        return history.to_pylist()
+    raise FeatrecError(
+        f"{where}: expected item ids (a list, an array or a Series) or a table with an item_id "
+        f"column; got {type(history).__module__}.{kind}"
     )
 
 

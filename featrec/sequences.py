@@ -1,4 +1,4 @@
-"""Canonical tables + spec → encoded per-user sequences with a split (DESIGN.md §1).
+"""Canonical tables + spec → encoded per-user sequences with a split (docs/design.md §1).
 
 Output (:class:`Prepared`):
 

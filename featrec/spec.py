@@ -75,7 +75,7 @@ class _FeatureBase(_Frozen):
 
     @property
     def hidden_at_target(self) -> bool:
-        """Whether this feature is hidden at a masked / predicted slot (DESIGN.md §3)."""
+        """Whether this feature is hidden at a masked / predicted slot (docs/design.md §3)."""
         if self.scope == "item":
             return True
         if self.scope == "user":
@@ -170,7 +170,9 @@ class DataSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if (self.dataset is None) == (self.interactions is None):
+        # neither is allowed here: featrec.fit takes the tables as DataFrames instead (the
+        # commands that read files check with require_source)
+        if self.dataset is not None and self.interactions is not None:
             raise ValueError("set exactly one of data.dataset (a card) or data.interactions")
         if self.dataset is not None and (self.users or self.items):
             raise ValueError("data.users / data.items go with data.interactions, not a card")
@@ -307,7 +309,9 @@ class EvalSpec(_Frozen):
 
 class Spec(_Frozen):
     name: Identifier
-    data: DataSpec
+    data: DataSpec = Field(
+        default_factory=DataSpec, description="Omit the files when featrec.fit gets DataFrames."
+    )
     features: list[Feature] = Field(default_factory=list, description="Empty: behavior-only.")
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -340,6 +344,14 @@ class Spec(_Frozen):
     def features_in(self, scope: Scope) -> list[AnyFeature]:
         return [f for f in self.features if f.scope == scope]
 
+    def require_source(self) -> None:
+        """A spec that reads its data itself names a card or a file."""
+        if self.data.dataset is None and self.data.interactions is None:
+            raise SpecError(
+                f"{self.source}: data: set exactly one of data.dataset (a card) or "
+                "data.interactions (your file); only featrec.fit takes DataFrames instead"
+            )
+
 
 # ---------------------------------------------------------------------------------------
 # loading
@@ -356,24 +368,44 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError(f"{path}: cannot read spec file ({err.strerror or err})") from None
+    return load_spec_text(text, str(path), path.parent, overrides)
+
+
+def load_spec_text(
+    text: str, source: str = "spec", base_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> Spec:
+    """A spec from YAML text; relative data paths are relative to ``base_dir`` (default: the
+    working directory). ``source`` names the text in errors."""
+    base_dir = Path.cwd() if base_dir is None else base_dir
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(f"{path}: not valid YAML at {where}: {problem}") from None
+        raise SpecError(f"{source}: not valid YAML at {where}: {problem}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level; got {type(raw).__name__}")
+        raise SpecError(f"{source}: expected a mapping at the top level; got {type(raw).__name__}")
+    return _validate(raw, source, base_dir, overrides)
+
+
+def _validate(raw: dict, source: str, base_dir: Path | None, overrides: Sequence[str]) -> Spec:
     applied = [apply_override(raw, text_) for text_ in overrides]
     try:
-        spec = Spec.model_validate(raw, context={"base_dir": path.parent})
+        spec = Spec.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as err:
-        raise SpecError(format_validation_error(err, str(path), applied)) from None
-    spec._source = str(path)
+        raise SpecError(format_validation_error(err, source, applied)) from None
+    spec._source = source
     return spec
+
+
+def with_overrides(spec: Spec, overrides: Sequence[str]) -> Spec:
+    """``spec`` with ``a.b=c`` overrides applied and validated again."""
+    if not overrides:
+        return spec
+    return _validate(spec.model_dump(mode="json"), spec.source, None, overrides)
 
 
 def spec_differences(stored: Any, given: Spec, limit: int = 5) -> list[str]:

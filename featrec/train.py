@@ -1,16 +1,20 @@
-"""Training: Cloze (masked-item) objective, early stopping on validation NDCG@10, checkpoints,
-resume, per-epoch metrics, a learning curve and final test metrics in the run directory.
+"""Training: Cloze (masked-item) objective, early stopping on the validation metric
+``eval.primary``, checkpoints, resume, per-epoch metrics, a learning curve and final test
+metrics in the run directory.
 
-Run directory (DESIGN.md §6)::
+Run directory (docs/design.md §6)::
 
     spec.yaml            the resolved spec (behavior-only already applied)
     encoders.json        fitted encoders and item vocabulary
+    item_popularity.json training-event count per item (the empty-history fallback)
     checkpoints/best.pt  weights of the best validation epoch (load with weights_only=True)
     checkpoints/last.pt  weights, optimizer, scheduler and RNG states of the last epoch
     metrics.csv, metrics.jsonl   one row per epoch
     learning_curve.png
     final_metrics.json   test (and validation) metrics of the best epoch, most-popular baseline
     ranks.parquet        each evaluated user's validation and test rank
+    data/*.parquet       the tables featrec.fit was given as DataFrames (spec.yaml points here)
+    tensorboard/, mlflow_run_id  with --log tensorboard / mlflow (featrec.tracking)
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ from featrec.model.bert4rec import BERT4Rec
 from featrec.model.fusion import ConcatFusion
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
+from featrec.tracking import make_trackers
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each waits for the device)
@@ -204,8 +209,120 @@ def save_checkpoint(obj: Any, path: Path) -> None:
     replace_atomically(path, functools.partial(torch.save, obj))
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run may not go where another run is."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
+
+
 def default_run_dir(spec: Spec) -> Path:
     return Path("runs") / spec.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands; saved in ``last.pt`` beside the weights and RNG states."""
+
+    epoch: int = 0  # last finished epoch
+    best_score: float = -1.0  # best validation eval.primary so far
+    best_epoch: int = 0
+    bad_evals: int = 0  # evaluations since the best one
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+
+    def stops_early(self, cfg: TrainSpec) -> bool:
+        return self.bad_evals >= cfg.patience and self.epoch >= cfg.min_epochs
+
+
+@dataclass
+class Training:
+    """One run's moving parts: the experiment, optimizer, schedule, random stream, state."""
+
+    experiment: Experiment
+    run_dir: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    trainable: torch.Tensor  # users with a training target
+    state: TrainingState
+
+    @classmethod
+    def start(cls, experiment: Experiment, run_dir: Path) -> Training:
+        model, data, cfg = experiment.model, experiment.data, experiment.spec.train
+        # a user needs a training event to mask (Cloze), two to have a next item to predict:
+        # a batch without any target would make the loss NaN
+        fewest = 2 if model.objective == "next_item" else 1
+        trainable = torch.nonzero(data.train_len >= fewest).squeeze(1)
+        steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
+        optimizer = _optimizer(model, experiment.spec)
+        scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        return cls(experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState())
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def resume(self) -> None:
+        # on the CPU: the RNG states must stay there; load_state_dict moves the weights and
+        # the optimizer's moments to the model's device
+        saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        self.experiment.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        device = self.experiment.device
+        if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks drawn on the GPU
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        self.state = TrainingState(**{f.name: saved[f.name] for f in fields(TrainingState)})
+        log.info("resuming %s after epoch %d", self.run_dir, self.state.epoch)
+
+    def validate(self, epoch: int, row: dict[str, Any]) -> None:
+        """Validation metrics into ``row``; a new best score saves ``best.pt``."""
+        valid, _ = self.experiment.evaluate("valid")
+        row |= {f"valid/{k}": v for k, v in valid.items()}
+        score, state = valid[self.experiment.spec.eval.primary], self.state
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
+            best = self.run_dir / "checkpoints" / "best.pt"
+            save_checkpoint(self.experiment.model.state_dict(), best)
+        else:
+            state.bad_evals += 1
+
+    def checkpoint(self) -> None:
+        device = self.experiment.device
+        save_checkpoint(
+            {
+                **asdict(self.state),
+                "model": self.experiment.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            },
+            self.last_path,
+        )
+
+
+def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
+    """The spec the run in ``run_dir`` trains with: ``spec`` for a new run; for ``resume``
+    the one it was started with, which ``spec`` must equal (a run resumed under a changed
+    spec would be neither the old run nor a new one)."""
+    if not resume:
+        check_new_run_dir(run_dir)
+        return spec
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise FeatrecError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    stored = load_spec(run_dir / "spec.yaml")
+    changed = spec_differences(stored, spec)
+    if changed:
+        raise FeatrecError(
+            f"{run_dir}: --resume continues the run with the spec it was started with "
+            f"({run_dir / 'spec.yaml'}); the spec given differs at {'; '.join(changed)}. "
+            "Resume with that spec, or train into another --out"
+        )
+    return stored
 
 
 def train(
@@ -215,142 +332,106 @@ def train(
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     variant: str | None = None,
+    log_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``spec`` into ``run_dir`` (or continue the run there); return final metrics.
 
     ``variant`` names the run in ``final_metrics.json`` (an ablation's variant); by default
-    "full" or "behavior-only" after the spec's features.
+    "full" or "behavior-only" after the spec's features. ``log_to``: experiment trackers
+    (``tensorboard``, ``mlflow``; :mod:`featrec.tracking`).
     """
     started = time.perf_counter()
     tune_allocator()
-    checkpoints = run_dir / "checkpoints"
-    last_path = checkpoints / "last.pt"
-    if resume and not last_path.is_file():
-        raise FeatrecError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-    if not resume and last_path.is_file():
-        raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
-    if resume:
-        # the run continues as it was started: a spec changed since then is refused, not
-        # silently ignored (a run resumed under a new schedule is neither the old run nor a new one)
-        stored = load_spec(run_dir / "spec.yaml")
-        changed = spec_differences(stored, spec)
-        if changed:
-            raise FeatrecError(
-                f"{run_dir}: --resume continues the run with the spec it was started with "
-                f"({run_dir / 'spec.yaml'}); the spec given differs at {'; '.join(changed)}. "
-                "Resume with that spec, or train into another --out"
-            )
-        spec = stored
+    spec = open_run(spec, run_dir, resume)
+    trackers = make_trackers(list(log_to))
     device = resolve_device(spec.train.device)
-    checkpoints.mkdir(parents=True, exist_ok=True)
     experiment = Experiment.from_spec(spec, device=device)
-    model, data, cfg = experiment.model, experiment.data, spec.train
     log.info("training on %s", device)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_run_files(run_dir, spec, experiment)
-
-    # a user needs a training event to mask (Cloze), two to have a next item to predict: a
-    # batch without any target would make the loss NaN
-    fewest = 2 if model.objective == "next_item" else 1
-    trainable = torch.nonzero(data.train_len >= fewest).squeeze(1)
-    steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
-    optimizer = _optimizer(model, spec)
-    scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_evals": 0, "history": []}
+    training = Training.start(experiment, run_dir)
     if resume:
-        # on the CPU: the RNG states must stay there; load_state_dict moves the weights and the
-        # optimizer's moments to the model's device
-        saved = torch.load(last_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks drawn on the GPU
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        state = {k: saved[k] for k in state}
-        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-    metric = spec.eval.primary
+        training.resume()
+    for tracker in trackers:
+        tracker.start(spec, run_dir)
+    try:
+        _epochs(training, progress, on_epoch_end, trackers)
+        best = run_dir / "checkpoints" / "best.pt"
+        experiment.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+        seconds = time.perf_counter() - started
+        final = _final_metrics(experiment, run_dir, training.state, seconds, variant)
+        _plot(run_dir, training.state.history, spec.eval.primary)
+        for tracker in trackers:
+            tracker.finish(final)
+    except BaseException:
+        for tracker in trackers:
+            tracker.close(failed=True)
+        raise
+    for tracker in trackers:
+        tracker.close(failed=False)
+    return final
 
+
+def _epochs(
+    training: Training,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+    trackers: list,
+) -> None:
+    """Train, validate and checkpoint epoch after epoch until the last or an early stop."""
+    from tqdm import tqdm
+
+    experiment, state = training.experiment, training.state
+    cfg, metric = experiment.spec.train, experiment.spec.eval.primary
     # a run stopped early and interrupted before its final evaluation trains no further
-    last_epoch = state["epoch"] if _stops_early(state, cfg) else cfg.epochs
-    for epoch in range(state["epoch"] + 1, last_epoch + 1):
-        row = _train_epoch(
-            experiment, trainable, optimizer, scheduler, generator, device, epoch, progress
-        )
+    last_epoch = state.epoch if state.stops_early(cfg) else cfg.epochs
+    epochs_bar = tqdm(
+        total=cfg.epochs, initial=state.epoch, desc=experiment.spec.name, unit="epoch",
+        disable=not progress,
+    )  # fmt: skip
+    for epoch in range(state.epoch + 1, last_epoch + 1):
+        row = _train_epoch(training, epoch, progress)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            valid, _ = experiment.evaluate("valid")
-            row |= {f"valid/{k}": v for k, v in valid.items()}
-            score = valid[metric]
-            if score > state["best_score"]:
-                state |= {"best_score": score, "best_epoch": epoch, "bad_evals": 0}
-                save_checkpoint(model.state_dict(), checkpoints / "best.pt")
-            else:
-                state["bad_evals"] += 1
-        state["epoch"] = epoch
-        state["history"].append(row)
-        save_checkpoint(
-            {
-                **state,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            },
-            checkpoints / "last.pt",
-        )
-        _write_history(run_dir, state["history"])
+            training.validate(epoch, row)
+        state.epoch = epoch
+        state.history.append(row)
+        training.checkpoint()
+        _write_history(training.run_dir, state.history)
         release_free_memory()
         valid_score = row.get(f"valid/{metric}")
         valid_text = "not evaluated" if valid_score is None else f"{valid_score:.4f}"
         best_text = (
-            f"best {state['best_score']:.4f} at {state['best_epoch']}"
-            if state["best_epoch"]
+            f"best {state.best_score:.4f} at {state.best_epoch}"
+            if state.best_epoch
             else "no evaluation yet"
         )
         log.info(
             "epoch %d: loss %.4f, valid %s %s (%s), %.0f tokens/s",
             epoch, row["loss"], metric, valid_text, best_text, row["tokens_per_s"],
         )  # fmt: skip
+        epochs_bar.set_postfix(loss=f"{row['loss']:.4f}", **{metric: valid_text})
+        epochs_bar.update()
+        for tracker in trackers:
+            tracker.log_epoch(epoch, row)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-        if _stops_early(state, cfg):
+        if state.stops_early(cfg):
             log.info("early stop: no better validation %s for %d evaluations", metric,
                      cfg.patience)  # fmt: skip
             break
-
-    model.load_state_dict(
-        torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
-    )
-    seconds = time.perf_counter() - started
-    final = _final_metrics(experiment, run_dir, state, seconds, variant)
-    _plot(run_dir, state["history"], metric)
-    return final
+    epochs_bar.close()
 
 
-def _stops_early(state: dict[str, Any], cfg: TrainSpec) -> bool:
-    return state["bad_evals"] >= cfg.patience and state["epoch"] >= cfg.min_epochs
-
-
-def _train_epoch(
-    experiment: Experiment,
-    users: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    generator: torch.Generator,
-    device: torch.device,
-    epoch: int,
-    progress: bool,
-) -> dict[str, Any]:
+def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
+    experiment, generator = training.experiment, training.generator
+    optimizer, scheduler, device = training.optimizer, training.scheduler, experiment.device
     model, data, cfg = experiment.model, experiment.data, experiment.spec.train
     max_len = experiment.spec.model.max_len
     model.train()
-    window = data.train_len.clamp(max=experiment.spec.model.max_len)
-    batches = length_aware_batches(users, window, cfg.batch_size, generator)
+    window = data.train_len.clamp(max=max_len)
+    batches = length_aware_batches(training.trainable, window, cfg.batch_size, generator)
     total_loss: torch.Tensor | float = 0.0
     tokens, started = 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
@@ -379,7 +460,8 @@ def _train_epoch(
         total_loss += loss.detach()  # summed where it is: reading it would wait for the GPU
         if progress and bar.n % PROGRESS_EVERY == 0:
             bar.set_postfix(
-                loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}"
+                loss=f"{float(loss.detach()):.3f}",
+                tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
             )
     total = float(total_loss)
     seconds = time.perf_counter() - started
@@ -414,7 +496,11 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _final_metrics(
-    experiment: Experiment, run_dir: Path, state: dict, seconds: float, variant: str | None
+    experiment: Experiment,
+    run_dir: Path,
+    state: TrainingState,
+    seconds: float,
+    variant: str | None,
 ) -> dict[str, Any]:
     valid, valid_ranks = experiment.evaluate("valid")
     test, test_ranks = experiment.evaluate("test")
@@ -425,8 +511,8 @@ def _final_metrics(
         "features": [f.name for f in spec.features],
         "fusion": spec.fusion.method,
         "seed": spec.train.seed,
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
         "train_seconds": seconds,
         "test": test,
         "valid": valid,
@@ -486,16 +572,13 @@ def _plot(run_dir: Path, history: list[dict[str, Any]], metric: str) -> None:
 
 def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[str, Any]:
     """Evaluate the best checkpoint of a finished run on ``split`` (on ``device``; default:
-    a CUDA device where there is one, whatever the run trained on)."""
-    spec_path = run_dir / "spec.yaml"
-    best = run_dir / "checkpoints" / "best.pt"
-    if not spec_path.is_file() or not best.is_file():
-        raise FeatrecError(
-            f"{run_dir}: not a run directory (needs spec.yaml and checkpoints/best.pt)"
-        )
-    spec = load_spec(spec_path)
-    experiment = Experiment.from_spec(spec, device=resolve_device(device, field="device"))
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    experiment.model.load_state_dict(state)
-    metrics, _ = experiment.evaluate(split)
-    return {"split": split, "metrics": metrics, "most_popular": experiment.most_popular(split)}
+    a CUDA device where there is one, whatever the run trained on), beside most-popular."""
+    from featrec.recommend import Recommender
+
+    recommender = Recommender(run_dir, device)
+    metrics = recommender.evaluate(split)
+    return {
+        "split": split,
+        "metrics": metrics,
+        "most_popular": recommender.experiment.most_popular(split),
+    }

@@ -180,7 +180,7 @@ def test_training_step_lowers_the_loss(tmp_path: Path, tiny_spec_body: dict) -> 
     assert losses[-1] < losses[0] - 0.1
 
 
-# --- leakage (DESIGN.md §3) -----------------------------------------------------------------
+# --- leakage (docs/design.md §3) -----------------------------------------------------------------
 
 
 def _perturbed(exp: Experiment, flat_positions: torch.Tensor, columns: list[str]):

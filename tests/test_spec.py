@@ -6,6 +6,7 @@ import jsonschema
 import pytest
 import yaml
 
+from featrec.cli import main
 from featrec.errors import SpecError
 from featrec.spec import Spec, apply_override, json_schema, load_spec
 from tests.conftest import write_spec
@@ -153,8 +154,13 @@ def test_primary_metric_needs_its_k_in_ks(tmp_path: Path) -> None:
     assert spec.eval.primary == "hr@20"
 
 
-def test_data_needs_exactly_one_source(tmp_path: Path) -> None:
-    assert "exactly one of" in error_of(tmp_path, {"name": "x", "data": {}})
+def test_data_needs_exactly_one_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = {"dataset": "ml-100k", "interactions": "x.csv"}
+    assert "exactly one of" in error_of(tmp_path, {"name": "x", "data": both})
+    # none: a spec for featrec.fit's DataFrames, but the commands read files
+    assert load_spec(write_spec(tmp_path, {"name": "x"})).data.interactions is None
+    assert main(["validate", str(write_spec(tmp_path, {"name": "x", "data": {}}))]) == 2
+    assert "data: set exactly one of data.dataset" in capsys.readouterr().err
 
 
 def test_not_yaml_names_the_line(tmp_path: Path) -> None:

@@ -1,0 +1,208 @@
+"""The Python API: featrec.fit / prepare / load / load_spec / Spec, from DataFrames of every
+kind, and the histories Recommender.recommend accepts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import featrec
+from featrec.cli import main
+from featrec.errors import DataError, FeatrecError, SpecError
+from tests.conftest import real_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the tiny fixture's spec without files: the tables come as DataFrames
+SPEC_TEXT = """
+name: tiny-frames
+data:
+  columns: {user: uid, item: iid, time: ts}
+features:
+  - {name: tags, scope: item, type: multi_categorical, column: tags, separator: "|"}
+  - {name: year, scope: item, type: numeric, column: year, bins: 3}
+  - {name: job, scope: user, type: categorical, column: job}
+  - {name: time, scope: event, type: time, column: ts, known_at: request}
+  - {name: rating, scope: event, type: categorical, column: rating}
+model: {dim: 12, layers: 1, heads: 3, max_len: 7}
+train: {epochs: 2, batch_size: 3, warmup_steps: 2}
+"""
+
+
+@pytest.fixture
+def frames(tiny_tables: dict[str, Path]) -> dict[str, pl.DataFrame]:
+    return {name: pl.read_parquet(path) for name, path in tiny_tables.items()}
+
+
+def test_fit_on_polars_frames_trains_recommends_and_evaluates(
+    tmp_path: Path, frames: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False)
+    assert isinstance(rec, featrec.Recommender)
+    stored = featrec.load_spec(tmp_path / "run" / "spec.yaml")
+    assert stored.data.interactions == (tmp_path / "run" / "data" / "interactions.parquet")
+    assert pl.read_parquet(stored.data.interactions).equals(frames["interactions"])
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert rec.evaluate("test") == final["test"] and rec.evaluate("valid") == final["valid"]
+    top = rec.recommend([10, 11], context={"ts": 900}, k=3)
+    assert len(top.items) == 3 and set(top.items) <= set(frames["items"]["iid"].to_list()) | {20}
+    # the run stands alone: the commands find its data without the DataFrames
+    assert featrec.load(tmp_path / "run").for_known_users(["u4"], at=900, k=2).height == 2
+    assert main(["-q", "evaluate", str(tmp_path / "run")]) == 0
+    assert "most popular (test)" in capsys.readouterr().out
+
+
+def test_fit_gives_the_same_run_from_pandas_arrow_and_polars(tmp_path: Path, frames: dict) -> None:
+    results = {}
+    for kind, convert in {
+        "polars": lambda f: f,
+        "pandas": lambda f: f.to_pandas(),
+        "arrow": lambda f: f.to_arrow(),
+    }.items():
+        rec = featrec.fit(
+            SPEC_TEXT, **{n: convert(f) for n, f in frames.items()}, out=tmp_path / kind,
+            progress=False,
+        )  # fmt: skip
+        results[kind] = rec.evaluate("test")
+    assert results["pandas"] == results["polars"] == results["arrow"]
+
+
+def test_fit_takes_a_spec_object_a_path_and_overrides(
+    tmp_path: Path, frames: dict, tiny_spec_body: dict
+) -> None:
+    spec = featrec.Spec.model_validate({"name": "obj", "train": {"epochs": 1}})
+    rec = featrec.fit(spec, interactions=frames["interactions"], out=tmp_path / "a",
+                      overrides=["data.columns.user=uid", "data.columns.item=iid",
+                                 "data.columns.time=ts"], progress=False)  # fmt: skip
+    assert rec.spec.features == [] and rec.spec.train.epochs == 1
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC_TEXT)
+    rec = featrec.fit(path, **frames, out=tmp_path / "b", behavior_only=True,
+                      overrides=["train.epochs=1"], progress=False)  # fmt: skip
+    assert rec.spec.features == [] and rec.spec.name == "tiny-frames"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda t, f: featrec.fit(SPEC_TEXT, out=t), SpecError, "data: set exactly one of"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, users=f["users"], out=t), FeatrecError,
+         "interactions: needed"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, interactions=[1, 2], out=t), FeatrecError,
+         "interactions: expected a pandas or polars DataFrame or a pyarrow Table; got "
+         "builtins.list"),
+        (lambda t, f: featrec.fit(SPEC_TEXT.replace("uid", "user"), **f, out=t), DataError,
+         "data.columns.user: column 'user' not in the interactions table"),
+        (lambda t, f: featrec.fit("name: x\ndata: {dataset: ml-100k}", **f, out=t),
+         FeatrecError, "data.dataset is 'ml-100k', and tables were given too"),
+        (lambda t, f: featrec.fit(3, **f, out=t), FeatrecError, "spec: expected a featrec.Spec"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, **f, out=t, overrides="train.epochs=1"),
+         FeatrecError, "overrides: expected a list"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, **f, out=t, overrides=["train.epochs=0"]),
+         SpecError, "train.epochs"),
+        (lambda t, f: featrec.fit("name: [", **f, out=t), SpecError,
+         "spec text: not valid YAML"),
+    ],
+)  # fmt: skip
+def test_fit_bad_input_is_one_clear_error_and_leaves_nothing(
+    tmp_path: Path, frames: dict, call, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(tmp_path / "run", frames)
+    assert not (tmp_path / "run").exists()
+
+
+def test_prepare_from_frames_equals_prepare_from_files(
+    tmp_path: Path, frames: dict, tiny_tables: dict[str, Path]
+) -> None:
+    from_frames = featrec.prepare(SPEC_TEXT, **{n: f.to_pandas() for n, f in frames.items()})
+    with_files = SPEC_TEXT.replace(
+        "  columns:", "\n".join(f"  {n}: {p}" for n, p in tiny_tables.items()) + "\n  columns:"
+    )
+    from_files = featrec.prepare(with_files)
+    assert from_frames.stats == from_files.stats
+    assert from_frames.sequences.equals(from_files.sequences)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> featrec.Recommender:
+    folder = tmp_path_factory.mktemp("fitted")
+    import tests.conftest as conftest
+
+    paths = conftest.tiny_tables.__wrapped__(folder)  # the fixture's function, called once
+    frames = {n: pl.read_parquet(p) for n, p in paths.items()}
+    return featrec.fit(SPEC_TEXT, **frames, out=folder / "run", progress=False)
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        (10, 11, 12),
+        np.array([10, 11, 12]),
+        pd.Series([10, 11, 12]),
+        pl.Series([10, 11, 12]),
+        pa.array([10, 11, 12]),
+        pd.DataFrame({"item_id": [10, 11, 12]}),
+        pa.table({"item_id": [10, 11, 12]}),
+    ],
+    ids=["tuple", "numpy", "pandas", "polars", "arrow-array", "pandas-frame", "arrow-table"],
+)
+def test_recommend_takes_arrays_series_and_frames(fitted, history) -> None:
+    expected = fitted.recommend([10, 11, 12], k=4)
+    assert fitted.recommend(history, k=4) == expected
+    batched = fitted.recommend_many([history, [13]], k=4)[0]  # another batch shape: rounding
+    assert batched.items == expected.items
+    assert batched.scores == pytest.approx(expected.scores, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        ("1193", "got the text '1193'"),
+        (np.array([[1, 2], [3, 4]]), r"expected a 1-d array of item ids; got \(2, 2\)"),
+        ({1, 2}, "got builtins.set"),
+    ],
+)
+def test_recommend_refuses_what_is_no_history(fitted, history, message: str) -> None:
+    with pytest.raises(FeatrecError, match="^history: .*" + message):
+        fitted.recommend(history)
+
+
+def test_evaluate_names_a_bad_split(fitted) -> None:
+    with pytest.raises(FeatrecError, match="split: expected 'valid' or 'test'; got 'train'"):
+        fitted.evaluate("train")
+
+
+@pytest.mark.real_data
+def test_fit_on_pandas_frames_of_ml100k(tmp_path: Path) -> None:
+    folder = real_data_dir("ml-100k")
+    ratings = pd.read_csv(
+        folder / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"]
+    )
+    users = pd.read_csv(
+        folder / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"]
+    )
+    spec = """
+name: ml-100k-pandas
+features:
+  - {name: gender, scope: user, type: categorical, column: gender}
+  - {name: occupation, scope: user, type: categorical, column: occupation}
+  - {name: time, scope: event, type: time, column: timestamp, known_at: request}
+model: {max_len: 50}
+train: {epochs: 2}
+"""
+    rec = featrec.fit(spec, interactions=ratings, users=users, out=tmp_path / "run",
+                      progress=False)  # fmt: skip
+    metrics = rec.evaluate("test")
+    assert metrics["ndcg@10"] > 0  # two epochs learn popularity at least
+    top = rec.recommend(ratings[ratings.user_id == 1].item_id.to_numpy(), k=10)
+    seen = set(ratings[ratings.user_id == 1].item_id)
+    assert len(top.items) == 10 and not seen & set(top.items)
+    table = rec.for_known_users([1, 2, 3], k=5)
+    assert table.height == 15 and table["item_id"].dtype == pl.Int64
