@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from featrec.atomic import write_folder
 from featrec.errors import FeatrecError
-from featrec.evaluate import evaluate_ranking, popularity_scorer
 from featrec.report import EMBEDDING_MLP, MOST_POPULAR, headline
 from featrec.spec import Spec, spec_differences
 from featrec.train import Experiment, train, write_ranks
@@ -187,22 +186,15 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
 def _most_popular(spec: Spec, directory: Path) -> dict:
     """The popularity baseline, evaluated and stored like a trained run."""
     experiment = Experiment.from_spec(spec)
-    staging = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    scorer = popularity_scorer(experiment.data, experiment.model.num_items)
-    results = {}
-    ranks = {}
-    for split in ("valid", "test"):
-        results[split], ranks[split] = evaluate_ranking(
-            scorer, experiment.data, split, experiment.model.num_items, spec.eval.ks,
-            spec.eval.exclude_seen, sampled_negatives=spec.eval.sampled_negatives,
-            seed=spec.train.seed,
-        )  # fmt: skip
+    (valid, valid_ranks), (test, test_ranks) = (
+        experiment.most_popular(split) for split in ("valid", "test")
+    )
     final = {"name": spec.name, "variant": MOST_POPULAR, "features": [], "seed": spec.train.seed,
-             "test": results["test"], "valid": results["valid"]}  # fmt: skip
-    write_ranks(experiment.data, staging, ranks["valid"], ranks["test"])
-    (staging / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
+             "test": test, "valid": valid}  # fmt: skip
+
+    def fill(staging: Path) -> None:
+        write_ranks(experiment.data, staging, valid_ranks, test_ranks)
+        (staging / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
+
+    write_folder(directory, fill)
     return final

@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from featrec.atomic import write_file
 from featrec.datasets import OWN_TABLES, own_tables
 from featrec.errors import FeatrecError
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
@@ -184,13 +185,11 @@ def _store_tables(run_dir: Path, spec: Spec, frames: dict[str, pl.DataFrame]) ->
         if table not in frames:
             continue
         path = (folder / f"{table}.parquet").resolve()
-        partial = path.with_name(path.name + ".partial")
         try:
-            frames[table].write_parquet(partial)
+            write_file(path, frames[table].write_parquet)
         except (pl.exceptions.PolarsError, OSError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise FeatrecError(f"{table}: cannot be stored as parquet: {first}") from None
-        os.replace(partial, path)
         paths[table] = path
     log.info("tables given stored in %s", folder)
     data = spec.data.model_copy(update=paths)

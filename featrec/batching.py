@@ -20,7 +20,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from featrec.encoders import MASK, PAD, StandardEncoder
+from featrec.encoders import StandardEncoder
+from featrec.ids import MASK, PAD
 from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
 

@@ -1,12 +1,8 @@
 """Encoders: raw feature values → integer ids (or scaled floats), fit on the training split.
 
-Every id space reserves the same four ids, so padding, masking, unseen and missing values
-mean the same thing for every feature and for the item vocabulary:
-
-    PAD = 0      padding after the end of a sequence
-    MASK = 1     hidden value at a masked / predicted slot (docs/design.md §3)
-    OOV = 2      a value not seen (often enough) in the training split
-    MISSING = 3  null in the data
+Every id space reserves the same four ids (:mod:`featrec.ids`: PAD, MASK, OOV, MISSING),
+so padding, masking, unseen and missing values mean the same thing for every feature and
+for the item vocabulary.
 
 Encoders turn polars expressions into polars expressions, so encoding stays inside one
 lazy query; ``fit`` takes the training split's values as a Series. ``to_dict`` /
@@ -33,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from featrec.errors import DataError
+from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.spec import (
     CategoricalFeature,
     MultiCategoricalFeature,
@@ -40,8 +37,6 @@ from featrec.spec import (
     TimeFeature,
 )
 
-PAD, MASK, OOV, MISSING = 0, 1, 2, 3
-N_RESERVED = 4
 ID_DTYPE = pl.Int32
 GAP_BUCKETS = 32  # log2 buckets of seconds since the previous event: 2**31 s is ~68 years
 

@@ -15,7 +15,7 @@ import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.devices import model_device, to_device
-from featrec.encoders import N_RESERVED
+from featrec.ids import N_RESERVED
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
 # 128 scores all ML-1M users 20-35% faster than 512 (activations stay in cache), and a little

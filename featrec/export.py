@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from featrec.batching import SequenceData, request_batch
-from featrec.encoders import MASK, MISSING, N_RESERVED, OOV, PAD
+from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.model.bert4rec import BERT4Rec
 from featrec.recommend import Recommender
 from featrec.sequences import encode_requests

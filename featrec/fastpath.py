@@ -19,8 +19,9 @@ import polars as pl
 import torch
 
 from featrec.batching import SequenceData, _tensor, event_column_kinds
-from featrec.encoders import OOV, Encoder, MultiCategoricalEncoder, TimeEncoder
+from featrec.encoders import Encoder, MultiCategoricalEncoder, TimeEncoder
 from featrec.errors import FeatrecError
+from featrec.ids import OOV
 from featrec.spec import Spec
 
 Columns = dict[str, list[Any]]

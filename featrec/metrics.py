@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from featrec.formulas import NAMES, per_user_metric
+
 
 class RankingMetrics(Metric):
     """HR@K (= recall@K with one target), NDCG@K and MRR@K from 0-based target ranks.
@@ -21,7 +23,7 @@ class RankingMetrics(Metric):
         super().__init__()
         self.ks = sorted(ks)
         for k in self.ks:
-            for name in ("hr", "ndcg", "mrr"):
+            for name in NAMES:
                 self.add_state(
                     f"{name}_{k}",
                     default=torch.tensor(0.0, dtype=torch.float64),
@@ -30,20 +32,17 @@ class RankingMetrics(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, ranks: torch.Tensor) -> None:
-        ranks = ranks.to(torch.float64)
+        values = ranks.detach().cpu().numpy()
         for k in self.ks:
-            hit = ranks < k
-            setattr(self, f"hr_{k}", getattr(self, f"hr_{k}") + hit.sum())
-            ndcg = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0)
-            setattr(self, f"ndcg_{k}", getattr(self, f"ndcg_{k}") + ndcg.sum())
-            mrr = torch.where(hit, 1.0 / (ranks + 1.0), 0.0)
-            setattr(self, f"mrr_{k}", getattr(self, f"mrr_{k}") + mrr.sum())
+            for name in NAMES:
+                total = float(per_user_metric(values, f"{name}@{k}").sum())
+                setattr(self, f"{name}_{k}", getattr(self, f"{name}_{k}") + total)
         self.count += ranks.numel()
 
     def compute(self) -> dict[str, float]:
         count = max(int(self.count), 1)
         return {
             f"{name}@{k}": float(getattr(self, f"{name}_{k}")) / count
-            for name in ("hr", "ndcg", "mrr")
+            for name in NAMES
             for k in self.ks
         }

@@ -29,10 +29,11 @@ import torch
 from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.datasets import load_tables
 from featrec.devices import resolve_device, to_device
-from featrec.encoders import N_RESERVED, load_encoders
+from featrec.encoders import load_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
+from featrec.ids import N_RESERVED
 from featrec.model import build_model, feature_configs
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec

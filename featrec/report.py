@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from featrec.errors import FeatrecError
+from featrec.formulas import per_user_metric
 from featrec.spec import Spec, load_spec
 
 REFERENCES = ("behavior-only", "full")
@@ -40,17 +41,6 @@ def headline(primary: str) -> tuple[str, str]:
     """The primary metric and its companion at the same K (HR beside NDCG, else NDCG)."""
     name, k = primary.split("@")
     return primary, f"{'hr' if name == 'ndcg' else 'ndcg'}@{k}"
-
-
-def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """HR@K / NDCG@K / MRR@K of each user from 0-based target ranks."""
-    name, k = metric.split("@")
-    hit = ranks < int(k)
-    if name == "hr":
-        return hit.astype(float)
-    if name == "mrr":
-        return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
-    return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def bootstrap_ci(

@@ -20,9 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,13 +28,10 @@ from typing import Any
 
 import polars as pl
 
+from featrec.atomic import write_folder
 from featrec.datasets import Tables, cache_dir, epoch_seconds, fingerprint, load_tables
 from featrec.encoders import (
     ID_DTYPE,
-    MASK,
-    MISSING,
-    OOV,
-    PAD,
     Encoder,
     ItemVocab,
     MultiCategoricalEncoder,
@@ -48,6 +42,7 @@ from featrec.encoders import (
     save_encoders,
 )
 from featrec.errors import DataError
+from featrec.ids import MASK, MISSING, OOV, PAD
 from featrec.spec import AnyFeature, Spec
 
 log = logging.getLogger(__name__)
@@ -133,15 +128,7 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     )
     if not cache:
         return prepared, None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:  # write beside, then swap in: a failure never leaves a half-written cache
-        prepared.save(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_folder(folder, prepared.save)  # a failure never leaves a half-written cache
     return prepared, folder
 
 

@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from featrec.atomic import write_file, write_text
 from featrec.batching import (
     IGNORE,
     SequenceData,
@@ -47,7 +47,7 @@ from featrec.batching import (
     training_batch,
 )
 from featrec.devices import resolve_device, to_device
-from featrec.encoders import PAD, save_encoders
+from featrec.encoders import save_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import (
     SCORE_BATCH,
@@ -56,6 +56,7 @@ from featrec.evaluate import (
     popularity,
     popularity_scorer,
 )
+from featrec.ids import PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import build_model, feature_configs
 from featrec.model.bert4rec import BERT4Rec
@@ -116,13 +117,15 @@ class Experiment:
             self.spec.train.seed,
         )
 
-    def most_popular(self, split: str) -> dict[str, float]:
+    def most_popular(self, split: str) -> tuple[dict[str, float], torch.Tensor]:
+        """The most-popular baseline on ``split``, measured as the model is: metrics and
+        each user's rank."""
         scorer = popularity_scorer(self.data, self.model.num_items)
         e = self.spec.eval
         return evaluate_ranking(
             scorer, self.data, split, self.model.num_items, e.ks, e.exclude_seen,
             sampled_negatives=e.sampled_negatives, seed=self.spec.train.seed,
-        )[0]  # fmt: skip
+        )  # fmt: skip
 
     @torch.no_grad()
     def fusion_weights(
@@ -197,16 +200,8 @@ def _schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file, then rename it over ``path``: a run killed while writing
-    keeps the previous file whole (a checkpoint ``--resume`` can load), never half a file."""
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def save_checkpoint(obj: Any, path: Path) -> None:
-    replace_atomically(path, functools.partial(torch.save, obj))
+    write_file(path, functools.partial(torch.save, obj))
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -516,14 +511,14 @@ def _final_metrics(
         "train_seconds": seconds,
         "test": test,
         "valid": valid,
-        "most_popular": {"test": experiment.most_popular("test")},
+        "most_popular": {"test": experiment.most_popular("test")[0]},
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }
     write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
     # written last and whole: its presence marks a finished run (featrec ablate skips it)
     text = json.dumps(final, indent=1)
-    replace_atomically(run_dir / "final_metrics.json", lambda p: p.write_text(text, "utf-8"))
+    write_text(run_dir / "final_metrics.json", text)
     return final
 
 
@@ -580,5 +575,5 @@ def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[s
     return {
         "split": split,
         "metrics": metrics,
-        "most_popular": recommender.experiment.most_popular(split),
+        "most_popular": recommender.experiment.most_popular(split)[0],
     }

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.encoders import N_RESERVED, PAD
+from featrec.ids import N_RESERVED, PAD
 from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
 from featrec.model.fusion import FUSIONS
 from featrec.spec import FusionSpec, ModelSpec

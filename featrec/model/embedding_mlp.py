@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.encoders import MASK, N_RESERVED, PAD
+from featrec.ids import MASK, N_RESERVED, PAD
 from featrec.model.bert4rec import EncoderOutput, _init_weights
 from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
 from featrec.spec import ModelSpec

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.encoders import PAD, Encoder, MultiCategoricalEncoder, StandardEncoder, TimeEncoder
+from featrec.encoders import Encoder, MultiCategoricalEncoder, StandardEncoder, TimeEncoder
+from featrec.ids import PAD
 from featrec.spec import Spec
 
 ColumnKind = Literal["ids", "list", "float"]

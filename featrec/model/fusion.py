@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.encoders import PAD
+from featrec.ids import PAD
 
 
 def _projections(dims: dict[str, int], dim: int) -> nn.ModuleDict:

@@ -1,0 +1,40 @@
+"""Writes that never leave half a file or half a folder: write beside, then rename over.
+
+A process killed while writing keeps the previous version whole (a checkpoint ``--resume``
+can load, a cache entry, a dataset file), never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary path)``, then rename it over ``path`` (same folder: one rename)."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_folder(folder: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(staging folder)`` beside ``folder``, then swap it in for ``folder``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        fill(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
