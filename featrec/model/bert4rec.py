@@ -133,8 +133,9 @@ class BERT4Rec(nn.Module):
             select = torch.argsort((~query).to(torch.uint8), dim=1, stable=True)[:, :width]
             select = select + int(bool(self.user_features))  # past the user token
             valid = torch.arange(width, device=items.device) < counts[:, None]
-        for number, layer in enumerate(self.layers, start=1):
-            hidden = layer(hidden, attend, select if number == len(self.layers) else None)
+        last = len(self.layers) - 1  # (enumerate's start= does not trace in torch 2.4's export)
+        for number, layer in enumerate(self.layers):
+            hidden = layer(hidden, attend, select if number == last else None)
         if self.user_features and select is None:
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
