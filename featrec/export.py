@@ -17,15 +17,13 @@ import json
 import shutil
 from pathlib import Path
 
-import polars as pl
 import torch
 from torch import nn
 
-from featrec.batching import SequenceData, request_batch
+from featrec.batching import request_batch
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.model.bert4rec import BERT4Rec
 from featrec.recommend import Recommender
-from featrec.sequences import encode_requests
 
 
 class ScoreLastSlot(nn.Module):
@@ -44,14 +42,8 @@ class ScoreLastSlot(nn.Module):
 def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
     """A small batch of real requests (three histories, no user attributes) to trace with."""
     items = recommender.item_vocab.ids
-    histories = [items[:3], items[1:6], items[2:4]]
-    events, _ = recommender.request_events(histories, [None] * 3)
-    users = pl.DataFrame({"request": [0, 1, 2]})
-    users = users.with_columns(pl.lit(None).alias(c) for c in recommender.user_columns)
-    spec, encoders = recommender.spec, recommender.encoders
-    frame = encode_requests(spec, encoders, recommender.item_vocab, events, users)
-    data = SequenceData.from_frame(frame, encoders, spec)
-    return request_batch(data, torch.arange(3), data.test_idx, spec.model.max_len)
+    data, _ = recommender.encode_many([items[:3], items[1:6], items[2:4]], [None] * 3, [None] * 3)
+    return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:

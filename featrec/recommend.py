@@ -289,10 +289,7 @@ class Recommender:
         events = pl.concat(frames, how="diagonal_relaxed").with_columns(
             pl.col("item_id").cast(self._item_dtype), pl.col("timestamp").cast(pl.Int64)
         )
-        time_column = self.spec.data.columns.time  # features may name the time column itself
-        if time_column in events.columns and time_column != "timestamp":
-            events = events.with_columns(pl.col("timestamp").alias(time_column))
-        return events, dropped
+        return with_time_alias(events, self.spec.data.columns.time), dropped
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -369,9 +366,7 @@ class Recommender:
             pl.lit(True).alias("slot"),
         )
         events = pl.concat([history, slots], how="diagonal_relaxed")
-        time_column = self.spec.data.columns.time
-        if time_column != "timestamp" and time_column in events.columns:
-            events = events.with_columns(pl.col("timestamp").alias(time_column))
+        events = with_time_alias(events, self.spec.data.columns.time)
         for column in self.event_columns:
             if column not in events.columns:
                 events = events.with_columns(pl.lit(None).alias(column))
@@ -443,6 +438,14 @@ def as_history(history: Any, where: str = "history") -> History:
         f"{where}: expected item ids (a list, an array or a Series) or a table with an item_id "
         f"column; got {type(history).__module__}.{kind}"
     )
+
+
+def with_time_alias(events: pl.DataFrame, time_column: str) -> pl.DataFrame:
+    """Events keep their time as ``timestamp``; features may name the user's time column
+    (``data.columns.time``) instead, which then mirrors it (as the training tables do)."""
+    if time_column != "timestamp" and time_column in events.columns:
+        return events.with_columns(pl.col("timestamp").alias(time_column))
+    return events
 
 
 def _history_frame(history: History, time_column: str) -> pl.DataFrame:

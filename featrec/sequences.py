@@ -156,19 +156,9 @@ def build(spec: Spec, tables: Tables) -> Prepared:
             source = train
         encoders[feature.name] = encoder_for(feature).fit(source.get_column(feature.name))
 
-    encoded_events = events.lazy().with_columns(
-        item_vocab.encode(pl.col("item_id")).alias("item"),
-        *_encode(spec, encoders, "event"),
-    )
-    event_columns = [
-        c for f in spec.features_in("event") for c in feature_columns(f.name, encoders[f.name])
-    ]
+    split = pl.col("train_len", "valid_idx", "test_idx").first()
     sequences = (
-        encoded_events.group_by("user_id", maintain_order=True)
-        .agg(
-            pl.col("item", "timestamp", *event_columns),
-            pl.col("train_len", "valid_idx", "test_idx").first(),
-        )
+        sequence_rows(events.lazy(), spec, encoders, item_vocab, "user_id", split)
         .join(
             user_raw.lazy().select("user_id", *_encode(spec, encoders, "user")),
             on="user_id",
@@ -197,29 +187,13 @@ def encode_requests(
     ``request`` and the spec's user columns. The predicted slot comes last in each request
     and is its ``test_idx``; encoders apply exactly as in :func:`build`.
     """
-    event_features = spec.features_in("event")
-    ordered = (
-        events.lazy()
-        .with_row_index("row")
-        .select(
-            "request",
-            "item_id",
-            "timestamp",
-            "slot",
-            "row",
-            *(_raw_value(f, events) for f in event_features),
-        )
-        .sort("request", "slot", "timestamp", "row", nulls_last=False)
-        .with_columns(
-            pl.col(f.name).diff().over("request").clip(lower_bound=0).alias(f"{f.name}.gap_s")
-            for f in event_features
-            if f.type == "time"
-        )
-        .with_columns(
-            item_vocab.encode(pl.col("item_id")).alias("item"), *_encode(spec, encoders, "event")
-        )
-    )
-    event_columns = [c for f in event_features for c in feature_columns(f.name, encoders[f.name])]
+    raw = events.lazy().select(
+        "request", "item_id", "timestamp", "slot",
+        *(_raw_value(f, events) for f in spec.features_in("event")),
+    )  # fmt: skip
+    test_idx = (pl.len() - 1).cast(pl.Int32).alias("test_idx")
+    rows = sequence_rows(order_events(raw, spec, "request"), spec, encoders, item_vocab,
+                         "request", test_idx)  # fmt: skip
     user_features = spec.features_in("user")
     encoded_users = (
         users.lazy()
@@ -227,12 +201,7 @@ def encode_requests(
         .select("request", *_encode(spec, encoders, "user"))
     )
     return (
-        ordered.group_by("request", maintain_order=True)
-        .agg(
-            pl.col("item", "timestamp", *event_columns),
-            (pl.len() - 1).cast(pl.Int32).alias("test_idx"),
-        )
-        .join(encoded_users, on="request", how="left")
+        rows.join(encoded_users, on="request", how="left")
         .with_columns(
             *_fill_missing(spec, encoders, "user"),
             pl.col("request").alias("user_id"),
@@ -316,23 +285,53 @@ def _scope_frame(spec: Spec, tables: Tables, scope: str) -> pl.DataFrame:
     )
 
 
-def order_and_split(events: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
-    """Order each user's events by (timestamp, row order) and add the split columns.
-
-    Adds ``pos`` (0-based position in the user's sequence), ``gap`` (seconds since the
-    previous event; null for the first), ``train_len``, ``valid_idx`` and ``test_idx``.
+def order_events(events: pl.LazyFrame, spec: Spec, key: str) -> pl.LazyFrame:
+    """Raw events (one sequence per ``key``: a user, or a request) in sequence order, the one
+    order training data and requests share: by time, missing times first, ties in the given
+    row order; with a ``slot`` column (requests), the predicted slot last. Adds ``row`` (the
+    given order), ``pos`` (0-based position in the sequence) and, per time feature,
+    ``<name>.gap_s``: seconds since the sequence's previous event (≥ 0; null for the first).
     """
-    ordered = (
+    slot = ["slot"] if "slot" in events.collect_schema().names() else []
+    return (
         events.with_row_index("row")
-        .sort("user_id", "timestamp", "row")
+        .sort(key, *slot, "timestamp", "row", nulls_last=False)
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(key).alias("pos"))
         .with_columns(
-            pl.int_range(pl.len(), dtype=pl.Int32).over("user_id").alias("pos"),
-            pl.len().over("user_id").cast(pl.Int32).alias("n"),
+            pl.col(f.name).diff().over(key).clip(lower_bound=0).alias(f"{f.name}.gap_s")
+            for f in spec.features_in("event")
+            if f.type == "time"
         )
     )
-    time_features = [f for f in spec.features_in("event") if f.type == "time"]
-    ordered = ordered.with_columns(
-        pl.col(f.name).diff().over("user_id").alias(f"{f.name}.gap_s") for f in time_features
+
+
+def sequence_rows(
+    events: pl.LazyFrame,
+    spec: Spec,
+    encoders: dict[str, Encoder],
+    item_vocab: ItemVocab,
+    key: str,
+    *carried: pl.Expr,
+) -> pl.LazyFrame:
+    """Ordered raw events (:func:`order_events`) → one row per ``key``: ``item`` (item ids),
+    ``timestamp`` and each encoded event column as lists, and the ``carried`` aggregates."""
+    event_columns = [
+        c for f in spec.features_in("event") for c in feature_columns(f.name, encoders[f.name])
+    ]
+    return (
+        events.with_columns(
+            item_vocab.encode(pl.col("item_id")).alias("item"), *_encode(spec, encoders, "event")
+        )
+        .group_by(key, maintain_order=True)
+        .agg(pl.col("item", "timestamp", *event_columns), *carried)
+    )
+
+
+def order_and_split(events: pl.LazyFrame, spec: Spec) -> pl.LazyFrame:
+    """Order each user's events (:func:`order_events`) and add the split columns
+    ``train_len``, ``valid_idx`` and ``test_idx``."""
+    ordered = order_events(events, spec, "user_id").with_columns(
+        pl.len().over("user_id").cast(pl.Int32).alias("n")
     )
     evaluated = pl.col("n") >= MIN_EVENTS
     if spec.eval.split == "leave_one_out":
