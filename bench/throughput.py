@@ -89,13 +89,13 @@ def featrec_pass(
             generator,
             spec.train.crop_prob,
         )
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = batch.to(device)
         labels = labels.to(device)
         loss = loss_fn(model, batch, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        useful = batch["item"] != PAD
+        useful = batch.item != PAD
         tokens += int(useful.sum())
         masked += int((labels != -100).sum())
         lengths += useful.sum(1).tolist()

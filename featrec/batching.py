@@ -26,7 +26,46 @@ from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
 
 IGNORE = -100  # label of positions outside the loss (the Hugging Face convention)
-Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """Model input. ``item`` (B, L): item ids, left-padded with PAD, MASK at masked and
+    predicted slots; ``event``: encoded event column (``time.hour``, ``rating``) → (B, L)
+    ids or floats; ``user``: user feature → (B,) ids or floats, or (B, K) id lists. Item
+    features are not here: the model looks them up by item id."""
+
+    item: torch.Tensor
+    event: dict[str, torch.Tensor]
+    user: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device) -> Batch:
+        """Every tensor on ``device`` (no copy where they are already)."""
+
+        def move(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(device, non_blocking=True) for k, v in values.items()}
+
+        return Batch(self.item.to(device, non_blocking=True), move(self.event), move(self.user))
+
+    def column(self, scope: str, name: str) -> torch.Tensor:
+        """An event column or a user feature by its feature scope."""
+        return (self.event if scope == "event" else self.user)[name]
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """Flat, named tensors (``item``, ``event:<column>``, ``user:<feature>``): the inputs
+        of an exported program (featrec.export)."""
+        return (
+            {"item": self.item}
+            | {f"event:{k}": v for k, v in self.event.items()}
+            | {f"user:{k}": v for k, v in self.user.items()}
+        )
+
+    @classmethod
+    def from_named(cls, named: dict[str, torch.Tensor]) -> Batch:
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k.removeprefix(prefix): v for k, v in named.items() if k.startswith(prefix)}
+
+        return cls(named["item"], part("event:"), part("user:"))
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:
@@ -141,29 +180,27 @@ def gather_window(
 ) -> Batch:
     """Events ``[end - max_len, end)`` of each user, right-aligned and left-padded.
 
-    Returns ``item`` (B, L), ``event:<col>`` (B, L) and ``user:<feature>`` (B,) / (B, K).
+    The batch's event columns are (B, L), its user features (B,) / (B, K).
     """
     starts = (ends - max_len).clamp(min=0)
     length = int((ends - starts).max())
     pos = ends[:, None] - length + torch.arange(length)  # (B, L) positions in each sequence
     valid = pos >= starts[:, None]  # (B, L)
     flat = data.offsets[users][:, None] + pos.clamp(min=0)  # (B, L) indices into the flat data
-    batch = {"item": torch.where(valid, data.item[flat], PAD)}
-    for column, values in data.event.items():
-        batch[f"event:{column}"] = torch.where(
-            valid, values[flat], 0.0 if values.is_floating_point() else PAD
-        )
-    for name, values in data.user.items():
-        batch[f"user:{name}"] = values[users]
-    return batch
+    event = {
+        column: torch.where(valid, values[flat], 0.0 if values.is_floating_point() else PAD)
+        for column, values in data.event.items()
+    }
+    user = {name: values[users] for name, values in data.user.items()}
+    return Batch(torch.where(valid, data.item[flat], PAD), event, user)
 
 
 def hide(batch: Batch, mask: torch.Tensor, data: SequenceData) -> None:
     """Apply the leakage rules in place at the positions of ``mask`` (B, L)."""
-    batch["item"] = batch["item"].masked_fill(mask, MASK)
+    batch.item = batch.item.masked_fill(mask, MASK)
     for column in data.hidden_event:
-        key = f"event:{column}"
-        batch[key] = batch[key].masked_fill(mask, 0.0 if column in data.float_event else MASK)
+        hidden = 0.0 if column in data.float_event else MASK
+        batch.event[column] = batch.event[column].masked_fill(mask, hidden)
 
 
 def draw_targets(
@@ -199,12 +236,12 @@ def training_batch(
     batch = gather_window(
         data, users, training_window_ends(data, users, max_len, crop_prob, generator), max_len
     )
-    mask = draw_targets(batch["item"] != PAD, mask_prob, generator)
+    mask = draw_targets(batch.item != PAD, mask_prob, generator)
     # a share of sequences is masked as at inference: only the newest item
     last_only = torch.rand(len(users), generator=generator) < last_item_share
     mask[last_only] = False
     mask[last_only, -1] = True
-    labels = torch.where(mask, batch["item"], IGNORE)
+    labels = torch.where(mask, batch.item, IGNORE)
     hide(batch, mask, data)
     return batch, labels
 
@@ -246,11 +283,11 @@ def next_item_batch(
     """
     ends = training_window_ends(data, users, max_len, crop_prob, generator)
     batch = gather_window(data, users, ends, max_len)
-    valid = batch["item"] != PAD  # (B, L)
+    valid = batch.item != PAD  # (B, L)
     has_history = valid & (valid.cumsum(dim=1) > 1)
     if target_prob < 1.0:
         has_history = draw_targets(has_history, target_prob, generator)
-    return batch, torch.where(has_history, batch["item"], IGNORE)
+    return batch, torch.where(has_history, batch.item, IGNORE)
 
 
 def length_aware_batches(
@@ -284,7 +321,7 @@ def request_batch(
     hidden; its request-known features (time of the request, ...) stay visible.
     """
     batch = gather_window(data, users, targets + 1, max_len)
-    mask = torch.zeros_like(batch["item"], dtype=torch.bool)
+    mask = torch.zeros_like(batch.item, dtype=torch.bool)
     mask[:, -1] = True
     hide(batch, mask, data)
     return batch

@@ -41,10 +41,5 @@ def resolve_device(name: str | torch.device | None, field: str = "train.device")
     return device
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of a batch on ``device`` (a no-op where they are already)."""
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device

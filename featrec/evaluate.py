@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
-from featrec.devices import model_device, to_device
+from featrec.devices import model_device
 from featrec.ids import N_RESERVED
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
@@ -123,7 +123,7 @@ def model_scorer(model, data: SequenceData, max_len: int) -> Callable:
 
     @torch.inference_mode()
     def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        batch = to_device(request_batch(data, users, positions, max_len), device)
+        batch = request_batch(data, users, positions, max_len).to(device)
         hidden = model.last_hidden(batch)  # (B, D): the predicted slot
         return model.score(hidden)
 

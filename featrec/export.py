@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from featrec.batching import request_batch
+from featrec.batching import Batch, request_batch
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.model.bert4rec import BERT4Rec
 from featrec.recommend import Recommender
 
 
 class ScoreLastSlot(nn.Module):
-    """Positional tensors in ``keys`` order → scores of the last position: (B, I)."""
+    """Positional tensors in ``keys`` order (:meth:`Batch.named`) → scores of the last
+    position: (B, I)."""
 
     def __init__(self, model: nn.Module, keys: list[str]) -> None:
         super().__init__()
@@ -35,11 +36,11 @@ class ScoreLastSlot(nn.Module):
         self.keys = keys
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        batch = dict(zip(self.keys, inputs, strict=True))
+        batch = Batch.from_named(dict(zip(self.keys, inputs, strict=True)))
         return self.model.score(self.model.last_hidden(batch))
 
 
-def example_batch(recommender: Recommender) -> dict[str, torch.Tensor]:
+def example_batch(recommender: Recommender) -> Batch:
     """A small batch of real requests (three histories, no user attributes) to trace with."""
     items = recommender.item_vocab.ids
     data, _ = recommender.encode_many([items[:3], items[1:6], items[2:4]], [None] * 3, [None] * 3)
@@ -52,7 +53,7 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
         # one fusion path for every batch size: torch.export would fix the per-item /
         # per-token choice at the example's size and refuse batches on the other side
         recommender.model.fuse_per_item = False
-    batch = example_batch(recommender)
+    batch = example_batch(recommender).named()
     keys = sorted(batch)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
     length_dim = torch.export.Dim("length", min=1, max=recommender.spec.model.max_len)

@@ -28,7 +28,7 @@ import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
 from featrec.datasets import load_tables
-from featrec.devices import resolve_device, to_device
+from featrec.devices import resolve_device
 from featrec.encoders import load_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import SCORE_BATCH
@@ -239,7 +239,7 @@ class Recommender:
         """(len(users), items) scores for the slot at each request's ``test_idx``."""
         targets = data.test_idx[users]
         batch = request_batch(data, users, targets, self.spec.model.max_len)
-        scores = self.model.score(self.model.last_hidden(to_device(batch, self.device)))
+        scores = self.model.score(self.model.last_hidden(batch.to(self.device)))
         if exclude_seen:
             seen = seen_items(data, users, targets, scores.shape[1])
             scores = scores.masked_fill(seen.to(self.device), float("-inf"))

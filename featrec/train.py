@@ -46,7 +46,7 @@ from featrec.batching import (
     request_batch,
     training_batch,
 )
-from featrec.devices import resolve_device, to_device
+from featrec.devices import resolve_device
 from featrec.encoders import save_encoders
 from featrec.errors import FeatrecError
 from featrec.evaluate import (
@@ -146,10 +146,10 @@ class Experiment:
                 self.data, users[start : start + batch_size],
                 positions[start : start + batch_size], self.spec.model.max_len,
             )  # fmt: skip
-            weights = self.model(to_device(batch, self.device)).fusion_weights
+            weights = self.model(batch.to(self.device)).fusion_weights
             if weights is None:
                 return {}
-            valid = (batch["item"] != PAD).to(weights.device)
+            valid = (batch.item != PAD).to(weights.device)
             totals += weights[valid].sum(dim=0).double().cpu()
             count += int(valid.sum())
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
@@ -445,8 +445,8 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
             batch, labels = next_item_batch(
                 data, batch_users, max_len, cfg.next_item_share, generator, cfg.crop_prob
             )
-        tokens += int((batch["item"] != PAD).sum())  # counted on the CPU: no device sync
-        loss = training_loss(model, to_device(batch, device), labels.to(device))
+        tokens += int((batch.item != PAD).sum())  # counted on the CPU: no device sync
+        loss = training_loss(model, batch.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

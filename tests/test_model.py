@@ -13,6 +13,7 @@ from torch import nn
 
 from featrec.batching import (
     IGNORE,
+    Batch,
     next_item_batch,
     request_batch,
     training_batch,
@@ -49,13 +50,13 @@ def test_shapes_with_odd_feature_widths(
     users = torch.arange(exp.data.num_users)
     batch, labels = training_batch(exp.data, users, 7, 0.3, 0.0, torch.Generator().manual_seed(1))
     out = exp.model(batch)
-    assert out.hidden.shape == (*batch["item"].shape, 12)
-    assert labels.shape == batch["item"].shape
+    assert out.hidden.shape == (*batch.item.shape, 12)
+    assert labels.shape == batch.item.shape
     masked = labels != IGNORE
     assert exp.model.score(out.hidden[masked]).shape == (int(masked.sum()), 15)  # 11 items + 4
     if fusion == "gate":
         sources = 8 if user_mode == "add" else 6  # item + 7 features, or without the 2 user ones
-        assert out.fusion_weights.shape == (*batch["item"].shape, sources)
+        assert out.fusion_weights.shape == (*batch.item.shape, sources)
         assert torch.allclose(out.fusion_weights.sum(-1), torch.ones(1))
 
 
@@ -120,7 +121,7 @@ def test_per_item_fusion_trains_as_per_token_fusion(
     exp = experiment(tmp_path, odd_dims, **{"fusion.method": fusion, "fusion.user": user_mode})
     users = torch.arange(exp.data.num_users)
     batch, labels = training_batch(exp.data, users, 7, 0.3, 0.1, torch.Generator().manual_seed(3))
-    assert (batch["item"] == 0).any() and batch["item"].numel() >= exp.model.num_items
+    assert (batch.item == 0).any() and batch.item.numel() >= exp.model.num_items
     results = []
     for per_item in (True, False):
         exp.model.fuse_per_item = per_item
@@ -204,7 +205,7 @@ def test_hidden_features_at_masked_slots_cannot_change_outputs(
     users = torch.arange(exp.data.num_users)
     batch, labels = training_batch(exp.data, users, 7, 0.4, 0.0, torch.Generator().manual_seed(5))
     ends = exp.data.train_len[users]
-    length = batch["item"].shape[1]
+    length = batch.item.shape[1]
     positions = ends[:, None] - length + torch.arange(length)  # sequence position of each slot
     flat = (exp.data.offsets[users][:, None] + positions)[labels != IGNORE]
     hidden_columns = sorted(exp.data.hidden_event)
@@ -222,7 +223,7 @@ def test_the_predicted_slot_hides_item_and_after_features_only(
     users, targets = exp.data.targets("test")
     flat = exp.data.offsets[users] + targets
     batch = request_batch(exp.data, users, targets, 7)
-    assert (batch["item"][:, -1] == MASK).all() and (batch["event:rating"][:, -1] == MASK).all()
+    assert (batch.item[:, -1] == MASK).all() and (batch.event["rating"][:, -1] == MASK).all()
     scores = exp.model.score(exp.model(batch).hidden[:, -1])
     hidden = request_batch(_perturbed(exp, flat, ["rating"]), users, targets, 7)
     assert torch.equal(scores, exp.model.score(exp.model(hidden).hidden[:, -1]))
@@ -332,8 +333,8 @@ def test_several_id_columns_embed_as_the_sum_of_their_tables() -> None:
     from featrec.model.embeddings import ColumnConfig, FeatureConfig, FeatureEmbedding
 
     torch.manual_seed(0)
-    columns = (ColumnConfig("event:t.hour", "ids", 28), ColumnConfig("event:t.weekday", "ids", 11),
-               ColumnConfig("event:t.gap", "ids", 9))  # fmt: skip
+    columns = (ColumnConfig("t.hour", "ids", 28), ColumnConfig("t.weekday", "ids", 11),
+               ColumnConfig("t.gap", "ids", 9))  # fmt: skip
     module = FeatureEmbedding(FeatureConfig("t", "event", columns, 5))
     for part in module.parts:  # every row non-zero but PAD's, so a wrong row would show
         nn.init.normal_(part.weight[1:])
@@ -366,11 +367,11 @@ def test_embedding_mlp_baseline_trains_and_only_looks_back(
     users, targets = exp.data.targets("test")
     batch = request_batch(exp.data, users, targets, 7)
     hidden = exp.model(batch).hidden
-    later = {k: v.clone() for k, v in batch.items()}
-    later["item"][:, -1] = 5  # the predicted slot's item (and anything after) is never read
-    later["event:rating"][:, -1] = 4
+    later = Batch.from_named({k: v.clone() for k, v in batch.named().items()})
+    later.item[:, -1] = 5  # the predicted slot's item (and anything after) is never read
+    later.event["rating"][:, -1] = 4
     assert torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
-    later["item"][:, -2] = 6  # the history is
+    later.item[:, -2] = 6  # the history is
     assert not torch.equal(exp.model(later).hidden[:, -1], hidden[:, -1])
 
 
@@ -380,7 +381,7 @@ def test_next_item_targets_are_a_share_of_the_positions_with_history(
     data = experiment(tmp_path, tiny_spec_body).data
     users, max_len = torch.arange(data.num_users), 7
     batch, every = next_item_batch(data, users, max_len, 1.0, torch.Generator().manual_seed(0))
-    items = batch["item"]
+    items = batch.item
     assert torch.equal(every != IGNORE, (items != PAD) & ((items != PAD).cumsum(dim=1) > 1))
     assert torch.equal(every[every != IGNORE], items[every != IGNORE])  # labels: the items
     chosen = 0

@@ -201,14 +201,14 @@ def test_export_scores_equal_the_eager_model(run: Path, tmp_path: Path) -> None:
         request_batch(experiment.data, users, positions, 7),  # more tokens than items
         request_batch(experiment.data, users[:1], positions[:1], 7),  # fewer, one request
     )
-    assert len(batches[1]["item"].flatten()) >= recommender.model.num_items
-    assert len(batches[2]["item"].flatten()) < recommender.model.num_items
+    assert len(batches[1].item.flatten()) >= recommender.model.num_items
+    assert len(batches[2].item.flatten()) < recommender.model.num_items
     for batch in batches:
-        keys = sorted(batch)
+        keys = sorted(batch.named())
         with torch.no_grad():
             eager = serving.score(serving.last_hidden(batch))
             full = recommender.model.score(recommender.model(batch).hidden[:, -1])
-        exported = program(*[batch[k] for k in keys])
+        exported = program(*[batch.named()[k] for k in keys])
         assert torch.equal(exported, eager)
         # the last-slot-only computation (and the per-item fusion the evaluation takes for
         # large batches) agrees with the full forward up to rounding

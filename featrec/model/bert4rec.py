@@ -86,8 +86,8 @@ class BERT4Rec(nn.Module):
         module = self.features[config.name]
         if config.scope == "item":
             table = getattr(self, f"item_table_{config.name}")
-            return module([table]) if per_item else module([table[batch["item"]]])
-        embedded = module([batch[column.key] for column in config.columns])
+            return module([table]) if per_item else module([table[batch.item]])
+        embedded = module([batch.column(config.scope, c.name) for c in config.columns])
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
     def forward(
@@ -102,7 +102,7 @@ class BERT4Rec(nn.Module):
         false in ``query_valid``: training, where only masked slots are scored). The last
         layer then computes queries, attention output and feed-forward for those slots alone;
         their keys and values still cover every slot, so the results are the same."""
-        items = batch["item"]  # (B, L)
+        items = batch.item  # (B, L)
         batch_size = items.shape[0]
         # item-level sources are functions of the item id: with at least as many tokens as
         # items (training, evaluation) the fusion transforms each item's once and looks the

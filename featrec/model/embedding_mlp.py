@@ -61,7 +61,7 @@ class EmbeddingMLP(nn.Module):
         return self.project[config.name](embedded) if config.name in self.project else embedded
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        items = batch["item"]  # (B, L)
+        items = batch.item  # (B, L)
         tokens = self.item_embedding(items)  # (B, L, D)
         for config in self.item_features:
             table = getattr(self, f"item_table_{config.name}")
@@ -73,10 +73,10 @@ class EmbeddingMLP(nn.Module):
         parts = [summed / counts.clamp(min=1)]
         length = items.shape[1]
         for config in self.user_features:
-            user = self._feature(config, [batch[c.key] for c in config.columns])  # (B, D)
+            user = self._feature(config, [batch.user[c.name] for c in config.columns])  # (B, D)
             parts.append(user.unsqueeze(1).expand(-1, length, -1))
         for config in self.context_features:
-            parts.append(self._feature(config, [batch[c.key] for c in config.columns]))
+            parts.append(self._feature(config, [batch.event[c.name] for c in config.columns]))
         return EncoderOutput(hidden=self.mlp(torch.cat(parts, dim=-1)), fusion_weights=None)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:

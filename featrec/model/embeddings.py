@@ -21,10 +21,10 @@ ColumnKind = Literal["ids", "list", "float"]
 
 @dataclass(frozen=True)
 class ColumnConfig:
-    """One encoded column: ``key`` names it in the batch (``event:time.hour``, ``user:age``)
-    or, for item features, in the model's item tables."""
+    """One encoded column: ``name`` names it in the batch's ``event`` or ``user`` columns
+    (``time.hour``, ``age``) or, for item features, in the model's item tables."""
 
-    key: str
+    name: str
     kind: ColumnKind
     cardinality: int  # 0 for float columns
 
@@ -42,17 +42,16 @@ def feature_configs(spec: Spec, encoders: dict[str, Encoder]) -> list[FeatureCon
     configs = []
     for feature in sorted(spec.features, key=lambda f: f.name):
         encoder = encoders[feature.name]
-        prefix = {"item": "", "user": "user:", "event": "event:"}[feature.scope]
         if isinstance(encoder, TimeEncoder):
             columns = tuple(
-                ColumnConfig(f"{prefix}{feature.name}.{part}", "ids", size)
+                ColumnConfig(f"{feature.name}.{part}", "ids", size)
                 for part, size in encoder.cardinalities.items()
             )
         elif isinstance(encoder, StandardEncoder):
-            columns = (ColumnConfig(prefix + feature.name, "float", 0),)
+            columns = (ColumnConfig(feature.name, "float", 0),)
         else:
             kind: ColumnKind = "list" if isinstance(encoder, MultiCategoricalEncoder) else "ids"
-            columns = (ColumnConfig(prefix + feature.name, kind, encoder.cardinality),)
+            columns = (ColumnConfig(feature.name, kind, encoder.cardinality),)
         dim = feature.dim or spec.model.dim
         configs.append(FeatureConfig(feature.name, feature.scope, columns, dim))
     return configs
