@@ -21,11 +21,9 @@ import polars as pl
 import torch
 
 from featrec.encoders import StandardEncoder
-from featrec.ids import MASK, PAD
+from featrec.ids import IGNORE, MASK, PAD
 from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
-
-IGNORE = -100  # label of positions outside the loss (the Hugging Face convention)
 
 
 @dataclass

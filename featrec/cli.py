@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -394,5 +395,19 @@ def describe_stats(name: str, stats: dict) -> str:
     return "\n".join(lines)
 
 
+def console() -> None:
+    """The ``featrec`` command and ``python -m featrec``: :func:`main`, then an exit that
+    skips the interpreter's teardown. Unloading torch and torchmetrics module by module
+    takes 0.5-0.8 s of a command's wall-clock time and does nothing a finished command
+    needs: output is flushed and the logging handlers are closed first, and nothing featrec
+    opens is left to close (checkpoints, trackers and files are closed where they are
+    written)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -22,7 +22,6 @@ from torch import nn
 
 from featrec.batching import Batch, request_batch
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
-from featrec.model.bert4rec import BERT4Rec
 from featrec.recommend import Recommender
 
 
@@ -49,10 +48,7 @@ def example_batch(recommender: Recommender) -> Batch:
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
     recommender = Recommender(run_dir, device="cpu")  # traced on the CPU; load it anywhere
-    if isinstance(recommender.model, BERT4Rec):
-        # one fusion path for every batch size: torch.export would fix the per-item /
-        # per-token choice at the example's size and refuse batches on the other side
-        recommender.model.fuse_per_item = False
+    recommender.model.prepare_export()  # one code path for every batch size
     batch = example_batch(recommender).named()
     keys = sorted(batch)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)

@@ -11,3 +11,4 @@ from the encoders, so they need neither polars nor the encoders.
 
 PAD, MASK, OOV, MISSING = 0, 1, 2, 3
 N_RESERVED = 4
+IGNORE = -100  # label of positions outside the loss (the Hugging Face convention)

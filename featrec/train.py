@@ -33,18 +33,14 @@ from typing import Any
 
 import polars as pl
 import torch
-import torch.nn.functional as F
 import yaml
 
 from featrec.atomic import write_file, write_text
 from featrec.batching import (
-    IGNORE,
     SequenceData,
     item_tables,
     length_aware_batches,
-    next_item_batch,
     request_batch,
-    training_batch,
 )
 from featrec.devices import resolve_device
 from featrec.encoders import save_encoders
@@ -58,9 +54,7 @@ from featrec.evaluate import (
 )
 from featrec.ids import PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
-from featrec.model import build_model, feature_configs
-from featrec.model.bert4rec import BERT4Rec
-from featrec.model.fusion import ConcatFusion
+from featrec.model import RecModel, build_model, feature_configs
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 from featrec.tracking import make_trackers
@@ -76,7 +70,7 @@ class Experiment:
     spec: Spec
     prepared: Prepared
     data: SequenceData
-    model: torch.nn.Module  # BERT4Rec, or the Embedding&MLP baseline
+    model: RecModel  # BERT4Rec, or the Embedding&MLP baseline
 
     @classmethod
     def from_spec(
@@ -131,13 +125,14 @@ class Experiment:
     def fusion_weights(
         self, split: str = "valid", batch_size: int = SCORE_BATCH
     ) -> dict[str, float]:
-        """Mean learned weight per fusion source (gate: over the tokens of ``split``)."""
-        fusion = getattr(self.model, "fusion", None)
-        if fusion is None:  # the Embedding&MLP baseline concatenates without learned weights
+        """Mean learned weight per fusion source: input-independent ones as they are
+        (concat), per-token ones averaged over the tokens of ``split`` (gate); none: {}."""
+        static = self.model.static_fusion_weights()
+        if static is not None:
+            return static
+        names = self.model.fusion_sources()
+        if not names:
             return {}
-        if isinstance(fusion, ConcatFusion):
-            return fusion.source_weights()
-        names = ["item", *(f.name for f in self.model.token_features)]
         users, positions = self.data.targets(split)
         totals, count = torch.zeros(len(names), dtype=torch.float64), 0
         self.model.eval()
@@ -146,34 +141,11 @@ class Experiment:
                 self.data, users[start : start + batch_size],
                 positions[start : start + batch_size], self.spec.model.max_len,
             )  # fmt: skip
-            weights = self.model(batch.to(self.device)).fusion_weights
-            if weights is None:
-                return {}
+            weights = self.model(batch.to(self.device)).fusion_weights  # (B, L, S)
             valid = (batch.item != PAD).to(weights.device)
             totals += weights[valid].sum(dim=0).double().cpu()
             count += int(valid.sum())
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
-
-
-def masked_item_loss(
-    model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Cross-entropy over all items, at the labelled positions only (masked, or next-item)."""
-    masked = labels != IGNORE  # (B, L)
-    logits = model.score(hidden[masked])  # (N, I)
-    return F.cross_entropy(logits, labels[masked])
-
-
-def training_loss(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor
-) -> torch.Tensor:
-    """The training objective on one batch. BERT4Rec computes its last layer for the
-    labelled (masked) slots only: the same loss as scoring ``model(batch).hidden``."""
-    if isinstance(model, BERT4Rec):
-        labelled = labels != IGNORE  # (B, L)
-        out = model(batch, query=labelled)
-        return F.cross_entropy(model.score(out.hidden[out.query_valid]), labels[labelled])
-    return masked_item_loss(model, model(batch).hidden, labels)
 
 
 def _optimizer(model: torch.nn.Module, spec: Spec) -> torch.optim.Optimizer:
@@ -243,10 +215,8 @@ class Training:
     @classmethod
     def start(cls, experiment: Experiment, run_dir: Path) -> Training:
         model, data, cfg = experiment.model, experiment.data, experiment.spec.train
-        # a user needs a training event to mask (Cloze), two to have a next item to predict:
-        # a batch without any target would make the loss NaN
-        fewest = 2 if model.objective == "next_item" else 1
-        trainable = torch.nonzero(data.train_len >= fewest).squeeze(1)
+        # a batch of users without a training target would make the loss NaN
+        trainable = torch.nonzero(data.train_len >= model.min_train_events).squeeze(1)
         steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
         optimizer = _optimizer(model, experiment.spec)
         scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
@@ -431,22 +401,9 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
     tokens, started = 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
     for batch_users in bar:
-        if model.objective == "cloze":
-            batch, labels = training_batch(
-                data,
-                batch_users,
-                max_len,
-                cfg.mask_prob,
-                cfg.last_item_share,
-                generator,
-                cfg.crop_prob,
-            )
-        else:
-            batch, labels = next_item_batch(
-                data, batch_users, max_len, cfg.next_item_share, generator, cfg.crop_prob
-            )
+        batch, labels = model.training_batch(data, batch_users, experiment.spec, generator)
         tokens += int((batch.item != PAD).sum())  # counted on the CPU: no device sync
-        loss = training_loss(model, batch.to(device), labels.to(device))
+        loss = model.loss(batch.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -163,3 +163,17 @@ def test_ablate_variant_names_may_start_with_a_dash(argv: list[str], chosen: lis
     # the spec may also follow the names
     later = _parser().parse_args(_variant_values(["ablate", *argv, "later.yml"]))
     assert later.spec == "later.yml" and later.variants == chosen
+
+
+def test_python_dash_m_featrec_runs_the_command_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = ROOT / "feature_specs" / "ml-100k.yaml"
+    ok = subprocess.run([sys.executable, "-m", "featrec", "validate", str(spec)],
+                        capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0 and "OK" in ok.stdout and ok.stderr == ""
+    bad = subprocess.run([sys.executable, "-m", "featrec", "evaluate", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().count("\n") == 0 and "not a run directory" in bad.stderr

@@ -20,9 +20,11 @@ from featrec.batching import (
     training_window_ends,
 )
 from featrec.encoders import MASK, PAD
+from featrec.model import MODEL_KINDS
 from featrec.model.bert4rec import EncoderLayer
+from featrec.model.protocol import full_softmax_loss
 from featrec.spec import load_spec
-from featrec.train import Experiment, masked_item_loss, train, training_loss
+from featrec.train import Experiment, train
 from tests.conftest import write_spec
 
 FUSIONS = ["sum", "concat", "gate"]
@@ -103,8 +105,8 @@ def test_training_scores_masked_slots_as_the_full_forward_does(
         assert out.hidden.shape == (len(users), int(masked.sum(1).max()), 12)
         torch.testing.assert_close(out.hidden[out.query_valid], full[masked], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(
-            training_loss(exp.model, batch, labels),
-            masked_item_loss(exp.model, full, labels),
+            exp.model.loss(batch, labels),
+            full_softmax_loss(exp.model, full, labels),
             rtol=1e-5,
             atol=1e-6,
         )
@@ -127,7 +129,7 @@ def test_per_item_fusion_trains_as_per_token_fusion(
         exp.model.fuse_per_item = per_item
         exp.model.zero_grad()
         torch.manual_seed(0)
-        loss = training_loss(exp.model, batch, labels)
+        loss = exp.model.loss(batch, labels)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in exp.model.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))
@@ -173,7 +175,7 @@ def test_training_step_lowers_the_loss(tmp_path: Path, tiny_spec_body: dict) -> 
     optimizer = torch.optim.Adam(exp.model.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        loss = masked_item_loss(exp.model, exp.model(batch).hidden, labels)
+        loss = full_softmax_loss(exp.model, exp.model(batch).hidden, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -475,3 +477,19 @@ def test_encoder_layer_computes_what_torchs_layer_computes() -> None:
         expected = reference(x, src_key_padding_mask=padding)
         got = ours(x, ~padding[:, None, None, :])
     torch.testing.assert_close(got[~padding], expected[~padding], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
+def test_every_kind_scores_given_items_as_it_scores_all(
+    tmp_path: Path, odd_dims: dict, kind: str
+) -> None:
+    exp = experiment(tmp_path, odd_dims, **{"model.kind": kind})
+    assert isinstance(exp.model, MODEL_KINDS[kind])
+    hidden = torch.randn(5, 12)
+    with torch.no_grad():
+        every = exp.model.score(hidden)  # (5, I)
+        shared = torch.tensor([4, 7, 9])
+        torch.testing.assert_close(exp.model.score(hidden, shared), every[:, shared])
+        per_row = torch.randint(4, exp.model.num_items, (5, 3))
+        torch.testing.assert_close(exp.model.score(hidden, per_row), every.gather(1, per_row))
+    assert torch.isinf(every[:, :4]).all()  # reserved ids are never candidates

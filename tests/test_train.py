@@ -319,16 +319,16 @@ def test_next_item_share_reaches_the_baselines_training_only(
 ) -> None:
     """Embedding&MLP trains on every position unless train.next_item_share says less; the
     share is not BERT4Rec's mask_prob."""
-    import featrec.train
+    import featrec.model.embedding_mlp as embedding_mlp
 
     shares = []
-    real = featrec.train.next_item_batch
+    real = embedding_mlp.next_item_batch
 
     def recording(data, users, max_len, target_prob, *args):
         shares.append(target_prob)
         return real(data, users, max_len, target_prob, *args)
 
-    monkeypatch.setattr(featrec.train, "next_item_batch", recording)
+    monkeypatch.setattr(embedding_mlp, "next_item_batch", recording)
     for share in (None, 0.5):
         overrides = ["model.kind=embedding_mlp", "train.epochs=1", "train.mask_prob=0.3"]
         overrides += [f"train.next_item_share={share}"] if share else []

@@ -1,13 +1,36 @@
-"""BERT4Rec with fused side features: per-feature embeddings, fusion, the encoder."""
+"""The models: per-feature embeddings, fusion, encoders, one protocol (docs/design.md §9).
 
-from featrec.model.bert4rec import BERT4Rec, EncoderOutput, build_model
+``MODEL_KINDS`` maps ``model.kind`` to its class; :func:`build_model` is the only place
+that chooses one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featrec.model.bert4rec import BERT4Rec, EncoderOutput
+from featrec.model.embedding_mlp import EmbeddingMLP
 from featrec.model.embeddings import ColumnConfig, FeatureConfig, feature_configs
+from featrec.model.protocol import RecModel
+
+MODEL_KINDS: dict[str, type[RecModel]] = {"bert4rec": BERT4Rec, "embedding_mlp": EmbeddingMLP}
+
+
+def build_model(
+    spec, num_items: int, features: list[FeatureConfig], item_tables: dict[str, torch.Tensor]
+) -> RecModel:
+    """The model a (resolved) spec asks for; behavior-only specs give one without features."""
+    return MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
+
 
 __all__ = [
+    "MODEL_KINDS",
     "BERT4Rec",
     "ColumnConfig",
+    "EmbeddingMLP",
     "EncoderOutput",
     "FeatureConfig",
+    "RecModel",
     "build_model",
     "feature_configs",
 ]

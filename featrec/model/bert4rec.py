@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.ids import N_RESERVED, PAD
+from featrec.batching import Batch, SequenceData, training_batch
+from featrec.ids import IGNORE, PAD
 from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
-from featrec.model.fusion import FUSIONS
-from featrec.spec import FusionSpec, ModelSpec
+from featrec.model.fusion import FUSIONS, ConcatFusion, GateFusion
+from featrec.model.protocol import RecModel
+from featrec.spec import FusionSpec, ModelSpec, Spec
 
 
 @dataclass
@@ -29,8 +31,10 @@ class EncoderOutput:
     query_valid: torch.Tensor | None = None  # (B, M) bool: which of the M rows are real slots
 
 
-class BERT4Rec(nn.Module):
-    objective = "cloze"
+class BERT4Rec(RecModel):
+    """Bidirectional transformer trained with the Cloze task (masked items)."""
+
+    min_train_events = 1  # one training event to mask
 
     def __init__(
         self,
@@ -74,9 +78,42 @@ class BERT4Rec(nn.Module):
             for layer in self.layers:
                 layer.reset_parameters()
 
-    @property
-    def num_items(self) -> int:
-        return self.item_embedding.num_embeddings
+    @classmethod
+    def from_spec(
+        cls, spec: Spec, num_items: int, features: list[FeatureConfig], item_tables: dict
+    ) -> BERT4Rec:
+        return cls(spec.model, spec.fusion, num_items, features, item_tables)
+
+    def training_batch(
+        self, data: SequenceData, users: torch.Tensor, spec: Spec, generator: torch.Generator
+    ) -> tuple[Batch, torch.Tensor]:
+        t = spec.train
+        return training_batch(
+            data, users, spec.model.max_len, t.mask_prob, t.last_item_share, generator,
+            t.crop_prob,
+        )  # fmt: skip
+
+    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over all items at the masked slots; the last layer runs for those
+        slots only (the same loss as scoring ``self(batch).hidden`` there)."""
+        labelled = labels != IGNORE  # (B, L)
+        out = self(batch, query=labelled)
+        return F.cross_entropy(self.score(out.hidden[out.query_valid]), labels[labelled])
+
+    def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)  # output transform (dense, GELU, LayerNorm), as BERT's
+
+    def fusion_sources(self) -> list[str]:
+        if not isinstance(self.fusion, GateFusion):
+            return []
+        return ["item", *(f.name for f in self.token_features)]
+
+    def static_fusion_weights(self) -> dict[str, float] | None:
+        return self.fusion.source_weights() if isinstance(self.fusion, ConcatFusion) else None
+
+    def prepare_export(self) -> None:
+        # torch.export would fix the per-item / per-token fusion choice at the example's size
+        self.fuse_per_item = False
 
     def _embed(
         self, config: FeatureConfig, batch: dict[str, torch.Tensor], per_item: bool = False
@@ -152,12 +189,6 @@ class BERT4Rec(nn.Module):
             else embedded
         )
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, D) hidden states → (N, I) scores; reserved ids can never be recommended."""
-        logits = self.head(hidden) @ self.item_embedding.weight.T + self.output_bias
-        logits[:, :N_RESERVED] = float("-inf")
-        return logits
-
 
 class EncoderLayer(nn.Module):
     """Post-LN transformer layer (as BERT) on torch's fused scaled-dot-product attention."""
@@ -218,17 +249,3 @@ def _init_weights(module: nn.Module) -> None:
             module.weight.data[module.padding_idx].zero_()
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-def build_model(
-    spec, num_items: int, features: list[FeatureConfig], item_tables: dict
-) -> nn.Module:
-    """The model a (resolved) spec asks for; behavior-only specs give one without features."""
-    if spec.model.kind == "embedding_mlp":
-        from featrec.model.embedding_mlp import EmbeddingMLP
-
-        request_known = frozenset(
-            f.name for f in spec.features if f.scope == "event" and not f.hidden_at_target
-        )
-        return EmbeddingMLP(spec.model, num_items, features, item_tables, request_known)
-    return BERT4Rec(spec.model, spec.fusion, num_items, features, item_tables)

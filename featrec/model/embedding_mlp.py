@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.ids import MASK, N_RESERVED, PAD
+from featrec.batching import Batch, SequenceData, next_item_batch
+from featrec.ids import MASK, PAD
 from featrec.model.bert4rec import EncoderOutput, _init_weights
 from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
-from featrec.spec import ModelSpec
+from featrec.model.protocol import RecModel, full_softmax_loss
+from featrec.spec import ModelSpec, Spec
 
 
-class EmbeddingMLP(nn.Module):
-    objective = "next_item"
+class EmbeddingMLP(RecModel):
+    min_train_events = 2  # a next item after at least one event
 
     def __init__(
         self,
@@ -52,9 +54,26 @@ class EmbeddingMLP(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         self.apply(_init_weights)
 
-    @property
-    def num_items(self) -> int:
-        return self.item_embedding.num_embeddings
+    @classmethod
+    def from_spec(
+        cls, spec: Spec, num_items: int, features: list[FeatureConfig], item_tables: dict
+    ) -> EmbeddingMLP:
+        request_known = frozenset(
+            f.name for f in spec.features if f.scope == "event" and not f.hidden_at_target
+        )
+        return cls(spec.model, num_items, features, item_tables, request_known)
+
+    def training_batch(
+        self, data: SequenceData, users: torch.Tensor, spec: Spec, generator: torch.Generator
+    ) -> tuple[Batch, torch.Tensor]:
+        t = spec.train
+        return next_item_batch(
+            data, users, spec.model.max_len, t.next_item_share, generator, t.crop_prob
+        )
+
+    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over all items at every labelled (next-item) position."""
+        return full_softmax_loss(self, self(batch).hidden, labels)
 
     def _feature(self, config: FeatureConfig, values: list[torch.Tensor]) -> torch.Tensor:
         embedded = self.features[config.name](values)
@@ -78,12 +97,6 @@ class EmbeddingMLP(nn.Module):
         for config in self.context_features:
             parts.append(self._feature(config, [batch.event[c.name] for c in config.columns]))
         return EncoderOutput(hidden=self.mlp(torch.cat(parts, dim=-1)), fusion_weights=None)
-
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, D) → (N, I), tied to the item embeddings; reserved ids never recommended."""
-        logits = hidden @ self.item_embedding.weight.T + self.output_bias
-        logits[:, :N_RESERVED] = float("-inf")
-        return logits
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""

@@ -1,0 +1,106 @@
+"""The model protocol: what every ``model.kind`` gives training, evaluation, serving and
+export, so that none of them asks which model it holds (docs/design.md §9).
+
+Shape letters: B batch, L window length, D model dim, N scored positions, I items, C
+candidate items.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featrec.ids import IGNORE, N_RESERVED
+
+if TYPE_CHECKING:
+    from featrec.batching import Batch, SequenceData
+    from featrec.model.embeddings import FeatureConfig
+    from featrec.spec import Spec
+
+
+class RecModel(nn.Module):
+    """A sequential recommender: from encoded histories to item scores.
+
+    Subclasses set ``min_train_events`` and implement ``from_spec``, ``training_batch``,
+    ``loss``, ``forward`` (an :class:`~featrec.model.bert4rec.EncoderOutput`),
+    ``last_hidden`` and, where hidden states are transformed before scoring, ``item_query``;
+    they own ``item_embedding`` and ``output_bias``.
+    """
+
+    # training events a user needs for one training target (a masked item: 1; a next item
+    # after a history: 2); users with fewer are left out of training batches
+    min_train_events: ClassVar[int] = 1
+    item_embedding: nn.Embedding
+    output_bias: nn.Parameter
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: Spec,
+        num_items: int,
+        features: list[FeatureConfig],
+        item_tables: dict[str, torch.Tensor],
+    ) -> RecModel:
+        raise NotImplementedError
+
+    @property
+    def num_items(self) -> int:
+        return self.item_embedding.num_embeddings
+
+    def training_batch(
+        self,
+        data: SequenceData,
+        users: torch.Tensor,
+        spec: Spec,
+        generator: torch.Generator,
+    ) -> tuple[Batch, torch.Tensor]:
+        """Inputs and labels (B, L) of one training step for ``users`` (IGNORE outside the
+        loss); drawn on the CPU from ``generator``."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (on the model's device)."""
+        raise NotImplementedError
+
+    def last_hidden(self, batch: Batch) -> torch.Tensor:
+        """(B, D) hidden state of each window's newest slot: the slot inference predicts."""
+        raise NotImplementedError
+
+    def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, D) hidden states → (N, D) vectors compared with the item embeddings."""
+        return hidden
+
+    def score(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, D) hidden states → scores of every item (N, I), reserved ids at -inf; or, with
+        ``items`` (C,) or (N, C) item ids, of those items only (N, C)."""
+        out = self.item_query(hidden)  # (N, D)
+        if items is None:
+            logits = out @ self.item_embedding.weight.T + self.output_bias  # (N, I)
+            logits[:, :N_RESERVED] = float("-inf")
+            return logits
+        weights, bias = self.item_embedding(items), self.output_bias[items]  # (.., C, D), (.., C)
+        if items.dim() == 1:
+            return out @ weights.T + bias  # (N, C)
+        return torch.einsum("nd,ncd->nc", out, weights) + bias  # (N, C)
+
+    def fusion_sources(self) -> list[str]:
+        """Names of the sources whose learned per-token weights ``forward`` returns (gate
+        fusion); empty when it returns none."""
+        return []
+
+    def static_fusion_weights(self) -> dict[str, float] | None:
+        """Per-source weights that do not depend on the input (concat fusion), or None."""
+        return None
+
+    def prepare_export(self) -> None:
+        """Make ``forward`` take one code path at every batch size (torch.export fixes
+        data-dependent branches at the example's size)."""
+
+
+def full_softmax_loss(model: RecModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over all items at the labelled positions of (B, L, D) ``hidden``."""
+    labelled = labels != IGNORE  # (B, L)
+    return F.cross_entropy(model.score(hidden[labelled]), labels[labelled])
