@@ -85,3 +85,15 @@ def test_a_run_evaluates_the_same_on_cuda_and_on_the_cpu(trained_run: Path) -> N
     on_cpu = evaluate_run(trained_run, "valid", device="cpu")["metrics"]
     on_cuda = evaluate_run(trained_run, "valid", device="cuda")["metrics"]
     assert on_cuda == pytest.approx(on_cpu, abs=1e-6)
+
+
+def test_a_bad_device_on_the_command_line_is_one_line_and_exit_2(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featrec.cli import main
+
+    assert main(["-q", "evaluate", str(trained_run), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "featrec: error: device: expected auto, cpu, cuda or cuda:N; got 'gpu'"
+    assert main(["-q", "recommend", str(trained_run), "--user", "u4", "--device", "tpu"]) == 2
+    assert "device: expected auto, cpu, cuda or cuda:N; got 'tpu'" in capsys.readouterr().err
