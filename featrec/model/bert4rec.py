@@ -18,7 +18,7 @@ from torch import nn
 
 from featrec.batching import Batch, SequenceData, training_batch
 from featrec.ids import IGNORE, PAD
-from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
+from featrec.model.embeddings import FeatureConfig
 from featrec.model.fusion import FUSIONS, ConcatFusion, GateFusion
 from featrec.model.protocol import RecModel
 from featrec.spec import FusionSpec, ModelSpec, Spec
@@ -47,15 +47,13 @@ class BERT4Rec(RecModel):
         super().__init__()
         dim = model.dim
         self.user_token = fusion.user == "token" and any(f.scope == "user" for f in features)
-        self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
         self.token_features = [f for f in features if not (self.user_token and f.scope == "user")]
         self.user_features = [f for f in features if self.user_token and f.scope == "user"]
         # fuse the item-level sources once per item when a batch has at least as many
         # tokens as there are items (see forward); export turns it off for one path at
         # every batch size
         self.fuse_per_item = any(f.scope == "item" for f in features)
-        for name, table in item_tables.items():
-            self.register_buffer(f"item_table_{name}", table)
+        self.add_feature_inputs(features, item_tables)
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
         self.position_embedding = nn.Embedding(model.max_len + 1, dim)  # +1: the user token
         dims = {"item": dim} | {f.name: f.dim for f in self.token_features}
@@ -115,21 +113,14 @@ class BERT4Rec(RecModel):
         # torch.export would fix the per-item / per-token fusion choice at the example's size
         self.fuse_per_item = False
 
-    def _embed(
-        self, config: FeatureConfig, batch: dict[str, torch.Tensor], per_item: bool = False
-    ) -> torch.Tensor:
-        """One feature's embeddings: item (B, L, D_f), or (I, D_f) one row per item id with
-        ``per_item``; user (B, 1, D_f); event (B, L, D_f)."""
-        module = self.features[config.name]
-        if config.scope == "item":
-            table = getattr(self, f"item_table_{config.name}")
-            return module([table]) if per_item else module([table[batch.item]])
-        embedded = module([batch.column(config.scope, c.name) for c in config.columns])
+    def _embed(self, config: FeatureConfig, batch: Batch, per_item: bool = False) -> torch.Tensor:
+        """:meth:`embed_feature`, user features as (B, 1, D_f): broadcast over the tokens."""
+        embedded = self.embed_feature(config, batch, per_item)
         return embedded.unsqueeze(1) if config.scope == "user" else embedded
 
     def forward(
         self,
-        batch: dict[str, torch.Tensor],
+        batch: Batch,
         last_only: bool = False,
         query: torch.Tensor | None = None,
     ) -> EncoderOutput:
@@ -177,11 +168,11 @@ class BERT4Rec(RecModel):
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
 
-    def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
         return self(batch, last_only=True).hidden[:, -1]
 
-    def _user_vector(self, config: FeatureConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _user_vector(self, config: FeatureConfig, batch: Batch) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
         return (
             self.user_projection[config.name](embedded)

@@ -20,7 +20,7 @@ from torch import nn
 from featrec.batching import Batch, SequenceData, next_item_batch
 from featrec.ids import MASK, PAD
 from featrec.model.bert4rec import EncoderOutput, _init_weights
-from featrec.model.embeddings import FeatureConfig, FeatureEmbedding
+from featrec.model.embeddings import FeatureConfig
 from featrec.model.protocol import RecModel, full_softmax_loss
 from featrec.spec import ModelSpec, Spec
 
@@ -42,10 +42,8 @@ class EmbeddingMLP(RecModel):
         self.user_features = [f for f in features if f.scope == "user"]
         self.context_features = [f for f in features if f.name in request_known]
         used = self.item_features + self.user_features + self.context_features
-        self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in used})
+        self.add_feature_inputs(used, item_tables)
         self.project = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in used if f.dim != dim})
-        for name, table in item_tables.items():
-            self.register_buffer(f"item_table_{name}", table)
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
         width = dim * (1 + len(self.user_features) + len(self.context_features))
         self.mlp = nn.Sequential(
@@ -75,16 +73,16 @@ class EmbeddingMLP(RecModel):
         """Cross-entropy over all items at every labelled (next-item) position."""
         return full_softmax_loss(self, self(batch).hidden, labels)
 
-    def _feature(self, config: FeatureConfig, values: list[torch.Tensor]) -> torch.Tensor:
-        embedded = self.features[config.name](values)
+    def _feature(self, config: FeatureConfig, batch: Batch, per_item: bool = False) -> torch.Tensor:
+        """:meth:`embed_feature`, projected to the model's width."""
+        embedded = self.embed_feature(config, batch, per_item)
         return self.project[config.name](embedded) if config.name in self.project else embedded
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+    def forward(self, batch: Batch) -> EncoderOutput:
         items = batch.item  # (B, L)
         tokens = self.item_embedding(items)  # (B, L, D)
         for config in self.item_features:
-            table = getattr(self, f"item_table_{config.name}")
-            tokens = tokens + self._feature(config, [table])[items]  # (I, D) looked up
+            tokens = tokens + self._feature(config, batch, per_item=True)[items]  # (I, D) looked up
         known = ((items != PAD) & (items != MASK)).unsqueeze(-1)  # (B, L, 1)
         # mean of the items strictly before each position: cumulative sums shifted by one
         summed = F.pad(torch.cumsum(tokens * known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, D)
@@ -92,12 +90,12 @@ class EmbeddingMLP(RecModel):
         parts = [summed / counts.clamp(min=1)]
         length = items.shape[1]
         for config in self.user_features:
-            user = self._feature(config, [batch.user[c.name] for c in config.columns])  # (B, D)
+            user = self._feature(config, batch)  # (B, D)
             parts.append(user.unsqueeze(1).expand(-1, length, -1))
         for config in self.context_features:
-            parts.append(self._feature(config, [batch.event[c.name] for c in config.columns]))
+            parts.append(self._feature(config, batch))  # (B, L, D)
         return EncoderOutput(hidden=self.mlp(torch.cat(parts, dim=-1)), fusion_weights=None)
 
-    def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
         return self(batch).hidden[:, -1]

@@ -86,6 +86,31 @@ class RecModel(nn.Module):
             return out @ weights.T + bias  # (N, C)
         return torch.einsum("nd,ncd->nc", out, weights) + bias  # (N, C)
 
+    # -- the feature inputs every kind shares ----------------------------------------------
+
+    def add_feature_inputs(
+        self, features: list[FeatureConfig], item_tables: dict[str, torch.Tensor]
+    ) -> None:
+        """One embedding module per feature (``self.features``, by name) and the item
+        features by item id as buffers (``item_table_<name>``: (I,) or (I, K)), so the
+        ``[MASK]`` item brings the MASK row of every item feature."""
+        from featrec.model.embeddings import FeatureEmbedding
+
+        self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
+        for name, table in item_tables.items():
+            self.register_buffer(f"item_table_{name}", table)
+
+    def embed_feature(
+        self, config: FeatureConfig, batch: Batch, per_item: bool = False
+    ) -> torch.Tensor:
+        """One feature's embeddings: item (B, L, D_f), or with ``per_item`` (I, D_f), one
+        row per item id; user (B, D_f); event (B, L, D_f)."""
+        module = self.features[config.name]
+        if config.scope == "item":
+            table = getattr(self, f"item_table_{config.name}")
+            return module([table]) if per_item else module([table[batch.item]])
+        return module([batch.column(config.scope, c.name) for c in config.columns])
+
     def fusion_sources(self) -> list[str]:
         """Names of the sources whose learned per-token weights ``forward`` returns (gate
         fusion); empty when it returns none."""
