@@ -159,6 +159,13 @@ def main() -> None:
         help="also time the full model with its item-level sources embedded and fused per "
         "token (the serving path), beside the per-item path that training uses",
     )
+    parser.add_argument(
+        "--fusions",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="also time the full model under these fusion.method values (e.g. nova difsr)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = [f"train.device={args.device}"]
@@ -167,6 +174,9 @@ def main() -> None:
     spec = load_spec(args.spec, overrides)
     prepared, _ = prepare(spec)
     variants = {"featrec full": spec, "featrec behavior-only": spec.behavior_only()}
+    for method in args.fusions:  # the same data and features, entering elsewhere
+        fusion = spec.fusion.model_copy(update={"method": method})
+        variants[f"featrec full {method}"] = spec.model_copy(update={"fusion": fusion})
 
     def bf16_loss(model, batch, labels):
         with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -180,8 +180,13 @@ class DataSpec(_Frozen):
 
 
 class FusionSpec(_Frozen):
-    method: Literal["sum", "concat", "gate"] = Field(
-        "sum", description="How feature embeddings join the item embedding."
+    method: Literal["sum", "concat", "gate", "nova", "difsr"] = Field(
+        "sum",
+        description="Where feature embeddings enter. Token level: sum, concat or gate them "
+        "with the item embedding into each token. Attention level (values carry the item "
+        "embedding alone): nova adds their sum to the queries and keys of every layer "
+        "(NOVA-BERT); difsr gives each feature its own attention score map, summed with the "
+        "item's (DIF-SR's decoupled attention).",
     )
     user: Literal["add", "token"] = Field(
         "add", description="User features: added to every token, or one prepended user token."

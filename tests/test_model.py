@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featrec.batching import (
@@ -27,7 +28,7 @@ from featrec.spec import load_spec
 from featrec.train import Experiment, train
 from tests.conftest import write_spec
 
-FUSIONS = ["sum", "concat", "gate"]
+FUSIONS = ["sum", "concat", "gate", "nova", "difsr"]
 
 
 def experiment(tmp_path: Path, body: dict, behavior_only: bool = False, **overrides) -> Experiment:
@@ -199,10 +200,11 @@ def _perturbed(exp: Experiment, flat_positions: torch.Tensor, columns: list[str]
     return replace(data, item=item, event=event)
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_hidden_features_at_masked_slots_cannot_change_outputs(
-    tmp_path: Path, tiny_spec_body: dict
+    tmp_path: Path, tiny_spec_body: dict, fusion: str
 ) -> None:
-    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "gate"})
+    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": fusion})
     exp.model.eval()
     users = torch.arange(exp.data.num_users)
     batch, labels = training_batch(exp.data, users, 7, 0.4, 0.0, torch.Generator().manual_seed(5))
@@ -217,10 +219,14 @@ def test_hidden_features_at_masked_slots_cannot_change_outputs(
     assert torch.equal(exp.model(batch).hidden, exp.model(again).hidden)
 
 
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_the_predicted_slot_hides_item_and_after_features_only(
-    tmp_path: Path, tiny_spec_body: dict
+    tmp_path: Path, tiny_spec_body: dict, fusion: str, user_mode: str
 ) -> None:
-    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "gate"})
+    exp = experiment(
+        tmp_path, tiny_spec_body, **{"fusion.method": fusion, "fusion.user": user_mode}
+    )
     exp.model.eval()
     users, targets = exp.data.targets("test")
     flat = exp.data.offsets[users] + targets
@@ -493,3 +499,72 @@ def test_every_kind_scores_given_items_as_it_scores_all(
         per_row = torch.randint(4, exp.model.num_items, (5, 3))
         torch.testing.assert_close(exp.model.score(hidden, per_row), every.gather(1, per_row))
     assert torch.isinf(every[:, :4]).all()  # reserved ids are never candidates
+
+
+# --- attention-level fusion ---------------------------------------------------------------
+
+
+def _score_map(layer: EncoderLayer, query_in: torch.Tensor, key_in: torch.Tensor,
+               q_rows: slice, k_rows: slice) -> torch.Tensor:  # fmt: skip
+    """(B, H, L, L) q k^T / sqrt(D / H) of one (weight, bias) block pair of ``layer``."""
+    heads, dim = layer.heads, query_in.shape[-1]
+    w, b = layer.qkv.weight, layer.qkv.bias
+    if isinstance(q_rows, nn.Linear):  # a side source's own projection
+        w, b = q_rows.weight, q_rows.bias
+        q_rows, k_rows = slice(0, dim), slice(dim, 2 * dim)
+    q = F.linear(query_in, w[q_rows], b[q_rows]).unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = F.linear(key_in, w[k_rows], b[k_rows]).unflatten(-1, (heads, -1)).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / (dim // heads) ** 0.5
+
+
+@pytest.mark.parametrize("method", ["nova", "difsr"])
+def test_attention_level_fusion_equals_its_explicit_score_maps(method: str) -> None:
+    """difsr: the item's score map plus each source's own, summed (DIF-SR's decoupled
+    attention), through queries and keys concatenated along the head dimension; nova: one
+    map from queries and keys of item + side. Values carry the item stream alone; the
+    selected-slots path (last layer) gives the same rows."""
+    torch.manual_seed(0)
+    dim, heads, length = 12, 3, 6
+    layer = EncoderLayer(dim, heads, 0.0, 0.0, decoupled=2 if method == "difsr" else 0).eval()
+    x = torch.randn(2, length, dim)
+    side = [torch.randn(2, length, dim) for _ in range(2 if method == "difsr" else 1)]
+    attend = torch.ones(2, 1, 1, length, dtype=torch.bool)
+    attend[0, ..., :2] = False  # padding of the first sequence
+    q_rows, k_rows, v_rows = slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, 3 * dim)
+    if method == "nova":
+        scores = _score_map(layer, x + side[0], x + side[0], q_rows, k_rows)
+    else:
+        scores = _score_map(layer, x, x, q_rows, k_rows)
+        for projection, source in zip(layer.side_qk, side, strict=True):
+            scores = scores + _score_map(layer, source, source, projection, None)
+    probabilities = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=-1)
+    values = F.linear(x, layer.qkv.weight[v_rows], layer.qkv.bias[v_rows])
+    attended = probabilities @ values.unflatten(-1, (heads, -1)).transpose(1, 2)
+    mixed = attended.transpose(1, 2).reshape(2, length, dim)
+    expected = layer.norm_attention(x + layer.out(mixed))
+    expected = layer.norm_feed_forward(expected + layer.feed_forward(expected))
+    with torch.no_grad():
+        got = layer(x, attend, None, side)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        select = torch.tensor([[5, 3], [0, 4]])
+        picked = layer(x, attend, select, side)
+        torch.testing.assert_close(picked, got.gather(1, select[..., None].expand(-1, -1, dim)))
+
+
+@pytest.mark.parametrize("method", ["nova", "difsr"])
+def test_attention_level_fusion_keeps_the_values_free_of_features(
+    tmp_path: Path, tiny_spec_body: dict, method: str
+) -> None:
+    """The tokens are the item embedding alone (no fusion parameters over features), the
+    features reach the output through the attention scores only, and a behavior-only spec
+    builds the plain model."""
+    exp = experiment(tmp_path, tiny_spec_body, **{"fusion.method": method})
+    model = exp.model
+    assert model.side_method == method and not model.fuse_per_item
+    assert not any(name.startswith("fusion.") for name, _ in model.named_parameters())
+    sides = len(model.token_features) if method == "difsr" else 1
+    assert len(model.side_norm) == sides
+    assert all(len(layer.side_qk) == (sides if method == "difsr" else 0) for layer in model.layers)
+    plain = experiment(tmp_path, tiny_spec_body, behavior_only=True, **{"fusion.method": method})
+    assert plain.model.side_method is None
+    assert not any("side" in name for name, _ in plain.model.named_parameters())

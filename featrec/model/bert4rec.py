@@ -19,7 +19,7 @@ from torch import nn
 from featrec.batching import Batch, SequenceData, training_batch
 from featrec.ids import IGNORE, PAD
 from featrec.model.embeddings import FeatureConfig
-from featrec.model.fusion import FUSIONS, ConcatFusion, GateFusion
+from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
 from featrec.model.protocol import RecModel
 from featrec.spec import FusionSpec, ModelSpec, Spec
 
@@ -57,6 +57,19 @@ class BERT4Rec(RecModel):
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
         self.position_embedding = nn.Embedding(model.max_len + 1, dim)  # +1: the user token
         dims = {"item": dim} | {f.name: f.dim for f in self.token_features}
+        # attention level: the tokens (the values) are the item embedding alone, and the
+        # features enter every layer's queries and keys as side sources
+        self.side_method = fusion.method if fusion.method in ATTENTION_FUSIONS else None
+        if self.side_method is None or len(dims) == 1:
+            self.side_method = None
+        else:
+            dims = {"item": dim}
+            self.fuse_per_item = False  # side sources are looked up per token
+            self.side_projection = nn.ModuleDict(
+                {f.name: nn.Linear(f.dim, dim) for f in self.token_features if f.dim != dim}
+            )
+            sides = len(self.token_features) if self.side_method == "difsr" else 1
+            self.side_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(sides))
         # with item ids alone there is nothing to fuse: no fusion parameters at all
         self.fusion = FUSIONS[fusion.method if len(dims) > 1 else "sum"](dims, dim)
         self.user_projection = nn.ModuleDict(
@@ -64,8 +77,9 @@ class BERT4Rec(RecModel):
         )
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(model.dropout)
+        decoupled = len(self.side_norm) if self.side_method == "difsr" else 0
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, model.heads, model.dropout, model.attention_dropout)
+            EncoderLayer(dim, model.heads, model.dropout, model.attention_dropout, decoupled)
             for _ in range(model.layers)
         )
         # output head: transform, then scores tied to the item embedding (+ a bias per item)
@@ -138,14 +152,18 @@ class BERT4Rec(RecModel):
         per_item = self.fuse_per_item and items.numel() >= self.num_items
         item = self.item_embedding.weight if per_item else self.item_embedding(items)
         sources = {"item": item}  # (I, D) or (B, L, D)
-        for config in self.token_features:
-            sources[config.name] = self._embed(config, batch, per_item)
+        if self.side_method is None:  # token level: every source fused into the tokens
+            for config in self.token_features:
+                sources[config.name] = self._embed(config, batch, per_item)
         tokens, weights = self.fusion(sources, items if per_item else None)  # (B, L, D)
+        side = self._side_sources(batch) if self.side_method else None  # S x (B, L, D)
         padding = items == PAD  # (B, L)
         if self.user_features:
             user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, 1, D)
             tokens = torch.cat([user, tokens], dim=1)  # (B, 1 + L, D)
             padding = torch.cat([padding.new_zeros(batch_size, 1), padding], dim=1)
+            if side is not None:  # the user token's queries and keys: its own vector alone
+                side = [F.pad(s, (0, 0, 1, 0)) for s in side]
         # positions count back from the newest event, so the predicted slot is always 0
         total = tokens.shape[1]
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
@@ -163,7 +181,7 @@ class BERT4Rec(RecModel):
             valid = torch.arange(width, device=items.device) < counts[:, None]
         last = len(self.layers) - 1  # (enumerate's start= does not trace in torch 2.4's export)
         for number, layer in enumerate(self.layers):
-            hidden = layer(hidden, attend, select if number == last else None)
+            hidden = layer(hidden, attend, select if number == last else None, side)
         if self.user_features and select is None:
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
@@ -171,6 +189,21 @@ class BERT4Rec(RecModel):
     def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
         return self(batch, last_only=True).hidden[:, -1]
+
+    def _side_sources(self, batch: Batch) -> list[torch.Tensor]:
+        """The features as side sources of attention-level fusion, each (B, L, D): one per
+        feature (difsr), or their sum (nova); normalized, with dropout. The leakage rules
+        hold as for the tokens: the features come from the same (masked) batch."""
+        length = batch.item.shape[1]
+        side = []
+        for config in self.token_features:
+            embedded = self._embed(config, batch)  # (B, L or 1, D_f)
+            if config.name in self.side_projection:
+                embedded = self.side_projection[config.name](embedded)
+            side.append(embedded.expand(-1, length, -1))  # user features: over every slot
+        if self.side_method == "nova":
+            side = [sum(side)]
+        return [self.dropout(norm(s)) for norm, s in zip(self.side_norm, side, strict=True)]
 
     def _user_vector(self, config: FeatureConfig, batch: Batch) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
@@ -184,9 +217,13 @@ class BERT4Rec(RecModel):
 class EncoderLayer(nn.Module):
     """Post-LN transformer layer (as BERT) on torch's fused scaled-dot-product attention."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, dropout: float, attention_dropout: float, decoupled: int = 0
+    ) -> None:
         super().__init__()
         self.heads = heads
+        # difsr: queries and keys of each of ``decoupled`` side sources (their own score maps)
+        self.side_qk = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in range(decoupled))
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -209,10 +246,17 @@ class EncoderLayer(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(
-        self, x: torch.Tensor, attend: torch.Tensor, select: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attend: torch.Tensor,
+        select: torch.Tensor | None = None,
+        side: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(B, L, D) → (B, L, D); with ``select`` (B, M) slot indices, → (B, M, D) for those
-        slots, whose queries still attend to every key (the rest's cost is skipped)."""
+        slots, whose queries still attend to every key (the rest's cost is skipped). With
+        ``side`` sources (each (B, L, D)), attention-level fusion: see :meth:`_side_attention`."""
+        if side is not None:
+            return self._side_attention(x, attend, select, side)
         batch, length, dim = x.shape
         heads = (self.heads, dim // self.heads)
         if select is not None:  # keys and values of every slot, queries of the selected
@@ -225,11 +269,68 @@ class EncoderLayer(nn.Module):
         else:
             qkv = self.qkv(x).view(batch, length, 3, *heads)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, L, D / H)
+        return self._finish(x, q, k, v, attend)
+
+    def _finish(
+        self,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attend: torch.Tensor,
+        scale: float | None = None,
+    ) -> torch.Tensor:
+        """Attention of q (B, H, M, E) over k (B, H, L, E) and v (B, H, L, D / H), then the
+        residual sublayers on x (B, M, D)."""
+        batch, length, dim = x.shape
         p = self.attention_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
-        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, L, D)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=p, scale=scale
+        )
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, M, D)
         x = self.norm_attention(x + self.dropout(self.out(attended)))
         return self.norm_feed_forward(x + self.dropout(self.feed_forward(x)))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = t.shape  # (B, L, D) → (B, H, L, D / H)
+        return t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+
+    def _side_attention(
+        self,
+        x: torch.Tensor,
+        attend: torch.Tensor,
+        select: torch.Tensor | None,
+        side: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Values from the item stream ``x`` alone; the side sources steer where to look.
+
+        nova (one source s): queries and keys from ``x + s``. difsr (S sources): the score
+        map is the sum of the item's and each source's own (q_i k_i^T per source, each
+        scaled by 1 / sqrt(D / H)): their queries and keys are concatenated along the head
+        dimension, and one scaled-dot-product attention with that explicit scale computes
+        the summed map."""
+        dim = x.shape[-1]
+        weight, bias = self.qkv.weight, self.qkv.bias
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # the queried slots of (B, L, D)
+            return t if select is None else t.gather(1, select.unsqueeze(-1).expand(-1, -1, dim))
+
+        v = self._heads(F.linear(x, weight[2 * dim :], bias[2 * dim :]))  # (B, H, L, D / H)
+        if not self.side_qk:  # nova
+            steered = x + side[0]
+            k = self._heads(F.linear(steered, weight[dim : 2 * dim], bias[dim : 2 * dim]))
+            q = self._heads(F.linear(rows(steered), weight[:dim], bias[:dim]))
+            return self._finish(rows(x), q, k, v, attend)
+        keys = [F.linear(x, weight[dim : 2 * dim], bias[dim : 2 * dim])]
+        queries = [F.linear(rows(x), weight[:dim], bias[:dim])]
+        for projection, source in zip(self.side_qk, side, strict=True):
+            q_weight, k_weight = projection.weight[:dim], projection.weight[dim:]
+            q_bias, k_bias = projection.bias[:dim], projection.bias[dim:]
+            keys.append(F.linear(source, k_weight, k_bias))
+            queries.append(F.linear(rows(source), q_weight, q_bias))
+        k = torch.cat([self._heads(t) for t in keys], dim=-1)  # (B, H, L, (1 + S) D / H)
+        q = torch.cat([self._heads(t) for t in queries], dim=-1)  # (B, H, M, (1 + S) D / H)
+        return self._finish(rows(x), q, k, v, attend, scale=(dim // self.heads) ** -0.5)
 
 
 def _init_weights(module: nn.Module) -> None:

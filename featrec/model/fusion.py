@@ -136,3 +136,6 @@ class GateFusion(nn.Module):
 
 
 FUSIONS = {"sum": SumFusion, "concat": ConcatFusion, "gate": GateFusion}
+# attention level: the features shape attention scores in the encoder layers
+# (featrec.model.bert4rec.EncoderLayer); the tokens carry the item embedding alone
+ATTENTION_FUSIONS = ("nova", "difsr")
