@@ -506,37 +506,38 @@ def test_every_kind_scores_given_items_as_it_scores_all(
 
 def _score_map(layer: EncoderLayer, query_in: torch.Tensor, key_in: torch.Tensor,
                q_rows: slice, k_rows: slice) -> torch.Tensor:  # fmt: skip
-    """(B, H, L, L) q k^T / sqrt(D / H) of one (weight, bias) block pair of ``layer``."""
-    heads, dim = layer.heads, query_in.shape[-1]
+    """(B, H, L, L) q k^T / sqrt(width per head) of one projection pair of ``layer``."""
+    heads = layer.heads
     w, b = layer.qkv.weight, layer.qkv.bias
-    if isinstance(q_rows, nn.Linear):  # a side source's own projection
+    if isinstance(q_rows, nn.Linear):  # a side source's own projection, W wide
         w, b = q_rows.weight, q_rows.bias
-        q_rows, k_rows = slice(0, dim), slice(dim, 2 * dim)
+        width = w.shape[0] // 2
+        q_rows, k_rows = slice(0, width), slice(width, 2 * width)
     q = F.linear(query_in, w[q_rows], b[q_rows]).unflatten(-1, (heads, -1)).transpose(1, 2)
     k = F.linear(key_in, w[k_rows], b[k_rows]).unflatten(-1, (heads, -1)).transpose(1, 2)
-    return q @ k.transpose(-1, -2) / (dim // heads) ** 0.5
+    return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # each map by its own width
 
 
 @pytest.mark.parametrize("method", ["nova", "difsr"])
 def test_attention_level_fusion_equals_its_explicit_score_maps(method: str) -> None:
-    """difsr: the item's score map plus each source's own, summed (DIF-SR's decoupled
-    attention), through queries and keys concatenated along the head dimension; nova: one
-    map from queries and keys of item + side. Values carry the item stream alone; the
-    selected-slots path (last layer) gives the same rows."""
+    """The item's score map from queries and keys of item + steer (nova: every feature;
+    difsr: the user features) plus, under difsr, each decoupled source's own map, summed
+    (DIF-SR's decoupled attention) through queries and keys concatenated along the head
+    dimension. Values carry the item stream alone; the selected-slots path (last layer)
+    gives the same rows."""
     torch.manual_seed(0)
     dim, heads, length = 12, 3, 6
-    layer = EncoderLayer(dim, heads, 0.0, 0.0, decoupled=2 if method == "difsr" else 0).eval()
+    decoupled = 5 if method == "difsr" else 0  # difsr: 12 / 3 / 5 → 1 column per head each
+    layer = EncoderLayer(dim, heads, 0.0, 0.0, decoupled=decoupled).eval()
     x = torch.randn(2, length, dim)
-    side = [torch.randn(2, length, dim) for _ in range(2 if method == "difsr" else 1)]
+    steer = torch.randn(2, 1, dim)  # e.g. user features: the same at every slot
+    side = [steer] + [torch.randn(2, length, dim) for _ in range(decoupled)]
     attend = torch.ones(2, 1, 1, length, dtype=torch.bool)
     attend[0, ..., :2] = False  # padding of the first sequence
     q_rows, k_rows, v_rows = slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, 3 * dim)
-    if method == "nova":
-        scores = _score_map(layer, x + side[0], x + side[0], q_rows, k_rows)
-    else:
-        scores = _score_map(layer, x, x, q_rows, k_rows)
-        for projection, source in zip(layer.side_qk, side, strict=True):
-            scores = scores + _score_map(layer, source, source, projection, None)
+    scores = _score_map(layer, x + steer, x + steer, q_rows, k_rows)
+    for projection, source in zip(layer.side_qk, side[1:], strict=True):
+        scores = scores + _score_map(layer, source, source, projection, None)
     probabilities = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=-1)
     values = F.linear(x, layer.qkv.weight[v_rows], layer.qkv.bias[v_rows])
     attended = probabilities @ values.unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -562,9 +563,12 @@ def test_attention_level_fusion_keeps_the_values_free_of_features(
     model = exp.model
     assert model.side_method == method and not model.fuse_per_item
     assert not any(name.startswith("fusion.") for name, _ in model.named_parameters())
-    sides = len(model.token_features) if method == "difsr" else 1
-    assert len(model.side_norm) == sides
-    assert all(len(layer.side_qk) == (sides if method == "difsr" else 0) for layer in model.layers)
+    # difsr: a map of its own for tags, year, time, device, rating; the user features (age,
+    # job: the same at every slot, where a map of their own would change nothing) steer
+    decoupled = ["device", "rating", "tags", "time", "year"] if method == "difsr" else []
+    assert model.decoupled == decoupled
+    assert len(model.side_norm) == 1 + len(decoupled)
+    assert all(len(layer.side_qk) == len(decoupled) for layer in model.layers)
     plain = experiment(tmp_path, tiny_spec_body, behavior_only=True, **{"fusion.method": method})
     assert plain.model.side_method is None
     assert not any("side" in name for name, _ in plain.model.named_parameters())

@@ -68,7 +68,17 @@ class BERT4Rec(RecModel):
             self.side_projection = nn.ModuleDict(
                 {f.name: nn.Linear(f.dim, dim) for f in self.token_features if f.dim != dim}
             )
-            sides = len(self.token_features) if self.side_method == "difsr" else 1
+            # difsr: a map of its own per item or event feature; a user feature is the same
+            # at every slot, so a map of its own would add one score to every key of a row,
+            # which softmax ignores: user features steer the item's queries and keys instead,
+            # as every feature does under nova
+            self.decoupled = (
+                [f.name for f in self.token_features if f.scope != "user"]
+                if self.side_method == "difsr"
+                else []
+            )
+            steers = len(self.token_features) > len(self.decoupled)
+            sides = int(steers) + len(self.decoupled)
             self.side_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(sides))
         # with item ids alone there is nothing to fuse: no fusion parameters at all
         self.fusion = FUSIONS[fusion.method if len(dims) > 1 else "sum"](dims, dim)
@@ -77,7 +87,7 @@ class BERT4Rec(RecModel):
         )
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(model.dropout)
-        decoupled = len(self.side_norm) if self.side_method == "difsr" else 0
+        decoupled = len(self.decoupled) if self.side_method else 0
         self.layers = nn.ModuleList(
             EncoderLayer(dim, model.heads, model.dropout, model.attention_dropout, decoupled)
             for _ in range(model.layers)
@@ -156,14 +166,17 @@ class BERT4Rec(RecModel):
             for config in self.token_features:
                 sources[config.name] = self._embed(config, batch, per_item)
         tokens, weights = self.fusion(sources, items if per_item else None)  # (B, L, D)
-        side = self._side_sources(batch) if self.side_method else None  # S x (B, L, D)
+        side = self._side_sources(batch) if self.side_method else None
         padding = items == PAD  # (B, L)
         if self.user_features:
             user = sum(self._user_vector(c, batch) for c in self.user_features)  # (B, 1, D)
             tokens = torch.cat([user, tokens], dim=1)  # (B, 1 + L, D)
             padding = torch.cat([padding.new_zeros(batch_size, 1), padding], dim=1)
             if side is not None:  # the user token's queries and keys: its own vector alone
-                side = [F.pad(s, (0, 0, 1, 0)) for s in side]
+                side = [
+                    None if s is None else F.pad(s.expand(-1, items.shape[1], -1), (0, 0, 1, 0))
+                    for s in side
+                ]
         # positions count back from the newest event, so the predicted slot is always 0
         total = tokens.shape[1]
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
@@ -190,20 +203,23 @@ class BERT4Rec(RecModel):
         """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
         return self(batch, last_only=True).hidden[:, -1]
 
-    def _side_sources(self, batch: Batch) -> list[torch.Tensor]:
-        """The features as side sources of attention-level fusion, each (B, L, D): one per
-        feature (difsr), or their sum (nova); normalized, with dropout. The leakage rules
-        hold as for the tokens: the features come from the same (masked) batch."""
-        length = batch.item.shape[1]
-        side = []
+    def _side_sources(self, batch: Batch) -> list[torch.Tensor | None]:
+        """The features as side sources of attention-level fusion: ``[steer, *decoupled]``.
+        ``steer`` (the sum of the features that steer the item's queries and keys: all of
+        them under nova, the user features under difsr; None when there are none) and each
+        decoupled source (difsr: one per item or event feature, its own score map) are
+        (B, L, D), or (B, 1, D) when made of user features only; normalized, with dropout.
+        The leakage rules hold as for the tokens: the features come from the same (masked)
+        batch."""
+        steer, decoupled = [], []
         for config in self.token_features:
             embedded = self._embed(config, batch)  # (B, L or 1, D_f)
             if config.name in self.side_projection:
                 embedded = self.side_projection[config.name](embedded)
-            side.append(embedded.expand(-1, length, -1))  # user features: over every slot
-        if self.side_method == "nova":
-            side = [sum(side)]
-        return [self.dropout(norm(s)) for norm, s in zip(self.side_norm, side, strict=True)]
+            (decoupled if config.name in self.decoupled else steer).append(embedded)
+        norms = iter(self.side_norm)
+        steered = self.dropout(next(norms)(sum(steer))) if steer else None
+        return [steered, *(self.dropout(next(norms)(s)) for s in decoupled)]
 
     def _user_vector(self, config: FeatureConfig, batch: Batch) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
@@ -222,8 +238,11 @@ class EncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.heads = heads
-        # difsr: queries and keys of each of ``decoupled`` side sources (their own score maps)
-        self.side_qk = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in range(decoupled))
+        # difsr: queries and keys of each of ``decoupled`` side sources (their own score
+        # maps); the sources share the model's width: D / S each, at least one per head
+        per_head = max(1, dim // heads // max(decoupled, 1))
+        self.side_width = heads * per_head
+        self.side_qk = nn.ModuleList(nn.Linear(dim, 2 * self.side_width) for _ in range(decoupled))
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -250,11 +269,12 @@ class EncoderLayer(nn.Module):
         x: torch.Tensor,
         attend: torch.Tensor,
         select: torch.Tensor | None = None,
-        side: list[torch.Tensor] | None = None,
+        side: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """(B, L, D) → (B, L, D); with ``select`` (B, M) slot indices, → (B, M, D) for those
         slots, whose queries still attend to every key (the rest's cost is skipped). With
-        ``side`` sources (each (B, L, D)), attention-level fusion: see :meth:`_side_attention`."""
+        ``side`` sources (``[steer, *decoupled]``), attention-level fusion: see
+        :meth:`_side_attention`."""
         if side is not None:
             return self._side_attention(x, attend, select, side)
         batch, length, dim = x.shape
@@ -279,14 +299,18 @@ class EncoderLayer(nn.Module):
         v: torch.Tensor,
         attend: torch.Tensor,
         scale: float | None = None,
+        width: int | None = None,
     ) -> torch.Tensor:
-        """Attention of q (B, H, M, E) over k (B, H, L, E) and v (B, H, L, D / H), then the
-        residual sublayers on x (B, M, D)."""
+        """Attention of q (B, H, M, E) over k (B, H, L, E) and v (B, H, L, E_v) (its first
+        ``width`` columns are the values; the rest padding), then the residual sublayers
+        on x (B, M, D)."""
         batch, length, dim = x.shape
         p = self.attention_dropout if self.training else 0.0
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=p, scale=scale
         )
+        if width is not None:
+            attended = attended[..., :width]
         attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, M, D)
         x = self.norm_attention(x + self.dropout(self.out(attended)))
         return self.norm_feed_forward(x + self.dropout(self.feed_forward(x)))
@@ -300,37 +324,48 @@ class EncoderLayer(nn.Module):
         x: torch.Tensor,
         attend: torch.Tensor,
         select: torch.Tensor | None,
-        side: list[torch.Tensor],
+        side: list[torch.Tensor | None],
     ) -> torch.Tensor:
         """Values from the item stream ``x`` alone; the side sources steer where to look.
 
-        nova (one source s): queries and keys from ``x + s``. difsr (S sources): the score
-        map is the sum of the item's and each source's own (q_i k_i^T per source, each
-        scaled by 1 / sqrt(D / H)): their queries and keys are concatenated along the head
-        dimension, and one scaled-dot-product attention with that explicit scale computes
-        the summed map."""
-        dim = x.shape[-1]
+        ``side = [steer, *decoupled]``. The item's queries and keys come from ``x + steer``
+        (nova: every feature is in ``steer``). Each decoupled source (difsr) adds a score map
+        of its own, q_i k_i^T / sqrt(W / H) with its own projections (W = ``side_width``):
+        the sources' queries and keys are concatenated to the item's along the head
+        dimension (their queries prescaled so that one explicit scale, 1 / sqrt(D / H),
+        serves every map), and the values are zero-padded to that width, so one fused
+        scaled-dot-product attention computes the summed map."""
+        dim, length = x.shape[-1], x.shape[1]
         weight, bias = self.qkv.weight, self.qkv.bias
+        steer, decoupled = side[0], side[1:]
 
-        def rows(t: torch.Tensor) -> torch.Tensor:  # the queried slots of (B, L, D)
-            return t if select is None else t.gather(1, select.unsqueeze(-1).expand(-1, -1, dim))
+        def rows(t: torch.Tensor) -> torch.Tensor:  # the queried slots of (B, L or 1, W)
+            if select is None or t.shape[1] == 1:
+                return t
+            return t.gather(1, select.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
+        steered = x if steer is None else x + steer  # (B, L, D)
+        queried = rows(x)  # (B, M, D): the residual stream of the queried slots
         v = self._heads(F.linear(x, weight[2 * dim :], bias[2 * dim :]))  # (B, H, L, D / H)
-        if not self.side_qk:  # nova
-            steered = x + side[0]
-            k = self._heads(F.linear(steered, weight[dim : 2 * dim], bias[dim : 2 * dim]))
-            q = self._heads(F.linear(rows(steered), weight[:dim], bias[:dim]))
-            return self._finish(rows(x), q, k, v, attend)
-        keys = [F.linear(x, weight[dim : 2 * dim], bias[dim : 2 * dim])]
-        queries = [F.linear(rows(x), weight[:dim], bias[:dim])]
-        for projection, source in zip(self.side_qk, side, strict=True):
-            q_weight, k_weight = projection.weight[:dim], projection.weight[dim:]
-            q_bias, k_bias = projection.bias[:dim], projection.bias[dim:]
-            keys.append(F.linear(source, k_weight, k_bias))
-            queries.append(F.linear(rows(source), q_weight, q_bias))
-        k = torch.cat([self._heads(t) for t in keys], dim=-1)  # (B, H, L, (1 + S) D / H)
-        q = torch.cat([self._heads(t) for t in queries], dim=-1)  # (B, H, M, (1 + S) D / H)
-        return self._finish(rows(x), q, k, v, attend, scale=(dim // self.heads) ** -0.5)
+        k = F.linear(steered, weight[dim : 2 * dim], bias[dim : 2 * dim])
+        q = F.linear(rows(steered), weight[:dim], bias[:dim])
+        if not decoupled:
+            return self._finish(queried, self._heads(q), self._heads(k), v, attend)
+        keys, queries = [k], [q]
+        width, head_dim = self.side_width, dim // self.heads
+        prescale = (head_dim / (width // self.heads)) ** 0.5
+        for projection, source in zip(self.side_qk, decoupled, strict=True):
+            q_weight, k_weight = projection.weight[:width], projection.weight[width:]
+            q_bias, k_bias = projection.bias[:width], projection.bias[width:]
+            keys.append(F.linear(source, k_weight, k_bias).expand(-1, length, -1))
+            query = F.linear(rows(source), q_weight, q_bias) * prescale
+            queries.append(query.expand(-1, queried.shape[1], -1))
+        k = torch.cat([self._heads(t) for t in keys], dim=-1)  # (B, H, L, E)
+        q = torch.cat([self._heads(t) for t in queries], dim=-1)  # (B, H, M, E)
+        # values as wide as queries and keys: the fused kernel wants E == E_v (a narrower v
+        # falls back to the unfused path, ~2x slower); the padding reads back as zeros
+        v = F.pad(v, (0, q.shape[-1] - head_dim))
+        return self._finish(queried, q, k, v, attend, scale=head_dim**-0.5, width=head_dim)
 
 
 def _init_weights(module: nn.Module) -> None:
