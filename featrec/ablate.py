@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +39,15 @@ class Variant:
     description: str = ""
 
 
-def variants(spec: Spec) -> dict[str, Variant]:
+def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     """Every variant of ``spec``, in report order, keyed by name.
 
-    full · behavior-only · -<scope> · behavior+<scope> · -<feature> · most-popular ·
-    embedding-mlp (the Embedding&MLP baseline with the same features). A name whose features
-    equal an earlier variant's (``-gender`` where gender is the only user feature) maps to
-    that variant: it is trained once, under the first name.
+    full · behavior-only · -<scope> · behavior+<scope> · -<feature> · then, for each of
+    ``fusions`` (other ``fusion.method`` values), each of those with features under that
+    method, named ``<variant>@<method>`` · most-popular · embedding-mlp (the Embedding&MLP
+    baseline with the same features). A name whose features equal an earlier variant's
+    (``-gender`` where gender is the only user feature) maps to that variant: it is trained
+    once, under the first name.
     """
     features = list(spec.features)
     scopes = [s for s in SCOPES if any(f.scope == s for f in features)]
@@ -85,6 +87,18 @@ def variants(spec: Spec) -> dict[str, Variant]:
             if feature.name in SCOPES:
                 name = f"-{feature.scope}.{feature.name}"
             add(name, [f for f in features if f is not feature], f"without {feature.name}")
+    featured = [v for name, v in out.items() if name == v.name and v.spec.features]
+    for method in dict.fromkeys(fusions):
+        if method == spec.fusion.method:  # the plain names are that method already
+            continue
+        for variant in featured:
+            fusion = variant.spec.fusion.model_copy(update={"method": method})
+            name = f"{variant.name}@{method}"
+            out[name] = Variant(
+                name,
+                variant.spec.model_copy(update={"fusion": fusion}),
+                description=f"{variant.description}; fusion.method {method}",
+            )
     out[MOST_POPULAR] = Variant(
         MOST_POPULAR, spec.behavior_only(), trained=False, description="training-set popularity"
     )
@@ -133,13 +147,14 @@ def run_ablation(
     names: list[str] | None = None,
     progress: bool = False,
     on_run_end: Callable[[str, int], None] | None = None,
+    fusions: Sequence[str] = (),
 ) -> list[tuple[str, int]]:
     """Train every (variant, seed) not yet finished; return the pairs trained now.
 
     A pair with ``final_metrics.json`` is finished and never rerun; one with only a last
     checkpoint was interrupted and resumes from it.
     """
-    chosen = select(variants(spec), names)
+    chosen = select(variants(spec, fusions), names)
     _check_same_spec(spec, ablation_dir)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
     trained = []

@@ -12,12 +12,14 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from featrec.errors import FeatrecError
 from featrec.spec import (
     AnyFeature,
+    FusionSpec,
     MultiCategoricalFeature,
     NumericFeature,
     Spec,
@@ -28,6 +30,7 @@ from featrec.spec import (
 
 log = logging.getLogger("featrec")
 DEVICE_HELP = "auto (default: CUDA where torch sees it), cpu, cuda or cuda:N"
+FUSION_METHODS = typing.get_args(FusionSpec.model_fields["method"].annotation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument(
         "--variants", nargs="+", action="extend", metavar="NAME",
         help="only these variants (names may start with a dash: --variants full -item)",
+    )  # fmt: skip
+    ablate.add_argument(
+        "--fusions", nargs="+", default=[], metavar="METHOD", choices=FUSION_METHODS,
+        help="also every variant with features under these fusion.method values "
+        "(named VARIANT@METHOD, e.g. full@nova), compared with full@METHOD",
     )  # fmt: skip
     ablate.add_argument("--out", type=Path, help="ablation directory (default ablations/NAME)")
     ablate.add_argument("--list", action="store_true", help="list the variants and exit")
@@ -235,14 +243,16 @@ def _ablate(args: argparse.Namespace) -> int:
         raise FeatrecError("ablate makes the behavior-only variant itself; drop --behavior-only")
     spec = _load(args)
     if args.list:
-        for name, variant in variants(spec).items():
+        for name, variant in variants(spec, args.fusions).items():
             what = variant.description if name == variant.name else f"same as {variant.name}"
             print(f"{name:24s} {what}")
         return 0
     if args.seeds < 1:
         raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")
     out = args.out or Path("ablations") / spec.name
-    run_ablation(spec, out, args.seeds, args.variants, progress=sys.stderr.isatty())
+    run_ablation(
+        spec, out, args.seeds, args.variants, progress=sys.stderr.isatty(), fusions=args.fusions
+    )
     return _report(argparse.Namespace(ablation_dir=out))
 
 

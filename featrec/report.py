@@ -154,6 +154,16 @@ def compare(
     return out
 
 
+def reference_of(name: str, reference: str) -> str:
+    """The run a variant is compared with as ``reference``: full is the full variant of the
+    variant's own fusion method (``-item@nova`` against ``full@nova``); ``full@nova`` itself,
+    and every plain name, against the spec's ``full``."""
+    _, _, method = name.partition("@")
+    if reference == "full" and method and name != f"full@{method}":
+        return f"full@{method}"
+    return reference
+
+
 def verdict(name: str, against: str, comparison: dict[str, float]) -> str:
     """What the difference says about the features the variant adds or removes."""
     if comparison["ci_low"] <= 0.0 <= comparison["ci_high"]:
@@ -188,13 +198,16 @@ def _summarize(spec: Spec, results: dict[str, VariantResult]) -> list[dict]:
             row[f"{metric} mean"] = float(np.mean(values))
             row[f"{metric} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         for reference in REFERENCES:
-            if reference not in results or reference == name:
+            against = reference_of(name, reference)
+            if against not in results or against == name:
                 continue
-            comparisons = compare(result, results[reference], metrics)
+            comparisons = compare(result, results[against], metrics)
             for metric, comparison in comparisons.items():
                 for key, value in comparison.items():
                     row[f"{metric} vs {reference} {key}"] = value
-            row[f"vs {reference}"] = verdict(name, reference, comparisons[spec.eval.primary])
+            # against full@<method>, "-item@<method>" reads as "-item" does against full
+            base = name.partition("@")[0] if against != reference else name
+            row[f"vs {reference}"] = verdict(base, reference, comparisons[spec.eval.primary])
         rows.append(row)
     order = {"full": 0, "behavior-only": 1}
     rows.sort(
@@ -255,7 +268,8 @@ def write_report(ablation_dir: Path) -> list[Path]:
         "",
         f"{_protocol(spec)}. Mean ± std over seeds; Δ = paired per-user difference of the "
         "seed-averaged metric, [95% bootstrap CI over users], paired t-test p. Verdicts on "
-        f"{label(first)}.",
+        f"{label(first)}. `X@method`: variant X with fusion.method = method (the spec's: "
+        f'{spec.fusion.method}); its "full" is full@method.',
         "",
         f"| variant | seeds | {label(first)} | {label(second)} | Δ {label(first)} vs "
         f"behavior-only | Δ {label(first)} vs full | verdict vs behavior-only | verdict vs full |",

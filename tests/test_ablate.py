@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -226,3 +227,34 @@ def test_variant_names_with_a_leading_dash_on_the_command_line(
     capsys.readouterr()
     assert main(["-q", "ablate", spec, "--out", str(out), "--variants", "-user", "-color"]) == 2
     assert "unknown variant(s) -color;" in capsys.readouterr().err
+
+
+def test_fusion_axis_compares_where_features_enter(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--fusions adds every variant with features under other fusion methods; -item@nova is
+    compared with full@nova, full@nova with the spec's full."""
+    quick["fusion"] = {"method": "gate"}
+    spec = load_spec(write_spec(tmp_path, quick))
+    found = variants(spec, ["nova", "gate", "difsr"])
+    assert "full@gate" not in found  # the plain names are the spec's own method
+    assert found["full@nova"].spec.fusion.method == "nova"
+    assert found["-item@difsr"].spec.fusion.method == "difsr"
+    assert found["-item@difsr"].spec.features == found["-item"].spec.features
+    assert "behavior-only@nova" not in found and "most-popular@nova" not in found
+    out = tmp_path / "abl"
+    chosen = ["behavior-only", "full", "-item", "full@nova", "-item@nova"]
+    assert main(["-q", "ablate", str(write_spec(tmp_path, quick)), "--seeds", "1",
+                 "--fusions", "nova", "--out", str(out), "--variants", *chosen]) == 0  # fmt: skip
+    rows = {r["variant"]: r for r in csv.DictReader((out / "report.csv").open())}
+    assert set(rows) == set(chosen)
+    assert rows["-item@nova"]["vs full"].startswith(("item ", "not distinguishable"))
+    # the paired difference is against full@nova: its per-user ranks, not full's
+    from featrec.report import compare, load_results, rank_metrics
+
+    results = load_results(out, rank_metrics(spec))
+    against = compare(results["-item@nova"], results["full@nova"], ["ndcg@10"])["ndcg@10"]
+    assert float(rows["-item@nova"]["ndcg@10 vs full diff"]) == pytest.approx(against["diff"])
+    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+        main(["-q", "ablate", str(write_spec(tmp_path, quick)), "--fusions", "tpu"])
+    assert stopped.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
