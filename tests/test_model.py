@@ -509,8 +509,8 @@ def _score_map(layer: EncoderLayer, query_in: torch.Tensor, key_in: torch.Tensor
     """(B, H, L, L) q k^T / sqrt(width per head) of one projection pair of ``layer``."""
     heads = layer.heads
     w, b = layer.qkv.weight, layer.qkv.bias
-    if isinstance(q_rows, nn.Linear):  # a side source's own projection, W wide
-        w, b = q_rows.weight, q_rows.bias
+    if isinstance(q_rows, int):  # decoupled source number q_rows: its own projection, W wide
+        w, b = layer.side_weight[q_rows].T, layer.side_bias[q_rows, 0]
         width = w.shape[0] // 2
         q_rows, k_rows = slice(0, width), slice(width, 2 * width)
     q = F.linear(query_in, w[q_rows], b[q_rows]).unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -531,13 +531,14 @@ def test_attention_level_fusion_equals_its_explicit_score_maps(method: str) -> N
     layer = EncoderLayer(dim, heads, 0.0, 0.0, decoupled=decoupled).eval()
     x = torch.randn(2, length, dim)
     steer = torch.randn(2, 1, dim)  # e.g. user features: the same at every slot
-    side = [steer] + [torch.randn(2, length, dim) for _ in range(decoupled)]
+    sources = [torch.randn(2, length, dim) for _ in range(decoupled)]
+    side = [steer, torch.stack(sources)] if decoupled else [steer]
     attend = torch.ones(2, 1, 1, length, dtype=torch.bool)
     attend[0, ..., :2] = False  # padding of the first sequence
     q_rows, k_rows, v_rows = slice(0, dim), slice(dim, 2 * dim), slice(2 * dim, 3 * dim)
     scores = _score_map(layer, x + steer, x + steer, q_rows, k_rows)
-    for projection, source in zip(layer.side_qk, side[1:], strict=True):
-        scores = scores + _score_map(layer, source, source, projection, None)
+    for number, source in enumerate(sources):
+        scores = scores + _score_map(layer, source, source, number, None)
     probabilities = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=-1)
     values = F.linear(x, layer.qkv.weight[v_rows], layer.qkv.bias[v_rows])
     attended = probabilities @ values.unflatten(-1, (heads, -1)).transpose(1, 2)
@@ -568,7 +569,9 @@ def test_attention_level_fusion_keeps_the_values_free_of_features(
     decoupled = ["device", "rating", "tags", "time", "year"] if method == "difsr" else []
     assert model.decoupled == decoupled
     assert len(model.side_norm) == 1 + len(decoupled)
-    assert all(len(layer.side_qk) == len(decoupled) for layer in model.layers)
+    for layer in model.layers:
+        shape = None if layer.side_weight is None else layer.side_weight.shape[0]
+        assert shape == (len(decoupled) or None)
     plain = experiment(tmp_path, tiny_spec_body, behavior_only=True, **{"fusion.method": method})
     assert plain.model.side_method is None
     assert not any("side" in name for name, _ in plain.model.named_parameters())

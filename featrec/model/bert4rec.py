@@ -173,10 +173,10 @@ class BERT4Rec(RecModel):
             tokens = torch.cat([user, tokens], dim=1)  # (B, 1 + L, D)
             padding = torch.cat([padding.new_zeros(batch_size, 1), padding], dim=1)
             if side is not None:  # the user token's queries and keys: its own vector alone
-                side = [
-                    None if s is None else F.pad(s.expand(-1, items.shape[1], -1), (0, 0, 1, 0))
-                    for s in side
-                ]
+                steer = side[0]
+                if steer is not None:
+                    steer = F.pad(steer.expand(-1, items.shape[1], -1), (0, 0, 1, 0))
+                side = [steer, *(F.pad(s, (0, 0, 1, 0)) for s in side[1:])]  # (S, B, 1 + L, D)
         # positions count back from the newest event, so the predicted slot is always 0
         total = tokens.shape[1]
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
@@ -204,7 +204,8 @@ class BERT4Rec(RecModel):
         return self(batch, last_only=True).hidden[:, -1]
 
     def _side_sources(self, batch: Batch) -> list[torch.Tensor | None]:
-        """The features as side sources of attention-level fusion: ``[steer, *decoupled]``.
+        """The features as side sources of attention-level fusion: ``[steer]`` or
+        ``[steer, decoupled]`` (decoupled: the S sources stacked, (S, B, L, D)).
         ``steer`` (the sum of the features that steer the item's queries and keys: all of
         them under nova, the user features under difsr; None when there are none) and each
         decoupled source (difsr: one per item or event feature, its own score map) are
@@ -219,7 +220,9 @@ class BERT4Rec(RecModel):
             (decoupled if config.name in self.decoupled else steer).append(embedded)
         norms = iter(self.side_norm)
         steered = self.dropout(next(norms)(sum(steer))) if steer else None
-        return [steered, *(self.dropout(next(norms)(s)) for s in decoupled)]
+        if not decoupled:
+            return [steered]
+        return [steered, torch.stack([self.dropout(next(norms)(s)) for s in decoupled])]
 
     def _user_vector(self, config: FeatureConfig, batch: Batch) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
@@ -242,7 +245,15 @@ class EncoderLayer(nn.Module):
         # maps); the sources share the model's width: D / S each, at least one per head
         per_head = max(1, dim // heads // max(decoupled, 1))
         self.side_width = heads * per_head
-        self.side_qk = nn.ModuleList(nn.Linear(dim, 2 * self.side_width) for _ in range(decoupled))
+        # all sources' query and key projections in one batched matmul: (S, D, 2W), (S, 1, 2W)
+        if decoupled:
+            weight = torch.empty(decoupled, dim, 2 * self.side_width)
+            nn.init.trunc_normal_(weight, std=0.02, a=-0.04, b=0.04)  # BERT's, as _init_weights
+            self.side_weight = nn.Parameter(weight)
+            self.side_bias = nn.Parameter(torch.zeros(decoupled, 1, 2 * self.side_width))
+        else:
+            self.register_parameter("side_weight", None)
+            self.register_parameter("side_bias", None)
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -328,16 +339,17 @@ class EncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """Values from the item stream ``x`` alone; the side sources steer where to look.
 
-        ``side = [steer, *decoupled]``. The item's queries and keys come from ``x + steer``
-        (nova: every feature is in ``steer``). Each decoupled source (difsr) adds a score map
-        of its own, q_i k_i^T / sqrt(W / H) with its own projections (W = ``side_width``):
+        ``side = [steer]`` or ``[steer, decoupled]``, ``decoupled`` (S, B, L, D). The item's
+        queries and keys come from ``x + steer`` (nova: every feature is in ``steer``). Each
+        decoupled source (difsr) adds a score map of its own, q_i k_i^T / sqrt(W / H) with its
+        own projections (W = ``side_width``; all S in one batched matmul):
         the sources' queries and keys are concatenated to the item's along the head
         dimension (their queries prescaled so that one explicit scale, 1 / sqrt(D / H),
         serves every map), and the values are zero-padded to that width, so one fused
         scaled-dot-product attention computes the summed map."""
         dim, length = x.shape[-1], x.shape[1]
         weight, bias = self.qkv.weight, self.qkv.bias
-        steer, decoupled = side[0], side[1:]
+        steer = side[0]
 
         def rows(t: torch.Tensor) -> torch.Tensor:  # the queried slots of (B, L or 1, W)
             if select is None or t.shape[1] == 1:
@@ -349,19 +361,27 @@ class EncoderLayer(nn.Module):
         v = self._heads(F.linear(x, weight[2 * dim :], bias[2 * dim :]))  # (B, H, L, D / H)
         k = F.linear(steered, weight[dim : 2 * dim], bias[dim : 2 * dim])
         q = F.linear(rows(steered), weight[:dim], bias[:dim])
-        if not decoupled:
+        if len(side) == 1:
             return self._finish(queried, self._heads(q), self._heads(k), v, attend)
-        keys, queries = [k], [q]
+        decoupled = side[1]  # (S, B, L, D)
+        sources, batch = decoupled.shape[:2]
         width, head_dim = self.side_width, dim // self.heads
         prescale = (head_dim / (width // self.heads)) ** 0.5
-        for projection, source in zip(self.side_qk, decoupled, strict=True):
-            q_weight, k_weight = projection.weight[:width], projection.weight[width:]
-            q_bias, k_bias = projection.bias[:width], projection.bias[width:]
-            keys.append(F.linear(source, k_weight, k_bias).expand(-1, length, -1))
-            query = F.linear(rows(source), q_weight, q_bias) * prescale
-            queries.append(query.expand(-1, queried.shape[1], -1))
-        k = torch.cat([self._heads(t) for t in keys], dim=-1)  # (B, H, L, E)
-        q = torch.cat([self._heads(t) for t in queries], dim=-1)  # (B, H, M, E)
+        projected = torch.baddbmm(
+            self.side_bias, decoupled.reshape(sources, batch * length, dim), self.side_weight
+        ).view(sources, batch, length, 2 * width)  # (S, B, L, 2W)
+        side_q, side_k = projected.split(width, dim=-1)  # each (S, B, L, W)
+        if select is not None:
+            index = select[None, :, :, None].expand(sources, -1, -1, width)
+            side_q = side_q.gather(2, index)  # (S, B, M, W)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (S, B, L, W) → (B, H, L, S W / H)
+            s, b, n, w = t.shape
+            t = t.view(s, b, n, self.heads, w // self.heads).permute(1, 3, 2, 0, 4)
+            return t.reshape(b, self.heads, n, s * (w // self.heads))
+
+        k = torch.cat([self._heads(k), heads(side_k)], dim=-1)  # (B, H, L, E)
+        q = torch.cat([self._heads(q), heads(side_q * prescale)], dim=-1)  # (B, H, M, E)
         # values as wide as queries and keys: the fused kernel wants E == E_v (a narrower v
         # falls back to the unfused path, ~2x slower); the padding reads back as zeros
         v = F.pad(v, (0, q.shape[-1] - head_dim))
