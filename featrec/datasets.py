@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -93,8 +94,15 @@ def _as_list(value: object) -> object:
 
 
 class TableSource(_Card):
+    """How one file reads as a table. ``layout``: ``table`` (one row per line, the fields
+    named by ``columns``); ``sequences`` (one line per user: the user id, then their item
+    ids oldest first; ``columns`` names the user and item columns; ``timestamp`` is the
+    position in the line, as these files carry no time); ``json_lists`` (a JSON object
+    ``{"key": [value, ...]}``; ``columns`` names the key and the list column)."""
+
     file: str
-    separator: str = Field(min_length=1)
+    layout: Literal["table", "sequences", "json_lists"] = "table"
+    separator: str = Field(",", min_length=1)
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
     skip_lines: int = Field(0, ge=0)
     columns: dict[str, Literal["int", "float", "str"]]
@@ -328,10 +336,19 @@ def _load_card_tables(card: Card) -> Tables:
     frames, origin = {}, {}
     for name, (source, path) in resolve_card(card).items():
         frame = _read_source(source, path, card.files[source.file])
-        missing = [c for c in CANONICAL_COLUMNS[name] if c not in frame.columns]
+        # the canonical columns a card's table has (MovieLens: all of them), its keys always,
+        # and the columns a non-table layout declares (Sports: the items' attributes)
+        keys = [k for k in CANONICAL_KEYS.values() if k in CANONICAL_COLUMNS[name]]
+        keys += ["timestamp"] if name == "interactions" else []
+        missing = [c for c in dict.fromkeys(keys) if c not in frame.columns]
+        if source.layout == "table":
+            missing += [c for c in CANONICAL_COLUMNS[name] if c not in frame.columns]
         if missing:
-            raise DataError(f"card {card.name}: the {name} table lacks {', '.join(missing)}")
-        frames[name] = frame.select(CANONICAL_COLUMNS[name])
+            missing_text = ", ".join(dict.fromkeys(missing))
+            raise DataError(f"card {card.name}: the {name} table lacks {missing_text}")
+        declared = list(source.columns) if source.layout != "table" else []
+        kept = [c for c in CANONICAL_COLUMNS[name] if c in frame.columns]
+        frames[name] = frame.select(list(dict.fromkeys([*keys, *kept, *declared])))
         origin[name] = str(path)
     return Tables(frames["interactions"], frames.get("users"), frames.get("items"), origin)
 
@@ -342,6 +359,8 @@ def _read_source(source: TableSource, path: Path, sha256: str) -> pl.DataFrame:
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     _verify_bytes(payload, sha256, str(path))
+    if source.layout != "table":
+        return _read_layout(source, path, payload)
     if source.encoding != "utf-8":
         payload = payload.decode(source.encoding).encode("utf-8")
     if source.skip_lines:
@@ -364,6 +383,52 @@ def _read_source(source: TableSource, path: Path, sha256: str) -> pl.DataFrame:
             f"{path}: does not parse as the card describes: {_first_line(err)}"
         ) from None
     return frame.with_columns(_derive(name, rule) for name, rule in source.derive.items())
+
+
+def _read_layout(source: TableSource, path: Path, payload: bytes) -> pl.DataFrame:
+    """A ``sequences`` or ``json_lists`` file as a table (see :class:`TableSource`)."""
+    keys = [c for c in source.columns if c in ("user_id", "item_id")]
+    if source.layout == "sequences":
+        key, value = "user_id", "item_id"  # each line: the user, then their items
+        expected = {key, value}
+    else:  # the object's keys are the table's ids, its values the other column's lists
+        key = keys[0] if len(keys) == 1 else ""
+        value = next((c for c in source.columns if c != key), "")
+        expected = {key, value} if key and value else set()
+    if set(source.columns) != expected or not expected:
+        wanted = "user_id and item_id" if source.layout == "sequences" else "one id column"
+        raise DataError(
+            f"{path}: the {source.layout} layout needs columns {wanted} (and, for "
+            f"json_lists, one list column); the card gives {', '.join(source.columns)}"
+        )
+    key_type, value_type = source.columns[key], source.columns[value]
+    try:
+        text = payload.decode(source.encoding)
+        if source.layout == "json_lists":
+            mapping = json.loads(text)
+            frame = pl.DataFrame(
+                {key: list(mapping), value: list(mapping.values())},
+                schema={key: pl.String, value: pl.List(DTYPES[value_type])},
+            ).with_columns(pl.col(key).cast(DTYPES[key_type]))
+        else:
+            lines = [line.split(source.separator) for line in text.splitlines() if line.strip()]
+            frame = (
+                pl.DataFrame(
+                    {key: [line[0] for line in lines], value: [line[1:] for line in lines]},
+                    schema={key: pl.String, value: pl.List(pl.String)},
+                )
+                .with_columns(
+                    pl.col(key).cast(DTYPES[key_type]),
+                    pl.col(value).list.eval(pl.element().cast(DTYPES[value_type])),
+                    pl.int_ranges(pl.col(value).list.len()).alias("timestamp"),
+                )
+                .explode(value, "timestamp")
+            )
+    except (pl.exceptions.PolarsError, ValueError, AttributeError) as err:
+        raise DataError(
+            f"{path}: does not parse as the card's {source.layout} layout: {_first_line(err)}"
+        ) from None
+    return frame
 
 
 def _derive(name: str, rule: Extract | Flags | Split) -> pl.Expr:

@@ -12,6 +12,7 @@ import yaml
 from featrec.datasets import card_dirs, load_card, load_tables, read_table
 from featrec.errors import DataError
 from featrec.spec import DataSpec
+from tests.conftest import real_data_dir
 
 RATINGS = "1::10::5::100\n1::11::3::200\n2::10::4::150\n"
 MOVIES = "10::Caf\xe9 Society (2016)::Comedy|Drama\n11::Heat (1995)::Action\n"
@@ -221,3 +222,56 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_unknown_file_type(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"unknown file type '.xlsx'"):
         read_table(tmp_path / "events.xlsx", "interactions")
+
+
+def test_sequence_and_json_layouts_read_as_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card whose interactions are one line per user (items oldest first, no time) and
+    whose items are a JSON object of attribute lists: the position stands for the time."""
+    folder = tmp_path / "data" / "tiny-seq"
+    folder.mkdir(parents=True)
+    files = {"seq.txt": b"7 3 5 3\n2 5\n9 4 3 8 1\n", "attrs.json": b'{"3": [1, 2], "5": [2]}'}
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    sums = {n: hashlib.sha256(p).hexdigest() for n, p in files.items()}
+    card = {
+        "name": "tiny-seq", "title": "t", "homepage": "h", "license": "l",
+        "source": {"url": "https://example.invalid/x.zip"}, "files": sums,
+        "tables": {
+            "interactions": [{"file": "seq.txt", "layout": "sequences", "separator": " ",
+                              "columns": {"user_id": "int", "item_id": "int"}}],
+            "items": [{"file": "attrs.json", "layout": "json_lists",
+                       "columns": {"item_id": "int", "attributes": "int"}}],
+        },
+    }  # fmt: skip
+    card_path = tmp_path / "tiny-seq.yaml"
+    card_path.write_text(yaml.safe_dump(card))
+    monkeypatch.setenv("FEATREC_DATA_DIR", str(tmp_path / "data"))
+    tables = load_tables(DataSpec(dataset=str(card_path)))
+    rows = tables.interactions.sort("user_id", "timestamp").rows()
+    assert rows == [(2, 5, 0), (7, 3, 0), (7, 5, 1), (7, 3, 2), (9, 4, 0), (9, 3, 1),
+                    (9, 8, 2), (9, 1, 3)]  # fmt: skip
+    assert tables.items.sort("item_id").rows() == [(3, [1, 2]), (5, [2])]
+    card["tables"]["interactions"][0]["columns"] = {"u": "int", "i": "int"}
+    card_path.write_text(yaml.safe_dump(card))
+    with pytest.raises(DataError, match="sequences layout needs columns user_id and item_id"):
+        load_tables(DataSpec(dataset=str(card_path)))
+    (folder / "seq.txt").write_bytes(b"7 3 x\n")  # a sum mismatch comes first
+    with pytest.raises(DataError, match="sha256"):
+        load_tables(DataSpec(dataset=str(card_path)))
+
+
+@pytest.mark.real_data
+def test_sports_card_reads_the_s3rec_files() -> None:
+    real_data_dir("s3rec-sports")
+    tables = load_tables(DataSpec(dataset="s3rec-sports"))
+    events = tables.interactions
+    assert (events.height, events["user_id"].n_unique(), events["item_id"].n_unique()) == (
+        296_337,
+        35_598,
+        18_357,
+    )  # the counts the S3-Rec files are published with
+    first = events.filter(pl.col("user_id") == 1).sort("timestamp")["item_id"].to_list()
+    assert first == [1, 2, 3, 4, 5, 6, 7, 8]  # line 1 of Sports_and_Outdoors.txt, in order
+    assert tables.items["attributes"].list.len().mean() > 5
