@@ -191,6 +191,14 @@ class FusionSpec(_Frozen):
     user: Literal["add", "token"] = Field(
         "add", description="User features: added to every token, or one prepended user token."
     )
+    aux_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="DIF-SR's auxiliary loss: weight of predicting each masked item's "
+        "categorical item features from its hidden state (cross-entropy; multi-hot binary "
+        "cross-entropy for lists), added to the item loss. 0: off; no effect without item "
+        "features.",
+    )
 
 
 class ModelSpec(_Frozen):

@@ -575,3 +575,35 @@ def test_attention_level_fusion_keeps_the_values_free_of_features(
     plain = experiment(tmp_path, tiny_spec_body, behavior_only=True, **{"fusion.method": method})
     assert plain.model.side_method is None
     assert not any("side" in name for name, _ in plain.model.named_parameters())
+
+
+def test_auxiliary_attribute_loss_predicts_the_masked_items_features(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    """fusion.aux_weight adds, per categorical item feature, the loss of predicting the
+    masked item's values from its hidden state: cross-entropy for one id, multi-hot binary
+    cross-entropy for a list (PAD is no value)."""
+    plain = experiment(tmp_path, tiny_spec_body, **{"fusion.method": "difsr"}).model
+    exp = experiment(
+        tmp_path, tiny_spec_body, **{"fusion.method": "difsr", "fusion.aux_weight": 0.5}
+    )
+    model = exp.model.eval()
+    assert not plain.attribute_heads and set(model.attribute_heads) == {"tags", "year"}
+    users = torch.arange(exp.data.num_users)
+    batch, labels = training_batch(exp.data, users, 7, 0.4, 0.0, torch.Generator().manual_seed(4))
+    total = model.loss(batch, labels)
+    labelled = labels != IGNORE
+    out = model(batch, query=labelled)
+    hidden, targets = out.hidden[out.query_valid], labels[labelled]
+    base = F.cross_entropy(model.score(hidden), targets)
+    year = F.cross_entropy(model.attribute_heads["year"](hidden), model.item_table_year[targets])
+    tag_logits = model.attribute_heads["tags"](hidden)
+    wanted = torch.zeros_like(tag_logits)
+    for row, ids in enumerate(model.item_table_tags[targets].tolist()):
+        for tag in ids:
+            if tag != PAD:
+                wanted[row, tag] = 1.0
+    tags = F.binary_cross_entropy_with_logits(tag_logits, wanted)
+    torch.testing.assert_close(total, base + 0.5 * (year + tags))
+    total.backward()
+    assert model.attribute_heads["tags"].weight.grad.abs().sum() > 0

@@ -92,6 +92,16 @@ class BERT4Rec(RecModel):
             EncoderLayer(dim, model.heads, model.dropout, model.attention_dropout, decoupled)
             for _ in range(model.layers)
         )
+        # DIF-SR's auxiliary task: the masked item's categorical item features, predicted
+        # from its hidden state (item features looked up by id, so the targets are at hand)
+        self.aux_weight = fusion.aux_weight
+        self.attribute_heads = nn.ModuleDict(
+            {
+                f.name: nn.Linear(dim, f.columns[0].cardinality)
+                for f in features
+                if fusion.aux_weight > 0 and f.scope == "item" and f.columns[0].kind != "float"
+            }
+        )
         # output head: transform, then scores tied to the item embedding (+ a bias per item)
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.output_bias = nn.Parameter(torch.zeros(num_items))
@@ -120,7 +130,22 @@ class BERT4Rec(RecModel):
         slots only (the same loss as scoring ``self(batch).hidden`` there)."""
         labelled = labels != IGNORE  # (B, L)
         out = self(batch, query=labelled)
-        return F.cross_entropy(self.score(out.hidden[out.query_valid]), labels[labelled])
+        hidden, targets = out.hidden[out.query_valid], labels[labelled]  # (N, D), (N,)
+        loss = F.cross_entropy(self.score(hidden), targets)
+        for name, head in self.attribute_heads.items():  # fusion.aux_weight > 0
+            loss = loss + self.aux_weight * self._attribute_loss(name, head(hidden), targets)
+        return loss
+
+    def _attribute_loss(
+        self, name: str, logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """How well (N, C) ``logits`` predict item feature ``name`` of the masked items."""
+        values = getattr(self, f"item_table_{name}")[targets]  # (N,) or (N, K) ids
+        if values.dim() == 1:
+            return F.cross_entropy(logits, values)
+        present = torch.zeros_like(logits).scatter_(1, values, 1.0)  # multi-hot (N, C)
+        present[:, PAD] = 0.0  # list padding is no attribute
+        return F.binary_cross_entropy_with_logits(logits, present)
 
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # output transform (dense, GELU, LayerNorm), as BERT's
