@@ -350,7 +350,10 @@ def describe_spec(spec: Spec, card_title: str | None = None) -> str:
         lines.append(_table(rows))
     m, t, e = spec.model, spec.train, spec.eval
     lines += [
-        f"fusion: {spec.fusion.method} (user features: {spec.fusion.user})",
+        f"fusion: {spec.fusion.method} (user features: {spec.fusion.user})"
+        + (
+            f", auxiliary attribute loss {spec.fusion.aux_weight}" if spec.fusion.aux_weight else ""
+        ),
         f"model: dim {m.dim}, layers {m.layers}, heads {m.heads}, max_len {m.max_len}, "
         f"dropout {m.dropout}, attention_dropout {m.attention_dropout}, init {m.init}"
         + (f", kind {m.kind}" if m.kind != "bert4rec" else ""),
