@@ -144,6 +144,7 @@ def fit(
     behavior_only: bool = False,
     progress: bool = True,
     log_to: Sequence[str] = (),
+    resume: bool = False,
 ):
     """Train ``spec`` and return the :class:`~featrec.recommend.Recommender` of its best
     checkpoint.
@@ -155,6 +156,8 @@ def fit(
     directory (default ``runs/<name>/<timestamp>``). ``overrides``: ``["train.epochs=5"]``
     as ``--set``. ``behavior_only``: item ids only. ``progress``: progress bars.
     ``log_to``: ``["tensorboard"]``, ``["mlflow"]`` (:mod:`featrec.tracking`).
+    ``resume``: continue the interrupted run in ``out`` (the same spec and tables: tables
+    that differ from the ones the run stored are refused).
     """
     from featrec.recommend import Recommender
     from featrec.train import check_new_run_dir, default_run_dir, train
@@ -162,12 +165,13 @@ def fit(
     spec = resolve_spec(spec, overrides, behavior_only)
     frames = _given_tables(spec, interactions=interactions, users=users, items=items)
     run_dir = Path(out) if out is not None else default_run_dir(spec)
-    check_new_run_dir(run_dir)
+    if not resume:
+        check_new_run_dir(run_dir)
     created = not run_dir.exists()
     try:
         if frames:
-            spec = _store_tables(run_dir, spec, frames)
-        train(spec, run_dir, progress=progress, log_to=log_to)
+            spec = _store_tables(run_dir, spec, frames, resume)
+        train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
     except FeatrecError:
         # bad input found before the first epoch: leave no half-made run behind
         if created and not (run_dir / "checkpoints" / "last.pt").exists():
@@ -176,8 +180,11 @@ def fit(
     return Recommender(run_dir, device=spec.train.device)
 
 
-def _store_tables(run_dir: Path, spec: Spec, frames: dict[str, pl.DataFrame]) -> Spec:
-    """Write the given tables into ``run_dir/data`` and point the spec at them."""
+def _store_tables(
+    run_dir: Path, spec: Spec, frames: dict[str, pl.DataFrame], resume: bool = False
+) -> Spec:
+    """Write the given tables into ``run_dir/data`` and point the spec at them; resuming,
+    check that they are the tables the run stored instead (and keep those files)."""
     folder = run_dir / "data"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -185,6 +192,14 @@ def _store_tables(run_dir: Path, spec: Spec, frames: dict[str, pl.DataFrame]) ->
         if table not in frames:
             continue
         path = (folder / f"{table}.parquet").resolve()
+        if resume and path.is_file():
+            if not pl.read_parquet(path).equals(frames[table]):
+                raise FeatrecError(
+                    f"{table}: differs from the table the run in {run_dir} was trained on "
+                    f"({path}); resume with that table, or train into another out"
+                )
+            paths[table] = path
+            continue
         try:
             write_file(path, frames[table].write_parquet)
         except (pl.exceptions.PolarsError, OSError) as err:

@@ -206,3 +206,32 @@ train: {epochs: 2}
     assert len(top.items) == 10 and not seen & set(top.items)
     table = rec.for_known_users([1, 2, 3], k=5)
     assert table.height == 15 and table["item_id"].dtype == pl.Int64
+
+
+def test_fit_resumes_an_interrupted_run_with_the_same_tables_only(
+    tmp_path: Path, frames: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featrec.train
+
+    real_train = featrec.train.train
+
+    def interrupted(*args, **kwargs):
+        def stop(epoch: int, row: dict) -> None:
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        return real_train(*args, **kwargs, on_epoch_end=stop)
+
+    monkeypatch.setattr(featrec.train, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False)
+    monkeypatch.setattr(featrec.train, "train", real_train)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()  # kept for a resume
+    with pytest.raises(FeatrecError, match="holds a run already"):
+        featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False)
+    other = frames | {"interactions": frames["interactions"].head(20)}
+    with pytest.raises(FeatrecError, match="interactions: differs from the table the run"):
+        featrec.fit(SPEC_TEXT, **other, out=tmp_path / "run", progress=False, resume=True)
+    rec = featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False, resume=True)
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2] and rec.evaluate("test")
