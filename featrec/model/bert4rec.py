@@ -234,7 +234,8 @@ class BERT4Rec(RecModel):
         ``steer`` (the sum of the features that steer the item's queries and keys: all of
         them under nova, the user features under difsr; None when there are none) and each
         decoupled source (difsr: one per item or event feature, its own score map) are
-        (B, L, D), or (B, 1, D) when made of user features only; normalized, with dropout.
+        (B, L, D), or (B, 1, D) when made of user features only; normalized (``steer`` also
+        dropped out).
         The leakage rules hold as for the tokens: the features come from the same (masked)
         batch."""
         steer, decoupled = [], []
@@ -247,7 +248,9 @@ class BERT4Rec(RecModel):
         steered = self.dropout(next(norms)(sum(steer))) if steer else None
         if not decoupled:
             return [steered]
-        return [steered, torch.stack([self.dropout(next(norms)(s)) for s in decoupled])]
+        # no dropout on the decoupled sources: drawing S masks over (B, L, D) took a fifth
+        # of a difsr step on the CPU (bench/RESULTS.md); the tokens and steer keep theirs
+        return [steered, torch.stack([next(norms)(s) for s in decoupled])]
 
     def _user_vector(self, config: FeatureConfig, batch: Batch) -> torch.Tensor:
         embedded = self._embed(config, batch)  # (B, 1, D_f)
