@@ -319,6 +319,7 @@ def train(
         training.resume()
     for tracker in trackers:
         tracker.start(spec, run_dir)
+    finished = False
     try:
         _epochs(training, progress, on_epoch_end, trackers)
         best = run_dir / "checkpoints" / "best.pt"
@@ -328,12 +329,10 @@ def train(
         _plot(run_dir, training.state.history, spec.eval.primary)
         for tracker in trackers:
             tracker.finish(final)
-    except BaseException:
+        finished = True
+    finally:  # an interrupted or failed run is marked so in the trackers, then goes on up
         for tracker in trackers:
-            tracker.close(failed=True)
-        raise
-    for tracker in trackers:
-        tracker.close(failed=False)
+            tracker.close(failed=not finished)
     return final
 
 
