@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from featrec.atomic import write_file
-from featrec.datasets import OWN_TABLES, own_tables
+from featrec.datasets import OWN_TABLES, first_line, own_tables
 from featrec.errors import FeatrecError
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
 
@@ -77,7 +77,7 @@ def as_polars(table: Any, name: str) -> pl.DataFrame:
         elif module == "pandas" and type(table).__name__ == "DataFrame":
             return pl.from_pandas(table)  # through Arrow
     except (pl.exceptions.PolarsError, TypeError, ValueError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise FeatrecError(f"{name}: cannot convert the {module} table: {first}") from None
     raise FeatrecError(
         f"{name}: expected a pandas or polars DataFrame or a pyarrow Table; "
@@ -203,7 +203,7 @@ def _store_tables(
         try:
             write_file(path, frames[table].write_parquet)
         except (pl.exceptions.PolarsError, OSError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise FeatrecError(f"{table}: cannot be stored as parquet: {first}") from None
         paths[table] = path
     log.info("tables given stored in %s", folder)

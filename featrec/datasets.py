@@ -380,7 +380,7 @@ def _read_source(source: TableSource, path: Path, sha256: str) -> pl.DataFrame:
         )
     except (pl.exceptions.PolarsError, ValueError) as err:
         raise DataError(
-            f"{path}: does not parse as the card describes: {_first_line(err)}"
+            f"{path}: does not parse as the card describes: {first_line(err)}"
         ) from None
     return frame.with_columns(_derive(name, rule) for name, rule in source.derive.items())
 
@@ -406,6 +406,8 @@ def _read_layout(source: TableSource, path: Path, payload: bytes) -> pl.DataFram
         text = payload.decode(source.encoding)
         if source.layout == "json_lists":
             mapping = json.loads(text)
+            if not isinstance(mapping, dict):
+                raise ValueError(f"expected a JSON object; got a {type(mapping).__name__}")
             frame = pl.DataFrame(
                 {key: list(mapping), value: list(mapping.values())},
                 schema={key: pl.String, value: pl.List(DTYPES[value_type])},
@@ -424,9 +426,9 @@ def _read_layout(source: TableSource, path: Path, payload: bytes) -> pl.DataFram
                 )
                 .explode(value, "timestamp")
             )
-    except (pl.exceptions.PolarsError, ValueError, AttributeError) as err:
+    except (pl.exceptions.PolarsError, ValueError) as err:
         raise DataError(
-            f"{path}: does not parse as the card's {source.layout} layout: {_first_line(err)}"
+            f"{path}: does not parse as the card's {source.layout} layout: {first_line(err)}"
         ) from None
     return frame
 
@@ -464,11 +466,13 @@ def read_table(path: Path, table: str) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, OSError, ValueError) as err:
         raise DataError(
             f"data.{table}: {path}: cannot read as {path.suffix.lstrip('.')} "
-            f"(truncated or not that format?): {_first_line(err)}"
+            f"(truncated or not that format?): {first_line(err)}"
         ) from None
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line
+    errors."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 

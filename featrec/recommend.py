@@ -27,7 +27,7 @@ import polars as pl
 import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
-from featrec.datasets import load_tables
+from featrec.datasets import first_line, load_tables
 from featrec.devices import resolve_device
 from featrec.encoders import load_encoders
 from featrec.errors import FeatrecError
@@ -428,10 +428,10 @@ def as_history(history: Any, where: str = "history") -> History:
         return history.tolist()
     if module == "pandas" and kind == "Series":
         return history.tolist()
-    if module == "pandas" and kind == "DataFrame":
-        return pl.from_pandas(history)
-    if module == "pyarrow" and kind == "Table":
-        return pl.from_arrow(history)
+    if (module, kind) in (("pandas", "DataFrame"), ("pyarrow", "Table")):
+        from featrec.api import as_polars
+
+        return as_polars(history, where)
     if module == "pyarrow" and (kind in ("Array", "ChunkedArray") or kind.endswith("Array")):
         return history.to_pylist()
     raise FeatrecError(
@@ -484,7 +484,7 @@ def read_requests(path: Path) -> pl.DataFrame:
     try:
         return reader(path)
     except (OSError, pl.exceptions.PolarsError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise FeatrecError(f"--input {path}: cannot read: {first}") from None
 
 

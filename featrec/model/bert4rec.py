@@ -59,10 +59,9 @@ class BERT4Rec(RecModel):
         dims = {"item": dim} | {f.name: f.dim for f in self.token_features}
         # attention level: the tokens (the values) are the item embedding alone, and the
         # features enter every layer's queries and keys as side sources
-        self.side_method = fusion.method if fusion.method in ATTENTION_FUSIONS else None
-        if self.side_method is None or len(dims) == 1:
-            self.side_method = None
-        else:
+        attention_level = fusion.method in ATTENTION_FUSIONS and len(dims) > 1
+        self.side_method = fusion.method if attention_level else None
+        if attention_level:
             dims = {"item": dim}
             self.fuse_per_item = False  # side sources are looked up per token
             self.side_projection = nn.ModuleDict(
