@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from featrec.atomic import write_file
-from featrec.datasets import OWN_TABLES, first_line, own_tables
+from featrec.datasets import OWN_TABLES, first_line, load_own_tables
 from featrec.errors import FeatrecError
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
 
@@ -120,17 +120,7 @@ def prepare(
     frames = _given_tables(spec, interactions=interactions, users=users, items=items)
     if not frames:
         return prepare_files(spec)[0]
-    sources = {"interactions": spec.data.interactions, "users": spec.data.users,
-               "items": spec.data.items}  # fmt: skip
-    from featrec.datasets import read_table
-
-    origin = {}
-    for table, path in sources.items():
-        if table in frames:
-            origin[table] = f"the {table} table given"
-        elif path is not None:
-            frames[table], origin[table] = read_table(path, table), str(path)
-    return build(spec, own_tables(frames, spec.data, origin))
+    return build(spec, load_own_tables(spec.data, frames))
 
 
 def fit(

@@ -329,7 +329,7 @@ def load_tables(data: DataSpec) -> Tables:
             "data: set data.dataset (a card) or data.interactions (your file), or pass the "
             "tables to featrec.fit"
         )
-    return _load_own_tables(data)
+    return load_own_tables(data)
 
 
 def _load_card_tables(card: Card) -> Tables:
@@ -477,11 +477,15 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load_own_tables(data: DataSpec) -> Tables:
+def load_own_tables(data: DataSpec, given: dict[str, pl.DataFrame] | None = None) -> Tables:
+    """A user's tables: those ``given`` (DataFrames from ``featrec.prepare``), the rest read
+    from the spec's files."""
     frames, origin = {}, {}
     for table in OWN_TABLES:
         path = getattr(data, table)
-        if path is not None:
+        if given and table in given:
+            frames[table], origin[table] = given[table], f"the {table} table given"
+        elif path is not None:
             frames[table], origin[table] = read_table(path, table), str(path)
     return own_tables(frames, data, origin)
 
