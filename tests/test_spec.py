@@ -239,3 +239,10 @@ def test_schema_lists_every_section() -> None:
     schema = json_schema()
     assert set(schema["properties"]) == set(Spec.model_fields)
     assert schema["additionalProperties"] is False
+
+
+def test_fusion_aux_weight_is_a_weight(tmp_path: Path) -> None:
+    message = error_of(tmp_path, minimal(fusion={"method": "difsr", "aux_weight": -0.1}))
+    assert "fusion.aux_weight" in message and "-0.1" in message
+    spec = load_spec(write_spec(tmp_path, minimal(fusion={"method": "nova", "aux_weight": 0.5})))
+    assert (spec.fusion.method, spec.fusion.aux_weight) == ("nova", 0.5)
