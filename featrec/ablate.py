@@ -22,7 +22,7 @@ import yaml
 
 from featrec.atomic import write_folder
 from featrec.errors import FeatrecError
-from featrec.report import EMBEDDING_MLP, MOST_POPULAR, headline
+from featrec.report import DIN, EMBEDDING_MLP, MOST_POPULAR, headline
 from featrec.spec import Spec, spec_differences
 from featrec.train import Experiment, train, write_ranks
 
@@ -45,9 +45,9 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     full · behavior-only · -<scope> · behavior+<scope> · -<feature> · then, for each of
     ``fusions`` (other ``fusion.method`` values), each of those with features under that
     method, named ``<variant>@<method>`` · most-popular · embedding-mlp (the Embedding&MLP
-    baseline with the same features). A name whose features equal an earlier variant's
-    (``-gender`` where gender is the only user feature) maps to that variant: it is trained
-    once, under the first name.
+    baseline with the same features) · din (DIN: target attention, the same features). A
+    name whose features equal an earlier variant's (``-gender`` where gender is the only
+    user feature) maps to that variant: it is trained once, under the first name.
     """
     features = list(spec.features)
     scopes = [s for s in SCOPES if any(f.scope == s for f in features)]
@@ -107,6 +107,15 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     )
     out[EMBEDDING_MLP] = Variant(
         EMBEDDING_MLP, baseline, description="mean-pooled history + features, MLP (no attention)"
+    )
+    din = spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"kind": "din"}),
+            "train": spec.train.model_copy(update={"loss": "sampled_softmax"}),
+        }
+    )
+    out[DIN] = Variant(
+        DIN, din, description="target attention over the history, candidate as query, + features"
     )
     return out
 

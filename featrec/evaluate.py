@@ -124,8 +124,7 @@ def model_scorer(model, data: SequenceData, max_len: int) -> Callable:
     @torch.inference_mode()
     def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         batch = request_batch(data, users, positions, max_len).to(device)
-        hidden = model.last_hidden(batch)  # (B, D): the predicted slot
-        return model.score(hidden)
+        return model.predict(batch)  # (B, I): the predicted slot
 
     return score
 

@@ -36,7 +36,7 @@ class ScoreLastSlot(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         batch = Batch.from_named(dict(zip(self.keys, inputs, strict=True)))
-        return self.model.score(self.model.last_hidden(batch))
+        return self.model.predict(batch)
 
 
 def example_batch(recommender: Recommender) -> Batch:

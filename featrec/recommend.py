@@ -239,7 +239,7 @@ class Recommender:
         """(len(users), items) scores for the slot at each request's ``test_idx``."""
         targets = data.test_idx[users]
         batch = request_batch(data, users, targets, self.spec.model.max_len)
-        scores = self.model.score(self.model.last_hidden(batch.to(self.device)))
+        scores = self.model.predict(batch.to(self.device))
         if exclude_seen:
             seen = seen_items(data, users, targets, scores.shape[1])
             scores = scores.masked_fill(seen.to(self.device), float("-inf"))
@@ -408,9 +408,15 @@ def as_history(history: Any, where: str = "history") -> History:
     """A history as given (item ids in a list, tuple, numpy array, pandas / polars / pyarrow
     Series or array; records; a pandas / polars DataFrame or pyarrow Table with an item_id
     column) → a list or a polars DataFrame."""
-    if history is None or isinstance(history, (list, pl.DataFrame)):
+    if history is None or isinstance(history, pl.DataFrame):
         return history
-    if isinstance(history, tuple):
+    if isinstance(history, (list, tuple)):
+        nested = next((i for i, x in enumerate(history) if isinstance(x, (list, tuple))), None)
+        if nested is not None:
+            raise FeatrecError(
+                f"{where}: expected item ids or records; item {nested} is a "
+                f"{type(history[nested]).__name__} (several histories: recommend_many)"
+            )
         return list(history)
     if isinstance(history, pl.Series):
         return history.to_list()

@@ -26,7 +26,8 @@ from featrec.spec import Spec, load_spec
 REFERENCES = ("behavior-only", "full")
 MOST_POPULAR = "most-popular"
 EMBEDDING_MLP = "embedding-mlp"
-BASELINES = (MOST_POPULAR, EMBEDDING_MLP)
+DIN = "din"
+BASELINES = (MOST_POPULAR, EMBEDDING_MLP, DIN)
 RANK_METRICS = ("ndcg", "hr", "mrr")  # computable per user from the stored target ranks
 LABELS = {"ndcg": "NDCG", "hr": "HR", "mrr": "MRR"}
 

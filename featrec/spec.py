@@ -202,10 +202,12 @@ class FusionSpec(_Frozen):
 
 
 class ModelSpec(_Frozen):
-    kind: Literal["bert4rec", "embedding_mlp"] = Field(
+    kind: Literal["bert4rec", "embedding_mlp", "din"] = Field(
         "bert4rec",
         description="bert4rec: the transformer with the Cloze task. embedding_mlp: the "
-        "YouTube-DNN-style baseline (mean-pooled history + features → MLP → next item).",
+        "YouTube-DNN-style baseline (mean-pooled history + features → MLP → next item). "
+        "din: Deep Interest Network, target attention over the history with the candidate "
+        "item as the query (trains with train.loss: sampled_softmax).",
     )
     dim: int = Field(64, gt=0)
     layers: int = Field(2, gt=0)
@@ -256,6 +258,14 @@ class TrainSpec(_Frozen):
         le=1.0,
         description="Share of histories longer than model.max_len trained on a window drawn "
         "uniformly from all their full windows (the newest included) instead of the newest.",
+    )
+    loss: Literal["ce", "sampled_softmax"] = Field(
+        "ce",
+        description="ce: softmax over every item at each target. sampled_softmax: over the "
+        "target and train.negatives items drawn uniformly, shared by the batch.",
+    )
+    negatives: int = Field(
+        100, gt=0, description="sampled_softmax: negative items drawn per training step."
     )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)
@@ -349,6 +359,15 @@ class Spec(_Frozen):
                 )
             first[feature.name] = i
         return features
+
+    @model_validator(mode="after")
+    def _loss_fits_model(self) -> Spec:
+        if self.model.kind == "din" and self.train.loss == "ce":
+            raise ValueError(
+                "model.kind din scores every candidate against the whole history, so it "
+                "trains with train.loss: sampled_softmax (got ce: a full softmax per target)"
+            )
+        return self
 
     def behavior_only(self) -> Spec:
         """The same experiment with item ids only: same data, split, seed and model size."""

@@ -41,8 +41,10 @@ def test_variants_are_spec_transformations(tmp_path: Path, quick: dict) -> None:
     assert found["behavior-only"].spec.features == []
     assert found["embedding-mlp"].spec.model.kind == "embedding_mlp"
     for variant in found.values():  # everything but the features and model stays the same
-        same = variant.spec.model_dump(exclude={"features", "model"})
-        assert same == spec.model_dump(exclude={"features", "model"})
+        same = variant.spec.model_dump(exclude={"features", "model", "train"})
+        assert same == spec.model_dump(exclude={"features", "model", "train"})
+        loss = {"loss": "sampled_softmax"} if variant.name == "din" else {}
+        assert variant.spec.train == spec.train.model_copy(update=loss)  # DIN: sampled
     model = Experiment.from_spec(found["behavior-only"].spec).model
     assert not [n for n, _ in model.named_parameters() if n.startswith(("features.", "fusion."))]
 

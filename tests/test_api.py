@@ -167,6 +167,7 @@ def test_recommend_takes_arrays_series_and_frames(fitted, history) -> None:
         ("1193", "got the text '1193'"),
         (np.array([[1, 2], [3, 4]]), r"expected a 1-d array of item ids; got \(2, 2\)"),
         ({1, 2}, "got builtins.set"),
+        ([[1, 2], [3]], r"item 0 is a list \(several histories: recommend_many\)"),
     ],
 )
 def test_recommend_refuses_what_is_no_history(fitted, history, message: str) -> None:

@@ -23,7 +23,7 @@ from featrec.batching import (
 from featrec.encoders import MASK, PAD
 from featrec.model import MODEL_KINDS
 from featrec.model.bert4rec import EncoderLayer
-from featrec.model.protocol import full_softmax_loss
+from featrec.model.protocol import labelled_loss
 from featrec.spec import load_spec
 from featrec.train import Experiment, train
 from tests.conftest import write_spec
@@ -107,7 +107,7 @@ def test_training_scores_masked_slots_as_the_full_forward_does(
         torch.testing.assert_close(out.hidden[out.query_valid], full[masked], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(
             exp.model.loss(batch, labels),
-            full_softmax_loss(exp.model, full, labels),
+            labelled_loss(exp.model, full, labels),
             rtol=1e-5,
             atol=1e-6,
         )
@@ -176,7 +176,7 @@ def test_training_step_lowers_the_loss(tmp_path: Path, tiny_spec_body: dict) -> 
     optimizer = torch.optim.Adam(exp.model.parameters(), lr=1e-2)
     losses = []
     for _ in range(5):
-        loss = full_softmax_loss(exp.model, exp.model(batch).hidden, labels)
+        loss = labelled_loss(exp.model, exp.model(batch).hidden, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -489,16 +489,25 @@ def test_encoder_layer_computes_what_torchs_layer_computes() -> None:
 def test_every_kind_scores_given_items_as_it_scores_all(
     tmp_path: Path, odd_dims: dict, kind: str
 ) -> None:
-    exp = experiment(tmp_path, odd_dims, **{"model.kind": kind})
+    loss = {"train.loss": "sampled_softmax"} if kind == "din" else {}
+    exp = experiment(tmp_path, odd_dims, **{"model.kind": kind, **loss})
     assert isinstance(exp.model, MODEL_KINDS[kind])
+    model = exp.model.eval()
+    users, targets = exp.data.targets("test")
+    batch = request_batch(exp.data, users, targets, 7)
+    shared = torch.tensor([4, 7, 9])
+    with torch.no_grad():
+        every = model.predict(batch)  # (B, I)
+        torch.testing.assert_close(model.predict(batch, shared), every[:, shared])
+    assert torch.isinf(every[:, :4]).all()  # reserved ids are never candidates
+    if kind == "din":
+        return  # no candidate-free hidden state to score
     hidden = torch.randn(5, 12)
     with torch.no_grad():
-        every = exp.model.score(hidden)  # (5, I)
-        shared = torch.tensor([4, 7, 9])
-        torch.testing.assert_close(exp.model.score(hidden, shared), every[:, shared])
-        per_row = torch.randint(4, exp.model.num_items, (5, 3))
-        torch.testing.assert_close(exp.model.score(hidden, per_row), every.gather(1, per_row))
-    assert torch.isinf(every[:, :4]).all()  # reserved ids are never candidates
+        every = model.score(hidden)  # (5, I)
+        torch.testing.assert_close(model.score(hidden, shared), every[:, shared])
+        per_row = torch.randint(4, model.num_items, (5, 3))
+        torch.testing.assert_close(model.score(hidden, per_row), every.gather(1, per_row))
 
 
 # --- attention-level fusion ---------------------------------------------------------------

@@ -9,21 +9,30 @@ from __future__ import annotations
 import torch
 
 from featrec.model.bert4rec import BERT4Rec, EncoderOutput
+from featrec.model.din import DIN
 from featrec.model.embedding_mlp import EmbeddingMLP
 from featrec.model.embeddings import ColumnConfig, FeatureConfig, feature_configs
 from featrec.model.protocol import RecModel
 
-MODEL_KINDS: dict[str, type[RecModel]] = {"bert4rec": BERT4Rec, "embedding_mlp": EmbeddingMLP}
+MODEL_KINDS: dict[str, type[RecModel]] = {
+    "bert4rec": BERT4Rec,
+    "embedding_mlp": EmbeddingMLP,
+    "din": DIN,
+}
 
 
 def build_model(
     spec, num_items: int, features: list[FeatureConfig], item_tables: dict[str, torch.Tensor]
 ) -> RecModel:
     """The model a (resolved) spec asks for; behavior-only specs give one without features."""
-    return MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
+    model = MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
+    if spec.train.loss == "sampled_softmax":
+        model.negatives = spec.train.negatives
+    return model
 
 
 __all__ = [
+    "DIN",
     "MODEL_KINDS",
     "BERT4Rec",
     "ColumnConfig",

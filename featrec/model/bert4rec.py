@@ -20,7 +20,7 @@ from featrec.batching import Batch, SequenceData, training_batch
 from featrec.ids import IGNORE, PAD
 from featrec.model.embeddings import FeatureConfig
 from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
-from featrec.model.protocol import RecModel
+from featrec.model.protocol import RecModel, target_loss
 from featrec.spec import FusionSpec, ModelSpec, Spec
 
 
@@ -125,12 +125,12 @@ class BERT4Rec(RecModel):
         )  # fmt: skip
 
     def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over all items at the masked slots; the last layer runs for those
-        slots only (the same loss as scoring ``self(batch).hidden`` there)."""
+        """The training loss (``train.loss``) at the masked slots; the last layer runs for
+        those slots only (the same loss as scoring ``self(batch).hidden`` there)."""
         labelled = labels != IGNORE  # (B, L)
         out = self(batch, query=labelled)
         hidden, targets = out.hidden[out.query_valid], labels[labelled]  # (N, D), (N,)
-        loss = F.cross_entropy(self.score(hidden), targets)
+        loss = target_loss(self, hidden, targets)
         for name, head in self.attribute_heads.items():  # fusion.aux_weight > 0
             loss = loss + self.aux_weight * self._attribute_loss(name, head(hidden), targets)
         return loss

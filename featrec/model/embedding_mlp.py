@@ -21,11 +21,15 @@ from featrec.batching import Batch, SequenceData, next_item_batch
 from featrec.ids import MASK, PAD
 from featrec.model.bert4rec import EncoderOutput, _init_weights
 from featrec.model.embeddings import FeatureConfig
-from featrec.model.protocol import RecModel, full_softmax_loss
+from featrec.model.protocol import RecModel, labelled_loss
 from featrec.spec import ModelSpec, Spec
 
 
-class EmbeddingMLP(RecModel):
+class LookBackModel(RecModel):
+    """What the look-back baselines share: item tokens (id plus item features, fused by
+    sum), the user's features and the request-known event features of each position, all
+    at the model's width; next-item training windows (:func:`next_item_batch`)."""
+
     min_train_events = 2  # a next item after at least one event
 
     def __init__(
@@ -45,17 +49,14 @@ class EmbeddingMLP(RecModel):
         self.add_feature_inputs(used, item_tables)
         self.project = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in used if f.dim != dim})
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
-        width = dim * (1 + len(self.user_features) + len(self.context_features))
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * dim), nn.GELU(), nn.Dropout(model.dropout), nn.Linear(4 * dim, dim)
-        )
         self.output_bias = nn.Parameter(torch.zeros(num_items))
-        self.apply(_init_weights)
+        # width of the side inputs: one model-wide vector per user and context feature
+        self.side_width = dim * (len(self.user_features) + len(self.context_features))
 
     @classmethod
     def from_spec(
         cls, spec: Spec, num_items: int, features: list[FeatureConfig], item_tables: dict
-    ) -> EmbeddingMLP:
+    ) -> LookBackModel:
         request_known = frozenset(
             f.name for f in spec.features if f.scope == "event" and not f.hidden_at_target
         )
@@ -69,31 +70,62 @@ class EmbeddingMLP(RecModel):
             data, users, spec.model.max_len, t.next_item_share, generator, t.crop_prob
         )
 
-    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over all items at every labelled (next-item) position."""
-        return full_softmax_loss(self, self(batch).hidden, labels)
-
     def _feature(self, config: FeatureConfig, batch: Batch, per_item: bool = False) -> torch.Tensor:
         """:meth:`embed_feature`, projected to the model's width."""
         embedded = self.embed_feature(config, batch, per_item)
         return self.project[config.name](embedded) if config.name in self.project else embedded
 
-    def forward(self, batch: Batch) -> EncoderOutput:
-        items = batch.item  # (B, L)
-        tokens = self.item_embedding(items)  # (B, L, D)
+    def item_tokens(self, items: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Item ids (any shape) → their id embeddings plus item features (..., D)."""
+        tokens = self.item_embedding(items)
         for config in self.item_features:
             tokens = tokens + self._feature(config, batch, per_item=True)[items]  # (I, D) looked up
-        known = ((items != PAD) & (items != MASK)).unsqueeze(-1)  # (B, L, 1)
-        # mean of the items strictly before each position: cumulative sums shifted by one
-        summed = F.pad(torch.cumsum(tokens * known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, D)
-        counts = F.pad(torch.cumsum(known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, 1)
-        parts = [summed / counts.clamp(min=1)]
-        length = items.shape[1]
+        return tokens
+
+    def side_inputs(self, batch: Batch) -> list[torch.Tensor]:
+        """The user's features and each position's request-known event features: a list of
+        (B, L, D), empty without such features."""
+        length = batch.item.shape[1]
+        parts = []
         for config in self.user_features:
             user = self._feature(config, batch)  # (B, D)
             parts.append(user.unsqueeze(1).expand(-1, length, -1))
         for config in self.context_features:
             parts.append(self._feature(config, batch))  # (B, L, D)
+        return parts
+
+
+class EmbeddingMLP(LookBackModel):
+    def __init__(
+        self,
+        model: ModelSpec,
+        num_items: int,
+        features: list[FeatureConfig],
+        item_tables: dict[str, torch.Tensor],
+        request_known: frozenset[str],
+    ) -> None:
+        super().__init__(model, num_items, features, item_tables, request_known)
+        dim = model.dim
+        self.mlp = nn.Sequential(
+            nn.Linear(dim + self.side_width, 4 * dim),
+            nn.GELU(),
+            nn.Dropout(model.dropout),
+            nn.Linear(4 * dim, dim),
+        )
+        self.apply(_init_weights)
+
+    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss (``train.loss``) at every labelled (next-item) position."""
+        return labelled_loss(self, self(batch).hidden, labels)
+
+    def forward(self, batch: Batch) -> EncoderOutput:
+        items = batch.item  # (B, L)
+        tokens = self.item_tokens(items, batch)  # (B, L, D)
+        known = ((items != PAD) & (items != MASK)).unsqueeze(-1)  # (B, L, 1)
+        # mean of the items strictly before each position: cumulative sums shifted by one
+        summed = F.pad(torch.cumsum(tokens * known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, D)
+        counts = F.pad(torch.cumsum(known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, 1)
+        parts = [summed / counts.clamp(min=1), *self.side_inputs(batch)]
         return EncoderOutput(hidden=self.mlp(torch.cat(parts, dim=-1)), fusion_weights=None)
 
     def last_hidden(self, batch: Batch) -> torch.Tensor:

@@ -33,6 +33,8 @@ class RecModel(nn.Module):
     # training events a user needs for one training target (a masked item: 1; a next item
     # after a history: 2); users with fewer are left out of training batches
     min_train_events: ClassVar[int] = 1
+    # train.loss sampled_softmax: negatives drawn per step (set by build_model); None: ce
+    negatives: int | None = None
     item_embedding: nn.Embedding
     output_bias: nn.Parameter
 
@@ -68,6 +70,13 @@ class RecModel(nn.Module):
     def last_hidden(self, batch: Batch) -> torch.Tensor:
         """(B, D) hidden state of each window's newest slot: the slot inference predicts."""
         raise NotImplementedError
+
+    def predict(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the newest slot of each window: every item (B, I), reserved ids at -inf;
+        or, with ``items`` (C,) item ids, those items only (B, C). What evaluation, serving
+        and export call; models whose scores depend on the candidate beyond one hidden
+        state per window (DIN's target attention) override it."""
+        return self.score(self.last_hidden(batch), items)
 
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, D) hidden states → (N, D) vectors compared with the item embeddings."""
@@ -125,7 +134,35 @@ class RecModel(nn.Module):
         data-dependent branches at the example's size)."""
 
 
-def full_softmax_loss(model: RecModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over all items at the labelled positions of (B, L, D) ``hidden``."""
+def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss (``train.loss``) of (N, D) ``hidden`` states for (N,) ``targets``:
+    cross-entropy over every item (ce) or over the target and ``model.negatives`` shared
+    negatives (sampled_softmax)."""
+    if model.negatives is None:
+        return F.cross_entropy(model.score(hidden), targets)
+    negatives = draw_negatives(model.num_items, model.negatives, hidden.device)
+    positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
+    return sampled_softmax(positive, model.score(hidden, negatives), targets, negatives)
+
+
+def draw_negatives(num_items: int, count: int, device: torch.device) -> torch.Tensor:
+    """(count,) item ids drawn uniformly (with replacement) from the real items, from
+    torch's global generator (seeded by training, saved in checkpoints)."""
+    return torch.randint(N_RESERVED, num_items, (count,), device=device)
+
+
+def sampled_softmax(
+    positive: torch.Tensor, negative: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of each target (N,) against shared negatives (N, K) of ids (K,), with
+    accidental hits (a negative equal to the row's target) removed. Negatives are drawn
+    uniformly, so the logQ correction is one constant and cancels."""
+    hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # (N, K)
+    logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(hits, float("-inf"))], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def labelled_loss(model: RecModel, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`target_loss` at the labelled positions of (B, L, D) ``hidden``."""
     labelled = labels != IGNORE  # (B, L)
-    return F.cross_entropy(model.score(hidden[labelled]), labels[labelled])
+    return target_loss(model, hidden[labelled], labels[labelled])

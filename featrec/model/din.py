@@ -1,0 +1,183 @@
+"""DIN (Deep Interest Network, Zhou et al., KDD 2018): target attention over the history.
+
+Shape letters: B batch, L window length, D model dim, N scored positions, C candidate
+items, I items.
+
+Position ``t`` of a window and a candidate item ``c`` are scored from the items before
+``t`` pooled by attention whose *query is the candidate* (its id embedding plus its item
+features), the user's features and the request-known event features of ``t`` (as
+Embedding&MLP has them), through an MLP, then compared with the candidate's embedding:
+
+    score(t, c) = MLP(W·pool_c(history before t) + V·side_t) · e_c + b_c
+
+It is the step between Embedding&MLP (one mean over the history for every candidate) and
+self-attention (the history attends to itself). The attention is scaled dot product
+rather than the paper's small MLP "activation unit", so it runs on
+``scaled_dot_product_attention``; a learned key with a zero value is always visible, so a
+candidate can attend to nothing in the history (the paper's weights are not normalised for
+the same reason) and an empty history is well defined.
+
+The pooled history differs per candidate, so every (position, candidate) pair costs one
+attention over the history: training uses ``train.loss: sampled_softmax`` (the target and
+``train.negatives`` shared negatives per step) and ranking scores the items in chunks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featrec.batching import Batch
+from featrec.ids import IGNORE, MASK, N_RESERVED, PAD
+from featrec.model.bert4rec import _init_weights
+from featrec.model.embedding_mlp import LookBackModel
+from featrec.model.embeddings import FeatureConfig
+from featrec.model.protocol import draw_negatives, sampled_softmax
+from featrec.spec import ModelSpec
+
+ITEM_CHUNK = 1024  # candidate items scored at once when ranking every item
+
+
+class DIN(LookBackModel):
+    def __init__(
+        self,
+        model: ModelSpec,
+        num_items: int,
+        features: list[FeatureConfig],
+        item_tables: dict[str, torch.Tensor],
+        request_known: frozenset[str],
+    ) -> None:
+        super().__init__(model, num_items, features, item_tables, request_known)
+        dim = model.dim
+        self.query = nn.Linear(dim, dim, bias=False)  # candidate → attention query
+        self.pooled_in = nn.Linear(dim, dim)  # first MLP layer, the pooled history's part
+        self.side_in = nn.Linear(self.side_width, dim, bias=False) if self.side_width else None
+        # normalised like BERT4Rec's output transform: scores start on the scale of the item
+        # embeddings, not of a product of two small initial weights
+        self.mlp_out = nn.Sequential(
+            nn.GELU(), nn.Dropout(model.dropout), nn.Linear(dim, dim), nn.LayerNorm(dim)
+        )
+        self.apply(_init_weights)
+        self.null_key = nn.Parameter(torch.zeros(dim))  # the "nothing in the history" slot
+
+    def forward(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(batch, items)
+
+    def last_hidden(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError(
+            "DIN's hidden state depends on the candidate item: score with predict(batch)"
+        )
+
+    def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax at every labelled (next-item) position: the target against
+        ``self.negatives`` items drawn for the whole batch."""
+        labelled = labels != IGNORE  # (B, L)
+        targets = labels[labelled]  # (N,)
+        negatives = draw_negatives(self.num_items, self.negatives or 100, labels.device)  # (K,)
+        scores = self.training_scores(batch, labelled, negatives)
+        return sampled_softmax(scores[:, 0], scores[:, 1:], targets, negatives)
+
+    def training_scores(
+        self, batch: Batch, labelled: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores (N, 1 + K) at the N ``labelled`` (B, L) positions, in ``nonzero`` order:
+        of the item there, then of the negatives (K,); each from the events before it.
+
+        The target at position t is the window's own item there: its attention over the
+        items before it is causal self-attention with the candidate as the query, one pass
+        per window. A negative's attention logits over a window do not depend on the
+        position, so its pooled history at every position is one running sum: exp-weighted
+        values and weights accumulated along the window (B, K, L, D), read at each target's
+        position. Both give the numbers of attending with everything from t on hidden.
+        """
+        rows, ends = labelled.nonzero(as_tuple=True)  # (N,), (N,): window and position
+        items = batch.item
+        tokens, known, side = self._inputs(batch)
+        length = items.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
+        own = self._pool(tokens, known.unsqueeze(1) & earlier, items, batch)  # (B, L, D)
+        pooled_target = own[rows, ends].unsqueeze(1)  # (N, 1, D)
+        target = items[rows, ends].unsqueeze(1)  # (N, 1)
+
+        query = self.query(self.item_tokens(negatives, batch))  # (K, D)
+        scale = tokens.shape[-1] ** -0.5
+        logits = torch.einsum("bld,kd->bkl", tokens, query) * scale  # (B, K, L)
+        logits = logits.masked_fill(~known.unsqueeze(1), float("-inf"))
+        null = (query @ self.null_key * scale).expand(len(items), -1)  # (B, K)
+        top = torch.maximum(logits.amax(dim=2), null).detach()  # (B, K): for exp's range
+        weights = torch.exp(logits - top.unsqueeze(2))  # (B, K, L), 0 where not known
+        sums = torch.cumsum(weights.unsqueeze(3) * tokens.unsqueeze(1), dim=2)  # (B, K, L, D)
+        totals = torch.cumsum(weights, dim=2) + torch.exp(null - top).unsqueeze(2)  # (B, K, L)
+        # the history before position t ends at t - 1 (targets have history: t >= 1)
+        pooled_negatives = sums[rows, :, ends - 1] / totals[rows, :, ends - 1].clamp_min(
+            1e-30
+        ).unsqueeze(2)  # (N, K, D)
+
+        pooled = torch.cat([pooled_target, pooled_negatives], dim=1)  # (N, 1 + K, D)
+        candidates = torch.cat([target, negatives.expand(len(rows), -1)], dim=1)
+        return self._head(pooled, None if side is None else side[rows, ends], candidates)
+
+    def predict(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the newest slot of each window: every item (B, I), reserved ids at
+        -inf, in chunks of ``ITEM_CHUNK`` items; or of ``items`` (C,) only (B, C)."""
+        tokens, known, side = self._inputs(batch)
+        known[:, -1] = False  # the predicted slot is no history (its item is [MASK] anyway)
+        history = (tokens, known, None if side is None else side[:, -1])
+        if items is not None:
+            return self._score(*history, items, batch)
+        every = torch.arange(self.num_items, device=batch.item.device)
+        scores = torch.cat(
+            [self._score(*history, chunk, batch) for chunk in every.split(ITEM_CHUNK)], dim=1
+        )
+        scores[:, :N_RESERVED] = float("-inf")
+        return scores
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Item tokens (B, L, D), which slots hold a known item (B, L), and the side inputs
+        of each position (B, L, side width) or None."""
+        items = batch.item
+        side = self.side_inputs(batch)
+        return (
+            self.item_tokens(items, batch),
+            (items != PAD) & (items != MASK),
+            torch.cat(side, dim=-1) if side else None,
+        )
+
+    def _score(
+        self,
+        tokens: torch.Tensor,
+        visible: torch.Tensor,
+        side: torch.Tensor | None,
+        candidates: torch.Tensor,
+        batch: Batch,
+    ) -> torch.Tensor:
+        """Scores (N, C) of candidates (C,) or (N, C) from N histories: item tokens
+        (N, L, D) of which ``visible`` (N, L) are attended, and side inputs (N, S) or None."""
+        return self._head(self._pool(tokens, visible, candidates, batch), side, candidates)
+
+    def _pool(
+        self, tokens: torch.Tensor, visible: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """The history pooled by attention with each candidate as the query: (N, C, D).
+        ``visible``: (N, L), or (N, C, L) when the candidates see different slots."""
+        count, dim = tokens.shape[0], tokens.shape[-1]
+        keys = torch.cat([self.null_key.expand(count, 1, dim), tokens], dim=1)  # (N, 1+L, D)
+        values = F.pad(tokens, (0, 0, 1, 0))  # the null slot carries nothing
+        if visible.dim() == 2:
+            visible = visible.unsqueeze(1)  # (N, 1, L)
+        visible = F.pad(visible, (1, 0), value=True)  # (N, 1 or C, 1+L)
+        query = self.query(self.item_tokens(candidates, batch)).expand(count, -1, -1)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+
+    def _head(
+        self, pooled: torch.Tensor, side: torch.Tensor | None, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """The MLP over pooled histories (N, C, D) and side inputs (N, S), compared with the
+        candidates' (C,) or (N, C) embeddings: scores (N, C)."""
+        hidden = self.pooled_in(pooled)  # (N, C, D)
+        if self.side_in is not None and side is not None:
+            hidden = hidden + self.side_in(side).unsqueeze(1)
+        out = self.mlp_out(hidden)  # (N, C, D)
+        weights = self.item_embedding(candidates).expand(pooled.shape[0], -1, -1)  # (N, C, D)
+        return (out * weights).sum(-1) + self.output_bias[candidates]  # (N, C)
