@@ -214,11 +214,13 @@ class ModelSpec(_Frozen):
     heads: int = Field(2, gt=0)
     max_len: int = Field(200, gt=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on embeddings and layers.")
-    init: Literal["bert", "torch"] = Field(
-        "bert",
+    init: Literal["auto", "bert", "torch"] = Field(
+        "auto",
         description="Initialisation of the transformer layers. bert: truncated normal, std "
         "0.02 (as BERT and BERT4Rec). torch: as nn.TransformerEncoderLayer (Xavier-uniform "
         "attention projections, nn.Linear's default elsewhere; at dim 64 1.8-4.4x BERT's std). "
+        "auto: torch under attention-level fusion (nova, difsr with features: with BERT's "
+        "small weights ML-1M sat on the popularity plateau for 100+ epochs), else bert. "
         "Embeddings, fusion and the output head keep BERT's initialisation either way.",
     )
     attention_dropout: float = Field(

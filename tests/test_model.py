@@ -616,3 +616,20 @@ def test_auxiliary_attribute_loss_predicts_the_masked_items_features(
     torch.testing.assert_close(total, base + 0.5 * (year + tags))
     total.backward()
     assert model.attribute_heads["tags"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "init", "bert"),
+    [("gate", "auto", True), ("nova", "auto", False), ("difsr", "auto", False),
+     ("nova", "bert", True), ("gate", "torch", False)],
+)  # fmt: skip
+def test_auto_init_is_torch_under_attention_level_fusion_only(
+    tmp_path: Path, tiny_spec_body: dict, method: str, init: str, bert: bool
+) -> None:
+    model = experiment(
+        tmp_path, tiny_spec_body, **{"fusion.method": method, "model.init": init}
+    ).model
+    weight = model.layers[0].qkv.weight  # BERT's truncated normal stays within ±0.04
+    assert (weight.abs().max() <= 0.04) == bert
+    ids_only = experiment(tmp_path, tiny_spec_body, True, **{"fusion.method": method}).model
+    assert ids_only.layers[0].qkv.weight.abs().max() <= 0.04  # nothing to fuse: bert

@@ -105,7 +105,8 @@ class BERT4Rec(RecModel):
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         self.apply(_init_weights)
-        if model.init == "torch":
+        init = model.init if model.init != "auto" else ("torch" if attention_level else "bert")
+        if init == "torch":
             for layer in self.layers:
                 layer.reset_parameters()
 
