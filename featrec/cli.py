@@ -45,11 +45,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except FeatrecError as err:
-        print(f"featrec: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"featrec: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featrec: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a path the user gave: a folder where a file goes, no space, ...
+        if args.debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"featrec: error: {where}{one_line(err.strerror or str(err))}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the boundary: a bug of featrec's, never a bare traceback
+        if args.debug:
+            raise
+        print(
+            f"featrec: error: unexpected {type(err).__name__}: {one_line(str(err))} "
+            "(a featrec bug: rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message on one line, cut to ``limit`` characters (a long value stays readable)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _variant_values(argv: list[str]) -> list[str]:
@@ -85,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="featrec", description="Feature-aware BERT4Rec: specs, data, training, ablations."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (for reports)"
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def spec_command(name: str, help_text: str) -> argparse.ArgumentParser:

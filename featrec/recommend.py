@@ -35,6 +35,7 @@ from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.ids import N_RESERVED
 from featrec.model import build_model, feature_configs
+from featrec.rundir import load_checkpoint
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec
 
@@ -91,7 +92,7 @@ class Recommender:
         self.spec: Spec = load_spec(spec_path)
         self.item_vocab, self.encoders = load_encoders(run_dir / "encoders.json")
         self.device = resolve_device(device, field="device")
-        state = torch.load(best, map_location="cpu", weights_only=True)
+        state = load_checkpoint(best)
         tables = {
             key.removeprefix("item_table_"): value
             for key, value in state.items()

@@ -29,7 +29,24 @@ from featrec.errors import SpecError
 Scope = Literal["item", "user", "event"]
 KnownAt = Literal["request", "after"]
 TimePart = Literal["hour", "weekday", "gap"]
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+# names become file and folder names (runs/NAME/, ablations/NAME/): 64 safe characters at most
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
+
+
+def _known_time_zone(zone: str) -> bool:
+    """Whether this machine's time zone data has ``zone`` (True where it has none at all:
+    then polars decides when the data is encoded)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(zone)
+        return True
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        try:
+            zoneinfo.ZoneInfo("Europe/Paris")  # no data at all: nothing to check against
+        except zoneinfo.ZoneInfoNotFoundError:
+            return True
+        return False
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # train.device
@@ -99,6 +116,16 @@ class MultiCategoricalFeature(_FeatureBase):
         1, ge=1, description="Values seen fewer times in the training split map to OOV."
     )
 
+    @model_validator(mode="after")
+    def _item_or_user_scope(self) -> MultiCategoricalFeature:
+        if self.scope == "event":
+            raise ValueError(
+                "multi_categorical features describe items or users; lists per event "
+                "(a basket's categories) are not supported yet: use scope item or user, or "
+                "one categorical event feature"
+            )
+        return self
+
 
 class NumericFeature(_FeatureBase):
     type: Literal["numeric"]
@@ -116,6 +143,13 @@ class TimeFeature(_FeatureBase):
         description="hour of day, day of week, log2-bucketed seconds since the previous event.",
     )
     timezone: str = Field("UTC", description="IANA time zone for hour and weekday.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        if not _known_time_zone(zone):
+            raise ValueError(f"unknown time zone '{zone}' (expected an IANA name, e.g. UTC)")
+        return zone
 
     @field_validator("parts")
     @classmethod
@@ -399,10 +433,61 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise SpecError(f"{path}: cannot read spec file ({err.strerror or err})") from None
-    return load_spec_text(text, str(path), path.parent, overrides)
+    return load_spec_text(decode_text(data, str(path)), str(path), path.parent, overrides)
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 text, or a :class:`SpecError` naming the first bad byte and its line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise SpecError(
+            f"{source}: not UTF-8 text: byte 0x{data[err.start]:02x} at line {line} "
+            f"(offset {err.start}); save the file as UTF-8"
+        ) from None
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml's safe loader that refuses a key given twice in one mapping (plain YAML keeps
+    the last one silently: a second ``train:`` would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):  # yaml's signature
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    f"key '{key}' first given at line {seen[key].line + 1}",
+                    None,
+                    f"key '{key}' given twice in one mapping",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml`` with :class:`_SpecLoader`; any failure is one :class:`SpecError` line."""
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader subclass: safe
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"{source}: not valid YAML at {where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        # a tag yaml cannot construct (``!!float notanumber``, ``!!int 1e999``, ...)
+        raise SpecError(f"{source}: not valid YAML: {type(err).__name__}: {err}") from None
 
 
 def load_spec_text(
@@ -411,13 +496,7 @@ def load_spec_text(
     """A spec from YAML text; relative data paths are relative to ``base_dir`` (default: the
     working directory). ``source`` names the text in errors."""
     base_dir = Path.cwd() if base_dir is None else base_dir
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(f"{source}: not valid YAML at {where}: {problem}") from None
+    raw = parse_yaml(text, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -548,10 +627,7 @@ def _parse_value(value_text: str, text: str) -> Any:
     if value_text in ("null", "~", "None"):
         return None
     if value_text[:1] in ("[", "{"):
-        try:
-            return yaml.safe_load(value_text)
-        except yaml.YAMLError:
-            raise SpecError(f"--set {text!r}: value is not valid YAML: {value_text}") from None
+        return parse_yaml(value_text, f"--set {text!r}")
     return value_text
 
 

@@ -55,6 +55,7 @@ from featrec.evaluate import (
 from featrec.ids import PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
+from featrec.rundir import exclusive, load_checkpoint
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 from featrec.tracking import make_trackers
@@ -230,7 +231,7 @@ class Training:
     def resume(self) -> None:
         # on the CPU: the RNG states must stay there; load_state_dict moves the weights and
         # the optimizer's moments to the model's device
-        saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        saved = load_checkpoint(self.last_path)
         self.experiment.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -307,6 +308,21 @@ def train(
     """
     started = time.perf_counter()
     tune_allocator()
+    resolve_device(spec.train.device)  # a device this machine lacks: before any file
+    with exclusive(run_dir):  # one writer per run directory
+        return _train(spec, run_dir, resume, progress, on_epoch_end, variant, log_to, started)
+
+
+def _train(
+    spec: Spec,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+    variant: str | None,
+    log_to: Sequence[str],
+    started: float,
+) -> dict[str, Any]:
     spec = open_run(spec, run_dir, resume)
     trackers = make_trackers(list(log_to))
     device = resolve_device(spec.train.device)
@@ -323,7 +339,7 @@ def train(
     try:
         _epochs(training, progress, on_epoch_end, trackers)
         best = run_dir / "checkpoints" / "best.pt"
-        experiment.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+        experiment.model.load_state_dict(load_checkpoint(best))
         seconds = time.perf_counter() - started
         final = _final_metrics(experiment, run_dir, training.state, seconds, variant)
         _plot(run_dir, training.state.history, spec.eval.primary)

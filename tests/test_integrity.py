@@ -1,0 +1,201 @@
+"""Bad input as a user meets it: one featrec error line naming the culprit, exit 2, and
+run directories that one process writes and that read back whole or not at all."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import featrec.cli as cli
+from featrec.errors import FeatrecError, SpecError
+from featrec.rundir import exclusive, load_checkpoint
+from featrec.spec import _SpecLoader, load_spec
+from tests.conftest import write_spec
+
+# --- spec files a user writes --------------------------------------------------------------
+
+GOOD = "name: ok\ndata: {interactions: x.csv}\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"name: ok\n# caf\xe9 in Latin-1\n", r"not UTF-8 text: byte 0xe9 at line 2"),
+        (b"\xff\xfename: ok\n", r"not UTF-8 text: byte 0xff at line 1"),
+        (b"name: ok\ntrain: {lr: 1}\ntrain: {epochs: 2}\n", r"key 'train' given twice"),
+        (b"name: ok\ntrain: {lr: 1, lr: 2}\n", r"key 'lr' given twice"),
+        (b"name: ok\ntrain: {lr: !!float notanumber}\n", r"not valid YAML: ValueError"),
+        (b"name: ok\ntrain: {epochs: !!int 1.5}\n", r"not valid YAML: ValueError"),
+        (b"name: ok\ntrain: {lr: !!python/object:os.system ls}\n", r"not valid YAML at line 2"),
+        (b"name: ok\n? [a, b]\n: 1\n", r"not valid YAML|Extra inputs|mapping key"),
+        (("name: " + "n" * 65 + "\n").encode(), r"name: .*at most 64 characters"),
+        (b"name: ok/../../etc\n", r"name: .*should match pattern"),
+        (
+            b"name: ok\nfeatures:\n  - {name: t, scope: event, type: time, column: ts,"
+            b" timezone: Mars/Olympus}\n",
+            r"features\[0\].*unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            b"name: ok\nfeatures:\n  - {name: tags, scope: event, type: multi_categorical,"
+            b" column: tags}\n",
+            r"features\[0\].*lists per event .* are not supported yet",
+        ),
+    ],
+    ids=[
+        "latin1-comment",
+        "utf16-bom",
+        "duplicate-section",
+        "duplicate-field",
+        "float-tag",
+        "int-tag",
+        "python-tag",
+        "complex-key",
+        "long-name",
+        "path-name",
+        "time-zone",
+        "event-multi-categorical",
+    ],
+)
+def test_a_bad_spec_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=message) as err:
+        load_spec(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    assert cli.main(["-q", "validate", str(path)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1
+
+
+def test_the_time_zones_a_spec_names_are_checked_not_guessed(tmp_path: Path) -> None:
+    body = (
+        "name: ok\nfeatures:\n  - {name: t, scope: event, type: time, column: ts, timezone: %s}\n"
+    )
+    for zone in ("UTC", "Europe/Berlin", "America/Sao_Paulo"):
+        (tmp_path / "s.yaml").write_text(body % zone)
+        assert load_spec(tmp_path / "s.yaml").features[0].timezone == zone
+
+
+def test_a_bad_set_value_names_the_override(tmp_path: Path, tiny_spec_body: dict) -> None:
+    with pytest.raises(SpecError, match=r"^--set 'eval\.ks=\[1, !!int x\]': not valid YAML"):
+        load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.ks=[1, !!int x]"])
+
+
+# --- the error boundary -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expected"),
+    [
+        (FeatrecError("x.csv: bad\nvalue " + "v" * 1000), 2, "featrec: error: x.csv: bad value v"),
+        (IsADirectoryError(21, "Is a directory", "out/recs"), 2, "featrec: error: out/recs: Is a"),
+        (ZeroDivisionError("division by zero"), 1, "featrec: error: unexpected ZeroDivisionError"),
+    ],
+    ids=["featrec-error", "os-error", "bug"],
+)
+def test_every_failure_is_one_line_and_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    code: int,
+    expected: str,
+) -> None:
+    def schema():  # the schema command's work, failing
+        raise error
+
+    monkeypatch.setattr(cli, "json_schema", schema)
+    assert cli.main(["-q", "schema"]) == code
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(expected) and stderr.count("\n") == 1
+    assert len(stderr) <= 400 + len("featrec: error: unexpected ZeroDivisionError: ") + 100
+    with pytest.raises(type(error)):
+        cli.main(["-q", "--debug", "schema"])
+
+
+# --- checkpoints and run directories ------------------------------------------------------
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "not a readable checkpoint"),
+        (lambda p: p.write_bytes(b"PK\x03\x04garbage" * 10), "not a readable checkpoint"),
+        (lambda p: torch.save([1, 2], p), "not a featrec checkpoint"),
+        (lambda p: p.write_bytes(pickle.dumps(_Payload())), "not a readable checkpoint|refused"),
+        (lambda p: torch.save({"w": _Payload()}, p), "refused: the checkpoint holds objects"),
+    ],
+    ids=["empty", "garbage", "a-list", "raw-pickle", "crafted"],
+)
+def test_a_broken_or_crafted_checkpoint_is_one_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], write, message: str
+) -> None:
+    path = tmp_path / "best.pt"
+    write(path)
+    with pytest.raises(FeatrecError, match=message) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(str(path)) and "weights_only=False" not in str(err.value)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_truncated_best_checkpoint_is_named_by_evaluate(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    best = trained_run / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    assert cli.main(["-q", "evaluate", str(trained_run)]) == 2
+    assert f"{best}: not a readable checkpoint" in capsys.readouterr().err
+
+
+def _hold(run_dir: str, ready, release) -> None:
+    with exclusive(Path(run_dir)):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_writer_is_refused_at_once_and_a_dead_one_blocks_nothing(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    from featrec.train import train
+
+    run_dir = tmp_path / "run"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(run_dir), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        spec = load_spec(write_spec(tmp_path, tiny_spec_body | {"train": {"epochs": 1}}))
+        started = time.perf_counter()
+        with pytest.raises(FeatrecError, match=rf"pid {holder.pid}\) is training into this"):
+            train(spec, run_dir)
+        assert time.perf_counter() - started < 5  # refused before any data is read
+        assert not (run_dir / "spec.yaml").exists()  # and nothing written
+    finally:
+        release.set()
+        holder.join(30)
+    holder_killed = context.Process(target=_hold, args=(str(run_dir), ready, release))
+    release.clear()
+    ready.clear()
+    holder_killed.start()
+    assert ready.wait(60)
+    holder_killed.kill()  # killed while holding it: the kernel drops the lock
+    holder_killed.join(30)
+    assert train(spec, run_dir)["test"]  # the run trains
+
+
+def test_yaml_is_only_read_safely() -> None:
+    with pytest.raises(yaml.YAMLError):
+        yaml.load("!!python/object/apply:os.system [ls]", Loader=_SpecLoader)
