@@ -133,6 +133,7 @@ class Recommender:
         spec's column names. ``context``: the request's ``timestamp`` and request-known event
         columns. ``candidates``: only rank these items.
         """
+        _check_request(k, exclude_seen, candidates)
         data, dropped = self.encode_one(as_history(history), user, context)
         return self._top_k(data, dropped, k, exclude_seen, candidates)[0]
 
@@ -147,6 +148,12 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top-``k`` items for many requests at once: one entry per request in each list;
         ``users`` or ``contexts`` None: no attributes or context for any request."""
+        _check_request(k, exclude_seen, candidates)
+        if isinstance(histories, (str, bytes, dict)) or not hasattr(histories, "__len__"):
+            raise FeatrecError(
+                f"histories: expected a list with one history per request; got "
+                f"{type(histories).__name__}"
+            )
         histories = [as_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
         users = [None] * len(histories) if users is None else list(users)
         contexts = [None] * len(histories) if contexts is None else list(contexts)
@@ -205,8 +212,14 @@ class Recommender:
         """Score every request of ``data`` and take its top-k."""
         allowed = None
         if candidates is not None:
+            known = [self._item_index[c] for c in candidates if c in self._item_index]
+            if not known:
+                raise FeatrecError(
+                    f"candidates: none of the {len(candidates)} items is in the run's item "
+                    f"vocabulary (e.g. {list(candidates)[:3]!r}); nothing to rank"
+                )
             allowed = torch.zeros(len(self.item_vocab), dtype=torch.bool)
-            allowed[[self._item_index[c] for c in candidates if c in self._item_index]] = True
+            allowed[known] = True
             allowed = allowed.to(self.device)
         results: list[Recommendation | None] = [None] * data.num_users
         # batches of similar history length pad less (as in evaluation); results keep the
@@ -405,6 +418,18 @@ def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType)
     )
 
 
+def _check_request(k: Any, exclude_seen: Any, candidates: Any) -> None:
+    """The arguments every recommend call shares, or one :class:`FeatrecError`."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise FeatrecError(f"k: expected a whole number of items, 1 or more; got {k!r}")
+    if not isinstance(exclude_seen, bool):
+        raise FeatrecError(f"exclude_seen: expected True or False; got {exclude_seen!r}")
+    if candidates is not None and (
+        isinstance(candidates, (str, bytes, dict)) or not hasattr(candidates, "__iter__")
+    ):
+        raise FeatrecError(f"candidates: expected a list of item ids; got {candidates!r:.80}")
+
+
 def as_history(history: Any, where: str = "history") -> History:
     """A history as given (item ids in a list, tuple, numpy array, pandas / polars / pyarrow
     Series or array; records; a pandas / polars DataFrame or pyarrow Table with an item_id
@@ -418,6 +443,9 @@ def as_history(history: Any, where: str = "history") -> History:
                 f"{where}: expected item ids or records; item {nested} is a "
                 f"{type(history[nested]).__name__} (several histories: recommend_many)"
             )
+        flag = next((i for i, x in enumerate(history) if isinstance(x, bool)), None)
+        if flag is not None:
+            raise FeatrecError(f"{where}: item {flag} is {history[flag]} (a bool is no item id)")
         return list(history)
     if isinstance(history, pl.Series):
         return history.to_list()

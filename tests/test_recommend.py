@@ -274,3 +274,33 @@ def test_malformed_request_file_names_row_and_column(
     assert code == 2 and "requests.csv: row 2, column timestamp: cannot read 'yesterday'" in err
     assert main(["-q", "recommend", str(run), "--user", "nobody"]) == 2
     assert "--user: nobody not in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": -1}, r"^k: expected a whole number of items, 1 or more; got -1"),
+        ({"k": 0}, r"^k: .* got 0"),
+        ({"k": 2.5}, r"^k: .* got 2\.5"),
+        ({"k": True}, r"^k: .* got True"),
+        ({"k": "10"}, r"^k: .* got '10'"),
+        ({"exclude_seen": "no"}, r"^exclude_seen: expected True or False; got 'no'"),
+        ({"candidates": "13"}, r"^candidates: expected a list of item ids; got '13'"),
+        ({"candidates": [998, 999]}, r"^candidates: none of the 2 items is in the run's item"),
+        ({"history": [10, True]}, r"^history: item 1 is True \(a bool is no item id\)"),
+    ],
+    ids=["k-negative", "k-zero", "k-float", "k-bool", "k-text", "exclude-seen", "candidates-text",
+         "candidates-unknown", "bool-item"],
+)  # fmt: skip
+def test_wrong_request_arguments_are_errors_not_guesses(
+    run: Path, kwargs: dict, message: str
+) -> None:
+    recommender = featrec.load(run)
+    request = {"history": [10, 11]} | kwargs
+    with pytest.raises(FeatrecError, match=message):
+        recommender.recommend(**request)
+    many = {k: v for k, v in request.items() if k != "history"}
+    with pytest.raises(FeatrecError, match=message.replace("^history", "^histories\\[0\\]")):
+        recommender.recommend_many([request["history"]], **many)
+    with pytest.raises(FeatrecError, match=r"^histories: expected a list with one history"):
+        recommender.recommend_many("10 11")
