@@ -512,12 +512,46 @@ def own_tables(frames: dict[str, pl.DataFrame], data: DataSpec, origin: dict[str
             pl.col(c).alias(n) for c, n in renames.items() if c in frame.columns and c != n
         )
     interactions = out["interactions"]
-    interactions = interactions.with_columns(epoch_seconds(interactions, "timestamp"))
+    where = origin.get("interactions", "interactions")
+    unit = data.columns.time_unit
+    try:
+        interactions = interactions.with_columns(
+            epoch_seconds(interactions, "timestamp", unit, where)
+        )
+    except pl.exceptions.PolarsError as err:
+        raise DataError(
+            f"{where}: time column '{data.columns.time}' cannot be read as times "
+            f"({first_line(err)[:200]}); expected unix seconds, a date or ISO date-times"
+        ) from None
     return Tables(interactions, out.get("users"), out.get("items"), origin)
 
 
-def epoch_seconds(frame: pl.DataFrame, name: str) -> pl.Expr:
-    """A time column as integer unix seconds, whatever it held (number, date, datetime, text)."""
+# numeric times at or above these magnitudes are read in the next finer unit (auto)
+UNIT_LIMITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", float("inf")))
+PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def time_unit(values: pl.Series, unit: str, where: str) -> str:
+    """The unit numeric times are in: ``unit``, or (auto) the one their size says."""
+    if unit != "auto":
+        return unit
+    largest = values.abs().max()
+    if largest is None:
+        return "s"
+    found = next(u for u, limit in UNIT_LIMITS if float(largest) < limit)
+    if found != "s":
+        log.info(
+            "%s: times read as %s since 1970 (largest %s); set data.columns.time_unit if not",
+            where, found, largest,
+        )  # fmt: skip
+    return found
+
+
+def epoch_seconds(
+    frame: pl.DataFrame, name: str, unit: str = "auto", where: str = "data"
+) -> pl.Expr:
+    """A time column as integer unix seconds, whatever it held (number in ``unit``, date,
+    datetime, text)."""
     dtype = frame.schema[name]
     column = pl.col(name)
     if dtype == pl.String:
@@ -525,7 +559,14 @@ def epoch_seconds(frame: pl.DataFrame, name: str) -> pl.Expr:
     if dtype in (pl.Date, pl.Datetime):
         return column.dt.epoch("s").alias(name)
     if dtype.is_numeric():
-        return column.cast(pl.Int64).alias(name)
+        values = frame.get_column(name)
+        if dtype.is_float() and bool(values.is_nan().any() | values.is_infinite().any()):
+            raise DataError(
+                f"{where}: time column '{name}' holds NaN or infinite values; drop or fix them"
+            )
+        per_second = PER_SECOND[time_unit(values, unit, where)]
+        seconds = column if per_second == 1 else column // per_second
+        return seconds.cast(pl.Int64).alias(name)
     raise DataError(
         f"time column '{name}' has type {dtype}; expected unix seconds, a date or a datetime"
     )

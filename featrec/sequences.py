@@ -170,6 +170,14 @@ def build(spec: Spec, tables: Tables) -> Prepared:
     )
     items = _item_table(spec, encoders, item_vocab, item_raw)
     stats = _stats(spec, events, sequences, item_vocab, encoders)
+    if not stats["split"]["test_users"]:
+        where = tables.origin.get("interactions", "interactions")
+        raise DataError(
+            f"{where}: no user can be evaluated: leave_one_out needs users with "
+            f"{MIN_EVENTS} or more events (a temporal split, events in its windows); "
+            "the largest history here has "
+            f"{int(sequences.get_column('item').list.len().max() or 0)}"
+        )
     return Prepared(sequences, items, item_vocab, encoders, stats)
 
 
@@ -219,10 +227,26 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
     if interactions.height == 0:
         raise DataError(f"{where}: the interactions table is empty (no rows to learn from)")
     for key in ("user_id", "item_id", "timestamp"):
-        nulls = interactions.get_column(key).null_count()
+        values = interactions.get_column(key)
+        nulls = values.null_count()
+        if values.dtype.is_float():
+            nulls += int(values.is_nan().sum())
         if nulls:
             raise DataError(
-                f"{where}: {nulls:,} interactions have no {key} (null); drop or fix them"
+                f"{where}: {nulls:,} interactions have no {key} (null or NaN); drop or fix them"
+            )
+    for table_name, key in (("users", "user_id"), ("items", "item_id")):
+        table = getattr(tables, table_name)
+        scope = table_name[:-1]
+        if table is None or not spec.features_in(scope):
+            continue
+        repeated = table.get_column(key).filter(table.get_column(key).is_duplicated()).unique()
+        if len(repeated):
+            examples = ", ".join(map(repr, repeated.head(3).to_list()))
+            raise DataError(
+                f"{tables.origin.get(table_name, table_name)}: {len(repeated):,} {key}s "
+                f"appear on more than one row (e.g. {examples}); the {table_name} table "
+                f"holds one row per {scope}"
             )
     for i, feature in enumerate(spec.features):
         table_name = _TABLE_OF_SCOPE[feature.scope]
@@ -251,10 +275,11 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
             )
 
 
-def _raw_value(feature: AnyFeature, frame: pl.DataFrame) -> pl.Expr:
-    """The feature's input values, named after the feature."""
+def _raw_value(feature: AnyFeature, frame: pl.DataFrame, time_unit: str = "auto") -> pl.Expr:
+    """The feature's input values, named after the feature (times: numbers in
+    ``time_unit``)."""
     if feature.type == "time":
-        return epoch_seconds(frame, feature.column).alias(feature.name)
+        return epoch_seconds(frame, feature.column, time_unit).alias(feature.name)
     column = pl.col(feature.column)
     if feature.type == "multi_categorical" and frame.schema[feature.column] == pl.Null:
         column = column.cast(pl.List(pl.String))  # nothing but nulls: still a list column
@@ -269,7 +294,10 @@ def _event_frame(spec: Spec, tables: Tables) -> pl.LazyFrame:
     frame = tables.interactions
     features = spec.features_in("event")
     return frame.lazy().select(
-        "user_id", "item_id", "timestamp", *(_raw_value(f, frame) for f in features)
+        "user_id",
+        "item_id",
+        "timestamp",
+        *(_raw_value(f, frame, spec.data.columns.time_unit) for f in features),
     )
 
 

@@ -180,7 +180,14 @@ FEATURE_MODELS: dict[str, type[_FeatureBase]] = {
 class ColumnMap(_Frozen):
     user: str = Field("user_id", description="User id column (all tables).")
     item: str = Field("item_id", description="Item id column (all tables).")
-    time: str = Field("timestamp", description="Event time: unix seconds, date or datetime.")
+    time: str = Field(
+        "timestamp", description="Event time: unix seconds (or time_unit), date or datetime."
+    )
+    time_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto",
+        description="Unit of numeric times. auto: from their size (below 1e11 seconds, 1e14 "
+        "milliseconds, 1e17 microseconds, else nanoseconds), logged when not seconds.",
+    )
 
 
 class DataSpec(_Frozen):
@@ -210,6 +217,11 @@ class DataSpec(_Frozen):
             raise ValueError("set exactly one of data.dataset (a card) or data.interactions")
         if self.dataset is not None and (self.users or self.items):
             raise ValueError("data.users / data.items go with data.interactions, not a card")
+        if self.dataset is not None and self.columns != ColumnMap():
+            raise ValueError(
+                "data.columns names the columns of your own files; a card (data.dataset) "
+                "names its own"
+            )
         return self
 
 

@@ -7,6 +7,7 @@ instead of skipping silently.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -120,3 +121,14 @@ def trained_run(tmp_path: Path, tiny_spec_body: dict) -> Path:
     tiny_spec_body["train"] = {"epochs": 2, "batch_size": 3}
     train(load_spec(write_spec(tmp_path, tiny_spec_body)), tmp_path / "run")
     return tmp_path / "run"
+
+
+@pytest.fixture(autouse=True)
+def _no_handlers_left_behind():
+    """``featrec.cli.main`` configures logging onto the stderr of the test that called it;
+    a later test's logs must not write to that (closed) captured stream."""
+    before = list(logging.root.handlers)
+    yield
+    for handler in logging.root.handlers[:]:
+        if handler not in before:
+            logging.root.removeHandler(handler)

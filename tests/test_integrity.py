@@ -199,3 +199,105 @@ def test_a_second_writer_is_refused_at_once_and_a_dead_one_blocks_nothing(
 def test_yaml_is_only_read_safely() -> None:
     with pytest.raises(yaml.YAMLError):
         yaml.load("!!python/object/apply:os.system [ls]", Loader=_SpecLoader)
+
+
+# --- own data files -------------------------------------------------------------------------
+
+
+def _with_table(tmp_path: Path, body: dict, table: str, change) -> dict:
+    """``body`` with its ``table`` file replaced by ``change(frame)``."""
+    import polars as pl
+
+    path = Path(body["data"][table])
+    changed = tmp_path / f"changed-{table}.parquet"
+    change(pl.read_parquet(path)).write_parquet(changed)
+    return body | {"data": body["data"] | {table: str(changed)}}
+
+
+def _prepare_error(tmp_path: Path, body: dict) -> str:
+    from featrec.sequences import prepare
+
+    with pytest.raises(FeatrecError) as err:
+        prepare(load_spec(write_spec(tmp_path, body)), cache=False)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_nan_ids_are_an_error_not_an_item(tmp_path: Path, tiny_spec_body: dict) -> None:
+    import polars as pl
+
+    body = _with_table(
+        tmp_path, tiny_spec_body, "interactions",
+        lambda f: f.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0).then(float("nan"))
+            .otherwise(pl.col("iid").cast(pl.Float64)).alias("iid")
+        ),
+    )  # fmt: skip
+    assert "1 interactions have no item_id (null or NaN)" in _prepare_error(tmp_path, body)
+
+
+def test_a_user_on_two_rows_is_an_error_naming_it(tmp_path: Path, tiny_spec_body: dict) -> None:
+    import polars as pl
+
+    body = _with_table(tmp_path, tiny_spec_body, "users", lambda f: pl.concat([f, f.head(2)]))
+    message = _prepare_error(tmp_path, body)
+    assert "2 user_ids appear on more than one row (e.g. 'u1', 'u2')" in message
+    assert "changed-users.parquet" in message
+
+
+def test_no_user_with_three_events_is_an_error(tmp_path: Path, tiny_spec_body: dict) -> None:
+    body = _with_table(
+        tmp_path, tiny_spec_body, "interactions",
+        lambda f: f.group_by("uid", maintain_order=True).head(2),
+    )  # fmt: skip
+    assert "no user can be evaluated: leave_one_out needs users with 3 or more events" in (
+        _prepare_error(tmp_path, body)
+    )
+
+
+def test_unreadable_time_text_names_the_column(tmp_path: Path, tiny_spec_body: dict) -> None:
+    import polars as pl
+
+    body = _with_table(
+        tmp_path, tiny_spec_body, "interactions",
+        lambda f: f.with_columns(
+            pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("yesterday"))
+            .otherwise(pl.col("ts").cast(pl.String)).alias("ts")
+        ),
+    )  # fmt: skip
+    assert "time column 'ts' cannot be read as times" in _prepare_error(tmp_path, body)
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("ms", 10**3), ("us", 10**6), ("ns", 10**9)])
+def test_the_unit_of_numeric_times_is_detected_or_declared(
+    tmp_path: Path, tiny_spec_body: dict, unit: str, scale: int
+) -> None:
+    import polars as pl
+
+    from featrec.sequences import prepare
+
+    recent = _with_table(  # times of today's size: 1.7e9 seconds since 1970
+        tmp_path, tiny_spec_body, "interactions",
+        lambda f: f.with_columns(pl.col("ts").cast(pl.Int64) + 1_700_000_000),
+    )  # fmt: skip
+    seconds = prepare(load_spec(write_spec(tmp_path, recent)), cache=False)[0]
+    body = _with_table(
+        tmp_path, recent, "interactions", lambda f: f.with_columns(pl.col("ts") * scale)
+    )
+    detected = prepare(load_spec(write_spec(tmp_path, body)), cache=False)[0]
+    declared = body | {"data": body["data"] | {"columns": body["data"]["columns"] | {
+        "time_unit": unit}}}  # fmt: skip
+    told = prepare(load_spec(write_spec(tmp_path, declared)), cache=False)[0]
+    for prepared in (detected, told):
+        assert prepared.sequences.equals(seconds.sequences)
+    wrong = declared | {"data": declared["data"] | {"columns": declared["data"]["columns"] | {
+        "time_unit": "s"}}}  # fmt: skip
+    assert not prepare(load_spec(write_spec(tmp_path, wrong)), cache=False)[0].sequences.equals(
+        seconds.sequences
+    )
+
+
+def test_columns_given_with_a_card_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("name: x\ndata: {dataset: ml-100k, columns: {time: when}}\n")
+    with pytest.raises(SpecError, match=r"data: .*names the columns of your own files"):
+        load_spec(tmp_path / "s.yaml")
