@@ -218,7 +218,9 @@ def _most_popular(spec: Spec, directory: Path) -> dict:
 
     def fill(staging: Path) -> None:
         write_ranks(experiment.data, staging, valid_ranks, test_ranks)
-        (staging / "final_metrics.json").write_text(json.dumps(final, indent=1), encoding="utf-8")
+        (staging / "final_metrics.json").write_text(
+            json.dumps(final, indent=1, allow_nan=False), encoding="utf-8"
+        )
 
     write_folder(directory, fill)
     return final

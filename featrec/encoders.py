@@ -380,7 +380,7 @@ def save_encoders(path: Path, item_vocab: ItemVocab, encoders: dict[str, Encoder
         "item_vocab": item_vocab.ids,
         "features": {name: encoder_to_dict(enc) for name, enc in encoders.items()},
     }
-    path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
 
 
 def load_encoders(path: Path) -> tuple[ItemVocab, dict[str, Encoder]]:

@@ -35,7 +35,7 @@ from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.ids import N_RESERVED
 from featrec.model import build_model, feature_configs
-from featrec.rundir import load_checkpoint
+from featrec.rundir import check_data_sums, check_manifest, load_checkpoint
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec
 
@@ -81,6 +81,10 @@ def to_seconds(value: Any) -> int | None:
     raise FeatrecError(f"cannot read {value!r} ({type(value).__name__}) as a time")
 
 
+# what loading a run reads: checked against its manifest
+RUN_INPUTS = ["spec.yaml", "encoders.json", "checkpoints/best.pt"]
+
+
 class Recommender:
     def __init__(self, run_dir: Path, device: str | torch.device | None = None) -> None:
         spec_path, best = run_dir / "spec.yaml", run_dir / "checkpoints" / "best.pt"
@@ -89,6 +93,7 @@ class Recommender:
                 f"{run_dir}: not a run directory (needs spec.yaml and checkpoints/best.pt)"
             )
         self.run_dir = run_dir
+        check_manifest(run_dir, [*RUN_INPUTS, "item_popularity.json"])
         self.spec: Spec = load_spec(spec_path)
         self.item_vocab, self.encoders = load_encoders(run_dir / "encoders.json")
         self.device = resolve_device(device, field="device")
@@ -314,6 +319,7 @@ class Recommender:
         from featrec.sequences import prepare
         from featrec.train import Experiment
 
+        check_data_sums(self.run_dir, self.spec.data)
         prepared = prepare(self.spec)[0]
         return Experiment(
             self.spec, prepared, SequenceData.from_prepared(prepared, self.spec), self.model
@@ -346,6 +352,7 @@ class Recommender:
     def known_users(self) -> tuple[pl.DataFrame, pl.DataFrame | None]:
         """The run's raw interactions and users tables (the data must be at hand)."""
         if self._tables is None:
+            check_data_sums(self.run_dir, self.spec.data)
             self._tables = load_tables(self.spec.data)
         return self._tables.interactions, self._tables.users
 

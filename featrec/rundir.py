@@ -9,6 +9,7 @@ instead of mixing two runs' files.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 from collections.abc import Iterator
@@ -95,3 +96,101 @@ def _locked(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+# --- what a run wrote, and the data it was trained on ---------------------------------------
+
+MANIFEST = "manifest.json"
+DATA_SUMS = "data_checksums.json"
+_NOT_LISTED = {LOCK_NAME, MANIFEST}
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(run_dir: Path) -> None:
+    """``manifest.json``: the sha256 of every file the run wrote (the lock and half-written
+    ``.partial`` files aside), written last, when the run is complete."""
+    from featrec.atomic import write_text
+
+    files = {
+        path.relative_to(run_dir).as_posix(): sha256(path)
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file() and path.name not in _NOT_LISTED and not path.name.endswith(".partial")
+    }
+    write_text(run_dir / MANIFEST, json.dumps({"files": files}, indent=1, allow_nan=False))
+
+
+def check_manifest(run_dir: Path, names: list[str]) -> None:
+    """The files ``names`` (relative to ``run_dir``) as the run wrote them, or one
+    :class:`FeatrecError` naming the first that changed. Runs without a manifest (older
+    featrec, or still training) are not checked."""
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not a mapping")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise FeatrecError(f"{path}: not a featrec manifest ({_first(err)})") from None
+    for name in names:
+        expected = files.get(name)
+        if expected is None:
+            continue
+        target = run_dir / name
+        if not target.is_file():
+            raise FeatrecError(f"{target}: missing; the run's manifest lists it")
+        if sha256(target) != expected:
+            raise FeatrecError(
+                f"{target}: changed since the run wrote it (sha256 differs from {path}); "
+                "restore it or train again"
+            )
+
+
+def own_data_files(data: Any) -> dict[str, Path]:
+    """The user's own data files a spec reads (cards are checked by their own sums)."""
+    return {
+        table: Path(path)
+        for table in ("interactions", "users", "items")
+        if (path := getattr(data, table, None)) is not None
+    }
+
+
+def write_data_sums(run_dir: Path, data: Any) -> None:
+    """The sha256 of the user's own data files the run trains on, so that a later use of
+    the data (resume, evaluate, known users) notices a changed file."""
+    from featrec.atomic import write_text
+
+    sums = {
+        table: {"path": str(p), "sha256": sha256(p)} for table, p in own_data_files(data).items()
+    }
+    write_text(run_dir / DATA_SUMS, json.dumps(sums, indent=1, allow_nan=False))
+
+
+def check_data_sums(run_dir: Path, data: Any) -> None:
+    """The own data files as they were when the run trained, or one :class:`FeatrecError`."""
+    path = run_dir / DATA_SUMS
+    if not path.is_file():
+        return
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FeatrecError(f"{path}: not valid JSON ({_first(err)})") from None
+    for table, file in own_data_files(data).items():
+        recorded = sums.get(table)
+        if not recorded or not file.is_file():
+            continue
+        if sha256(file) != recorded["sha256"]:
+            raise FeatrecError(
+                f"{file}: the {table} file changed since this run trained on it (sha256 "
+                f"recorded in {path}); results would not be the run's: restore the file or "
+                "train again"
+            )

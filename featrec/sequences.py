@@ -66,7 +66,9 @@ class Prepared:
         self.sequences.write_parquet(directory / "sequences.parquet")
         self.items.write_parquet(directory / "items.parquet")
         save_encoders(directory / "encoders.json", self.item_vocab, self.encoders)
-        (directory / "stats.json").write_text(json.dumps(self.stats, indent=1), encoding="utf-8")
+        (directory / "stats.json").write_text(
+            json.dumps(self.stats, indent=1, allow_nan=False), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Prepared:
@@ -240,7 +242,8 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
         scope = table_name[:-1]
         if table is None or not spec.features_in(scope):
             continue
-        repeated = table.get_column(key).filter(table.get_column(key).is_duplicated()).unique()
+        keys = table.get_column(key)
+        repeated = keys.filter(keys.is_duplicated()).unique(maintain_order=True)
         if len(repeated):
             examples = ", ".join(map(repr, repeated.head(3).to_list()))
             raise DataError(

@@ -55,7 +55,14 @@ from featrec.evaluate import (
 from featrec.ids import PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
-from featrec.rundir import exclusive, load_checkpoint
+from featrec.rundir import (
+    DATA_SUMS,
+    check_data_sums,
+    exclusive,
+    load_checkpoint,
+    write_data_sums,
+    write_manifest,
+)
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 from featrec.tracking import make_trackers
@@ -281,6 +288,7 @@ def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         raise FeatrecError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
     stored = load_spec(run_dir / "spec.yaml")
+    check_data_sums(run_dir, stored.data)
     changed = spec_differences(stored, spec)
     if changed:
         raise FeatrecError(
@@ -446,10 +454,14 @@ def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
     """What recommending needs without the data: spec, encoders, item popularity."""
     resolved = spec.model_dump(mode="json")
     (run_dir / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    if not (run_dir / DATA_SUMS).is_file():  # a resumed run keeps the sums it started with
+        write_data_sums(run_dir, spec.data)
     prepared = experiment.prepared
     save_encoders(run_dir / "encoders.json", prepared.item_vocab, prepared.encoders)
     counts = popularity(experiment.data, len(prepared.item_vocab)).tolist()
-    (run_dir / "item_popularity.json").write_text(json.dumps(counts), encoding="utf-8")
+    (run_dir / "item_popularity.json").write_text(
+        json.dumps(counts, allow_nan=False), encoding="utf-8"
+    )
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -489,8 +501,9 @@ def _final_metrics(
     }
     write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
     # written last and whole: its presence marks a finished run (featrec ablate skips it)
-    text = json.dumps(final, indent=1)
+    text = json.dumps(final, indent=1, allow_nan=False)
     write_text(run_dir / "final_metrics.json", text)
+    write_manifest(run_dir)  # last: the run is complete
     return final
 
 

@@ -3,6 +3,7 @@ run directories that one process writes and that read back whole or not at all."
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import pickle
 import time
@@ -156,6 +157,9 @@ def test_a_truncated_best_checkpoint_is_named_by_evaluate(
     best = trained_run / "checkpoints" / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
     assert cli.main(["-q", "evaluate", str(trained_run)]) == 2
+    assert f"{best}: changed since the run wrote it" in capsys.readouterr().err  # manifest
+    (trained_run / "manifest.json").unlink()  # a run from before manifests: the reader names it
+    assert cli.main(["-q", "evaluate", str(trained_run)]) == 2
     assert f"{best}: not a readable checkpoint" in capsys.readouterr().err
 
 
@@ -301,3 +305,62 @@ def test_columns_given_with_a_card_are_refused(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("name: x\ndata: {dataset: ml-100k, columns: {time: when}}\n")
     with pytest.raises(SpecError, match=r"data: .*names the columns of your own files"):
         load_spec(tmp_path / "s.yaml")
+
+
+# --- what a run wrote, and the data it trained on -------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["spec.yaml", "encoders.json", "checkpoints/best.pt"])
+def test_a_run_file_edited_after_training_is_named_at_load(
+    trained_run: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    import featrec
+
+    manifest = json.loads((trained_run / "manifest.json").read_text())["files"]
+    assert {"spec.yaml", "encoders.json", "checkpoints/best.pt", "final_metrics.json"} <= set(
+        manifest
+    ) and ".lock" not in manifest
+    featrec.load(trained_run)  # as written: loads
+    target = trained_run / name
+    target.write_bytes(target.read_bytes() + b"\n")
+    with pytest.raises(FeatrecError, match=rf"{name}: changed since the run wrote it"):
+        featrec.load(trained_run)
+    assert cli.main(["-q", "recommend", str(trained_run), "--user", "u1"]) == 2
+    assert f"{target}: changed since the run wrote it" in capsys.readouterr().err
+
+
+def test_changed_own_data_is_named_when_the_run_needs_it_again(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    import polars as pl
+
+    import featrec
+    from featrec.train import train
+
+    tiny_spec_body |= {"train": {"epochs": 2}}
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body))
+    train(spec, tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "last.pt").unlink()  # (resume needs one: see below)
+    recommender = featrec.load(tmp_path / "run")
+    assert recommender.evaluate("test")  # the data as trained on: fine
+    interactions = Path(tiny_spec_body["data"]["interactions"])
+    frame = pl.read_parquet(interactions)
+    frame.with_columns(pl.col("ts") + 1).write_parquet(interactions)  # reads, but differs
+    for use in (lambda r: r.evaluate("test"), lambda r: r.known_users()):
+        with pytest.raises(FeatrecError, match=r"interactions file changed since this run"):
+            use(featrec.load(tmp_path / "run"))
+    run = tmp_path / "resumable"
+    train(load_spec(write_spec(tmp_path, tiny_spec_body)), run)  # trained on the new file
+    frame.write_parquet(interactions)  # the old one back
+    with pytest.raises(FeatrecError, match=r"interactions file changed since this run"):
+        train(load_spec(write_spec(tmp_path, tiny_spec_body)), run, resume=True)
+
+
+def test_json_featrec_writes_is_json(trained_run: Path) -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    paths = list(trained_run.rglob("*.json"))
+    assert len(paths) >= 5
+    for path in paths:
+        json.loads(path.read_text(), parse_constant=refuse)
