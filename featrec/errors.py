@@ -2,7 +2,20 @@
 
 
 class FeatrecError(Exception):
-    """Base class; the CLI prints the message on one line and exits with status 2."""
+    """Base class; the CLI prints the message on one line and exits with status 2.
+
+    The message is one line whatever it quotes: line breaks and other unprintable
+    characters of a key or value it names (a YAML key ``"\\n"``) are written as escapes."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(printable(str(message)))
+
+
+def printable(text: str) -> str:
+    """``text`` with each unprintable character written as its escape (``\\n``, ``\\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class SpecError(FeatrecError):
