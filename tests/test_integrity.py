@@ -364,3 +364,50 @@ def test_json_featrec_writes_is_json(trained_run: Path) -> None:
     assert len(paths) >= 5
     for path in paths:
         json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_result(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    """Real processes, killed with SIGKILL while training (after 2 and 6 logged epochs, and
+    once all epochs are logged: during the final evaluation or after it), each time resumed
+    (or started again where no checkpoint exists yet): the final metrics and every epoch's
+    loss equal an uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+
+    tiny_spec_body["train"] = {"epochs": 12, "batch_size": 2, "warmup_steps": 2, "seed": 3}
+    spec = str(write_spec(tmp_path, tiny_spec_body))
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+
+    def command(out: Path) -> list[str]:
+        resume = ["--resume"] if (out / "checkpoints" / "last.pt").is_file() else []
+        return [sys.executable, "-m", "featrec", "-q", "train", spec, "--out", str(out), *resume]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=300)
+    resumed = 0
+    for logged in (2, 6, 12):
+        resumed += "--resume" in command(cut)
+        process = subprocess.Popen(command(cut), env=env, stderr=subprocess.PIPE)
+        metrics = cut / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            lines = metrics.read_text().count("\n") if metrics.is_file() else 0
+            if lines >= logged:
+                break
+            time.sleep(0.005)
+        process.kill()
+        process.wait(30)
+    while not (cut / "final_metrics.json").is_file():
+        resumed += "--resume" in command(cut)
+        subprocess.run(command(cut), env=env, check=True, capture_output=True, timeout=300)
+    assert resumed >= 2  # the kills landed while training
+    finals = [json.loads((run / "final_metrics.json").read_text()) for run in (whole, cut)]
+    assert finals[0]["test"] == finals[1]["test"] and finals[0]["valid"] == finals[1]["valid"]
+    losses = [
+        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (whole, cut)
+    ]
+    assert losses[0] == losses[1]
