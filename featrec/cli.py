@@ -298,6 +298,8 @@ def _recommend(args: argparse.Namespace) -> int:
         raise FeatrecError(f"--k: expected at least 1; got {args.k}")
     if (args.input or args.all_users) and args.out is None:
         raise FeatrecError("--input / --all-users write a table: give --out recs.parquet")
+    if args.out is not None and args.out.suffix.lower() not in (".parquet", ".csv"):
+        raise FeatrecError(f"--out {args.out}: expected a .parquet or .csv file name")
     recommender = load(args.run_dir, device=args.device)
     if args.input:
         table = recommend_requests(recommender, read_requests(args.input), args.k, str(args.input))

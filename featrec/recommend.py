@@ -17,7 +17,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,11 +62,21 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Recom
     return Recommender(Path(run_dir), device)
 
 
+# unix seconds of 0001-01-01 and 9999-12-31 23:59:59: what a datetime can hold
+TIME_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
 def to_seconds(value: Any) -> int | None:
     """Unix seconds from seconds, a datetime / date, or ISO text; None stays None."""
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise FeatrecError(f"cannot read {value!r} as a time (a bool is no time)")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not TIME_RANGE[0] <= value <= TIME_RANGE[1]:
+            raise FeatrecError(
+                f"cannot read {value!r} as a time: expected unix seconds of the years 1 to 9999"
+            )
         return int(value)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -71,7 +84,7 @@ def to_seconds(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():
-            return int(text)
+            return to_seconds(int(text))
         try:
             return to_seconds(datetime.fromisoformat(text.replace("Z", "+00:00")))
         except ValueError:
@@ -139,6 +152,8 @@ class Recommender:
         columns. ``candidates``: only rank these items.
         """
         _check_request(k, exclude_seen, candidates)
+        self._check_attributes(user, "user", "user")
+        self._check_attributes(context, "event", "context")
         data, dropped = self.encode_one(as_history(history), user, context)
         return self._top_k(data, dropped, k, exclude_seen, candidates)[0]
 
@@ -170,8 +185,43 @@ class Recommender:
             )
         if not histories:
             return []
+        for i, (user, context) in enumerate(zip(users, contexts, strict=True)):
+            self._check_attributes(user, "user", f"users[{i}]")
+            self._check_attributes(context, "event", f"contexts[{i}]")
         data, dropped = self.encode_many(histories, users, contexts)
         return self._top_k(data, dropped, k, exclude_seen, candidates)
+
+    def _check_attributes(self, given: Any, scope: str, where: str) -> None:
+        """A request's user attributes or context: a mapping whose values fit the spec's
+        features of ``scope`` (a number for numeric ones, one value for categorical ones, a
+        list or text for lists), or one :class:`FeatrecError` naming the key. Unknown keys
+        and None values are allowed (missing)."""
+        if given is None:
+            return
+        if not isinstance(given, Mapping):
+            raise FeatrecError(
+                f"{where}: expected a mapping of column to value (or None); got "
+                f"{type(given).__name__} {given!r:.60}"
+            )
+        features = {f.column: f for f in self.spec.features_in(scope)}
+        for column, value in given.items():
+            feature = features.get(column)
+            if feature is None or value is None or feature.type == "time":
+                continue  # times: read by to_seconds, which names a bad one
+            expected = None
+            if feature.type == "numeric":
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    expected = "a number"
+            elif feature.type == "categorical":
+                if isinstance(value, (list, tuple, dict, set)):
+                    expected = "one value"
+            elif not isinstance(value, (list, tuple, str)):
+                expected = "a list of values (or text the spec's separator splits)"
+            if expected:
+                raise FeatrecError(
+                    f"{where}[{column!r}]: feature {feature.name} expects {expected}; got "
+                    f"{value!r:.60}"
+                )
 
     def encode_many(
         self,

@@ -44,7 +44,7 @@ from featrec.batching import (
 )
 from featrec.devices import resolve_device
 from featrec.encoders import save_encoders
-from featrec.errors import FeatrecError
+from featrec.errors import FeatrecError, SpecError
 from featrec.evaluate import (
     SCORE_BATCH,
     evaluate_ranking,
@@ -52,7 +52,7 @@ from featrec.evaluate import (
     popularity,
     popularity_scorer,
 )
-from featrec.ids import PAD
+from featrec.ids import N_RESERVED, PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
 from featrec.rundir import (
@@ -87,6 +87,12 @@ class Experiment:
         """The spec's model on ``device`` (default: ``train.device``)."""
         device = device if device is not None else resolve_device(spec.train.device)
         prepared = prepared if prepared is not None else prepare(spec)[0]
+        negatives, items = spec.eval.sampled_negatives, len(prepared.item_vocab) - N_RESERVED
+        if negatives is not None and negatives >= items:
+            raise SpecError(
+                f"{spec.source}: eval.sampled_negatives: {negatives} asked for, but the data "
+                f"has {items:,} items (at most {items - 1:,} negatives besides the target)"
+            )
         torch.manual_seed(spec.train.seed)  # the initial weights depend on the seed only
         model = build_model(
             spec,

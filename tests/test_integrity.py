@@ -411,3 +411,14 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_result(
         for run in (whole, cut)
     ]
     assert losses[0] == losses[1]
+
+
+def test_more_sampled_negatives_than_items_is_refused_before_training(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    from featrec.train import train
+
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.sampled_negatives=50"])
+    with pytest.raises(SpecError, match=r"eval\.sampled_negatives: 50 asked for, but the data has"):
+        train(spec, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -304,3 +304,38 @@ def test_wrong_request_arguments_are_errors_not_guesses(
         recommender.recommend_many([request["history"]], **many)
     with pytest.raises(FeatrecError, match=r"^histories: expected a list with one history"):
         recommender.recommend_many("10 11")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"context": {"timestamp": 1e20}}, r"cannot read 1e\+20 as a time: expected unix"),
+        ({"context": {"timestamp": float("nan")}}, r"cannot read nan as a time"),
+        ({"context": {"timestamp": True}}, r"cannot read True as a time \(a bool is no time\)"),
+        ({"context": 5}, r"^context: expected a mapping of column to value \(or None\); got int"),
+        ({"user": "u1"}, r"^user: expected a mapping .*got str 'u1'"),
+        ({"user": {"age": "abc"}}, r"^user\['age'\]: feature age expects a number; got 'abc'"),
+        ({"user": {"age": [1]}}, r"^user\['age'\]: feature age expects a number; got \[1\]"),
+        ({"user": {"job": ["eng"]}}, r"^user\['job'\]: feature job expects one value"),
+        ({"context": {"device": {"a": 1}}}, r"^context\['device'\]: feature device expects one"),
+    ],
+    ids=["time-huge", "time-nan", "time-bool", "context-int", "user-text", "numeric-text",
+         "numeric-list", "categorical-list", "categorical-dict"],
+)  # fmt: skip
+def test_wrong_user_attributes_and_context_are_named(run: Path, kwargs: dict, message: str) -> None:
+    recommender = featrec.load(run)
+    with pytest.raises(FeatrecError, match=message):
+        recommender.recommend([10, 11], **kwargs)
+    assert recommender.recommend([10, 11], user={"age": 30.5, "job": 7, "zip": [1]}).items
+
+
+def test_recommend_writes_parquet_or_csv_only(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from featrec.cli import main
+
+    assert (
+        main(["-q", "recommend", str(run), "--all-users", "--out", str(tmp_path / "r.json")]) == 2
+    )
+    assert "r.json: expected a .parquet or .csv file name" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
