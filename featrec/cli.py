@@ -204,9 +204,23 @@ def _validate(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     card = load_card(spec.data.dataset) if spec.data.dataset else None
+    _check_gpus(spec.train.device)
     print(f"{args.spec}: OK")
     print(describe_spec(spec, card.title if card else None))
     return 0
+
+
+def _check_gpus(device: str, driver: Path = Path("/proc/driver/nvidia/gpus")) -> None:
+    """``train.device`` cuda / cuda:N against the NVIDIA GPUs the driver lists, without
+    importing torch (validate stays fast). Where the driver lists none it is an error;
+    training checks with torch whatever this says (a CPU build of torch sees no GPU)."""
+    if not device.startswith("cuda") or not driver.parent.parent.is_dir():
+        return  # not Linux with /proc/driver: nothing to ask without torch
+    found = len(list(driver.iterdir())) if driver.is_dir() else 0
+    wanted = int(device.partition(":")[2] or 0)
+    if wanted >= found:
+        have = f"GPUs 0-{found - 1}" if found > 1 else ("GPU 0" if found else "no NVIDIA GPU")
+        raise FeatrecError(f"train.device: {device} asked for, but this machine has {have}")
 
 
 def _schema(args: argparse.Namespace) -> int:

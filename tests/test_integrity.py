@@ -422,3 +422,19 @@ def test_more_sampled_negatives_than_items_is_refused_before_training(
     with pytest.raises(SpecError, match=r"eval\.sampled_negatives: 50 asked for, but the data has"):
         train(spec, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_validate_knows_the_gpus_the_driver_lists(tmp_path: Path) -> None:
+    driver = tmp_path / "proc" / "driver" / "nvidia" / "gpus"
+    (tmp_path / "proc" / "driver").mkdir(parents=True)
+    with pytest.raises(
+        FeatrecError, match=r"train\.device: cuda asked for, but this machine has no"
+    ):
+        cli._check_gpus("cuda", driver)
+    (driver / "0000:01:00.0").mkdir(parents=True)
+    cli._check_gpus("cuda", driver)
+    cli._check_gpus("cuda:0", driver)
+    with pytest.raises(FeatrecError, match=r"cuda:1 asked for, but this machine has GPU 0$"):
+        cli._check_gpus("cuda:1", driver)
+    cli._check_gpus("cpu", driver)
+    cli._check_gpus("cuda:3", tmp_path / "elsewhere" / "a" / "b")  # no /proc/driver: unknown
