@@ -237,6 +237,15 @@ class FusionSpec(_Frozen):
     user: Literal["add", "token"] = Field(
         "add", description="User features: added to every token, or one prepended user token."
     )
+    token_scopes: list[Scope] = Field(
+        default_factory=list,
+        description="nova / difsr only: the scopes whose features are fused into the tokens "
+        "(by token_method) instead of entering the queries and keys, e.g. [event]: events "
+        "carried as content, item attributes steering attention.",
+    )
+    token_method: Literal["sum", "concat", "gate"] = Field(
+        "gate", description="How features of token_scopes are fused into the tokens."
+    )
     aux_weight: float = Field(
         0.0,
         ge=0.0,
@@ -245,6 +254,18 @@ class FusionSpec(_Frozen):
         "cross-entropy for lists), added to the item loss. 0: off; no effect without item "
         "features.",
     )
+
+    @model_validator(mode="after")
+    def _token_scopes_with_attention(self) -> FusionSpec:
+        if self.token_scopes and self.method not in ("nova", "difsr"):
+            raise ValueError(
+                f"fusion.token_scopes places some features in the tokens beside an "
+                f"attention-level method (nova, difsr); with {self.method} every feature is "
+                "in the tokens already"
+            )
+        if len(set(self.token_scopes)) != len(self.token_scopes):
+            raise ValueError(f"fusion.token_scopes must not repeat; got {self.token_scopes}")
+        return self
 
 
 class ModelSpec(_Frozen):

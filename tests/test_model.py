@@ -21,6 +21,7 @@ from featrec.batching import (
     training_window_ends,
 )
 from featrec.encoders import MASK, PAD
+from featrec.errors import SpecError
 from featrec.model import MODEL_KINDS
 from featrec.model.bert4rec import EncoderLayer
 from featrec.model.protocol import labelled_loss
@@ -633,3 +634,37 @@ def test_auto_init_is_torch_under_attention_level_fusion_only(
     assert (weight.abs().max() <= 0.04) == bert
     ids_only = experiment(tmp_path, tiny_spec_body, True, **{"fusion.method": method}).model
     assert ids_only.layers[0].qkv.weight.abs().max() <= 0.04  # nothing to fuse: bert
+
+
+@pytest.mark.parametrize("method", ["nova", "difsr"])
+def test_token_scopes_put_those_features_in_the_tokens_and_the_rest_in_attention(
+    tmp_path: Path, tiny_spec_body: dict, method: str
+) -> None:
+    exp = experiment(
+        tmp_path, tiny_spec_body,
+        **{"fusion.method": method, "fusion.token_scopes": "[event]"},
+    )  # fmt: skip
+    model = exp.model
+    fused = [f.name for f in model.fused_features]
+    assert sorted(fused) == ["device", "rating", "time"]
+    assert sorted(f.name for f in model.side_features) == ["age", "job", "tags", "year"]
+    assert model.fusion_sources() == ["item", *fused]  # gated
+    assert model.side_method == method and model.layers[0].qkv.weight.abs().max() > 0.04
+    if method == "difsr":
+        assert sorted(model.decoupled) == ["tags", "year"]  # user features steer
+    users = torch.arange(exp.data.num_users)
+    batch, _ = training_batch(exp.data, users, 7, 0.3, 0.0, torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+        assert out.fusion_weights.shape == (*batch.item.shape, 4)
+        changed = Batch.from_named({k: v.clone() for k, v in batch.named().items()})
+        changed.event["device"] = torch.where(changed.item > MASK, 3, changed.event["device"])
+        assert not torch.allclose(model(changed).hidden, out.hidden)  # events reach the model
+    every = experiment(tmp_path, tiny_spec_body, **{"fusion.method": method}).model
+    assert every.fused_features == [] and len(every.side_features) == 7
+
+
+def test_token_scopes_need_an_attention_level_method(tmp_path: Path, tiny_spec_body: dict) -> None:
+    with pytest.raises(SpecError, match=r"fusion: .*token_scopes places some features"):
+        load_spec(write_spec(tmp_path, tiny_spec_body), ["fusion.token_scopes=[event]"])

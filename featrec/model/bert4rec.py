@@ -56,31 +56,36 @@ class BERT4Rec(RecModel):
         self.add_feature_inputs(features, item_tables)
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
         self.position_embedding = nn.Embedding(model.max_len + 1, dim)  # +1: the user token
-        dims = {"item": dim} | {f.name: f.dim for f in self.token_features}
-        # attention level: the tokens (the values) are the item embedding alone, and the
-        # features enter every layer's queries and keys as side sources
-        attention_level = fusion.method in ATTENTION_FUSIONS and len(dims) > 1
-        self.side_method = fusion.method if attention_level else None
-        if attention_level:
-            dims = {"item": dim}
+        # attention level: the features enter every layer's queries and keys as side
+        # sources, and the tokens (the values) carry the item embedding, fused with the
+        # features of fusion.token_scopes (by fusion.token_method) if any
+        attention_level = fusion.method in ATTENTION_FUSIONS
+        self.side_features = [
+            f for f in self.token_features if attention_level and f.scope not in fusion.token_scopes
+        ]
+        self.fused_features = [f for f in self.token_features if f not in self.side_features]
+        self.side_method = fusion.method if self.side_features else None
+        if self.side_method:
             self.fuse_per_item = False  # side sources are looked up per token
             self.side_projection = nn.ModuleDict(
-                {f.name: nn.Linear(f.dim, dim) for f in self.token_features if f.dim != dim}
+                {f.name: nn.Linear(f.dim, dim) for f in self.side_features if f.dim != dim}
             )
             # difsr: a map of its own per item or event feature; a user feature is the same
             # at every slot, so a map of its own would add one score to every key of a row,
             # which softmax ignores: user features steer the item's queries and keys instead,
             # as every feature does under nova
             self.decoupled = (
-                [f.name for f in self.token_features if f.scope != "user"]
+                [f.name for f in self.side_features if f.scope != "user"]
                 if self.side_method == "difsr"
                 else []
             )
-            steers = len(self.token_features) > len(self.decoupled)
+            steers = len(self.side_features) > len(self.decoupled)
             sides = int(steers) + len(self.decoupled)
             self.side_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(sides))
+        dims = {"item": dim} | {f.name: f.dim for f in self.fused_features}
+        method = fusion.token_method if attention_level else fusion.method
         # with item ids alone there is nothing to fuse: no fusion parameters at all
-        self.fusion = FUSIONS[fusion.method if len(dims) > 1 else "sum"](dims, dim)
+        self.fusion = FUSIONS[method if len(dims) > 1 else "sum"](dims, dim)
         self.user_projection = nn.ModuleDict(
             {f.name: nn.Linear(f.dim, dim) for f in self.user_features if f.dim != dim}
         )
@@ -105,7 +110,7 @@ class BERT4Rec(RecModel):
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         self.apply(_init_weights)
-        init = model.init if model.init != "auto" else ("torch" if attention_level else "bert")
+        init = model.init if model.init != "auto" else ("torch" if self.side_method else "bert")
         if init == "torch":
             for layer in self.layers:
                 layer.reset_parameters()
@@ -153,7 +158,7 @@ class BERT4Rec(RecModel):
     def fusion_sources(self) -> list[str]:
         if not isinstance(self.fusion, GateFusion):
             return []
-        return ["item", *(f.name for f in self.token_features)]
+        return ["item", *(f.name for f in self.fused_features)]
 
     def static_fusion_weights(self) -> dict[str, float] | None:
         return self.fusion.source_weights() if isinstance(self.fusion, ConcatFusion) else None
@@ -187,9 +192,8 @@ class BERT4Rec(RecModel):
         per_item = self.fuse_per_item and items.numel() >= self.num_items
         item = self.item_embedding.weight if per_item else self.item_embedding(items)
         sources = {"item": item}  # (I, D) or (B, L, D)
-        if self.side_method is None:  # token level: every source fused into the tokens
-            for config in self.token_features:
-                sources[config.name] = self._embed(config, batch, per_item)
+        for config in self.fused_features:  # token level: fused into the tokens
+            sources[config.name] = self._embed(config, batch, per_item)
         tokens, weights = self.fusion(sources, items if per_item else None)  # (B, L, D)
         side = self._side_sources(batch) if self.side_method else None
         padding = items == PAD  # (B, L)
@@ -239,7 +243,7 @@ class BERT4Rec(RecModel):
         The leakage rules hold as for the tokens: the features come from the same (masked)
         batch."""
         steer, decoupled = [], []
-        for config in self.token_features:
+        for config in self.side_features:
             embedded = self._embed(config, batch)  # (B, L or 1, D_f)
             if config.name in self.side_projection:
                 embedded = self.side_projection[config.name](embedded)
