@@ -704,7 +704,7 @@ def _format_loc(loc: Sequence[str | int]) -> str:
 def _describe(problem: dict, loc: tuple) -> str:
     kind, ctx, value = problem["type"], problem.get("ctx", {}), problem.get("input")
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(problem["loc"][:-1])  # with the feature type tag, if any
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         return f"unknown key (allowed: {', '.join(allowed)}){suggestion}"

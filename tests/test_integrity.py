@@ -438,3 +438,89 @@ def test_validate_knows_the_gpus_the_driver_lists(tmp_path: Path) -> None:
         cli._check_gpus("cuda:1", driver)
     cli._check_gpus("cpu", driver)
     cli._check_gpus("cuda:3", tmp_path / "elsewhere" / "a" / "b")  # no /proc/driver: unknown
+
+
+# --- the matrix: every spec field a user sets, wrong, through the CLI -------------------------
+
+SPEC_MATRIX = [  # (override, text the one line must hold)
+    ("train.lr=-1", "train.lr: expected greater than 0; got '-1'"),
+    ("train.lr=fast", "train.lr: expected a valid number"),
+    ("train.epochs=0", "train.epochs: expected greater than 0"),
+    ("train.epochs=2.5", "train.epochs: expected a valid integer"),
+    ("train.batch_size=0", "train.batch_size: expected greater than 0"),
+    ("train.mask_prob=1", "train.mask_prob: expected less than 1"),
+    ("train.mask_prob=0", "train.mask_prob: expected greater than 0"),
+    ("train.crop_prob=2", "train.crop_prob: expected less than or equal to 1"),
+    ("train.weight_decay=-0.1", "train.weight_decay: expected greater than or equal to 0"),
+    ("train.warmup_steps=-1", "train.warmup_steps: expected greater than or equal to 0"),
+    ("train.grad_clip=0", "train.grad_clip: expected greater than 0"),
+    ("train.patience=0", "train.patience: expected greater than 0"),
+    ("train.min_epochs=-1", "train.min_epochs: expected greater than or equal to 0"),
+    ("train.eval_every=0", "train.eval_every: expected greater than 0"),
+    ("train.device=tpu", "train.device: String should match pattern"),
+    ("train.device=cuda:x", "train.device: String should match pattern"),
+    ("train.loss=bpr", "train.loss: expected one of 'ce' or 'sampled_softmax'; got 'bpr'"),
+    ("train.negatives=-3", "train.negatives: expected greater than 0"),
+    ("train.next_item_share=0", "train.next_item_share: expected greater than 0"),
+    ("train.last_item_share=1.5", "train.last_item_share: expected less than or equal to 1"),
+    ("train.seed=x", "train.seed: expected a valid integer"),
+    ("train.lrr=1", "train.lrr: unknown key"),
+    ("model.kind=gru", "model.kind: expected one of 'bert4rec', 'embedding_mlp' or 'din'"),
+    ("model.kind=din", "model.kind din scores every candidate"),
+    ("model.dim=abc", "model.dim: expected a valid integer"),
+    ("model.dim=0", "model.dim: expected greater than 0"),
+    ("model.heads=5", "model.dim (64) is not a multiple of model.heads (5)"),
+    ("model.layers=0", "model.layers: expected greater than 0"),
+    ("model.max_len=1", "model.max_len: expected greater than 1"),
+    ("model.dropout=1", "model.dropout: expected less than 1"),
+    ("model.attention_dropout=-0.1", "model.attention_dropout: expected greater than or equal"),
+    ("model.init=xavier", "model.init: expected one of 'auto', 'bert' or 'torch'"),
+    ("fusion.method=late", "fusion.method: expected one of 'sum', 'concat', 'gate', 'nova'"),
+    ("fusion.user=both", "fusion.user: expected one of 'add' or 'token'"),
+    ("fusion.aux_weight=-1", "fusion.aux_weight: expected greater than or equal to 0"),
+    ("fusion.token_scopes=[item]", "fusion.token_scopes places some features in the tokens"),
+    ("fusion.token_scopes=[items]", "fusion.token_scopes[0]: expected one of 'item', 'user'"),
+    ("fusion.token_method=nova", "fusion.token_method: expected one of 'sum', 'concat' or"),
+    ("eval.ks=[0]", "eval.ks[0]: expected greater than 0"),
+    ("eval.ks=[]", "eval.ks: "),
+    ("eval.ks=5", "eval.ks: expected a valid list"),
+    ("eval.split=random", "eval.split: expected one of 'leave_one_out' or 'temporal'"),
+    ("eval.exclude_seen=maybe", "eval.exclude_seen: expected a valid boolean"),
+    ("eval.sampled_negatives=0", "eval.sampled_negatives: expected greater than 0"),
+    ("eval.primary=auc@10", "eval.primary"),
+    ("eval.valid_quantile=1.5", "eval.valid_quantile"),
+    ("name=a b", "name: String should match pattern"),
+    ("name=" + "x" * 65, "name: String should have at most 64 characters"),
+    ("data.dataset=nope", "data.dataset: no dataset card 'nope' (known: ml-100k, ml-1m"),
+    ("data.columns.time=when", "names the columns of your own files; a card"),
+    ("data.columns.time_unit=hours", "data.columns.time_unit: expected one of 'auto', 's'"),
+    ("data.users=u.parquet", "data.users / data.items go with data.interactions"),
+    ("features[0].bins=1", "features[0].bins: unknown key (allowed: name, scope, column"),
+    ("features[1].bns=3", "did you mean 'bins'?"),
+    ("features[1].bins=1", "features[1].bins: expected greater than or equal to 2"),
+    ("features[1].transform=log", "features[1].transform: expected one of 'quantile_bins'"),
+    ("features[0].scope=session", "features[0].scope: expected one of 'item', 'user' or"),
+    ("features[0].type=image", "features[0]: "),
+    ("features[5].timezone=Mars/Base", "features[5].timezone: unknown time zone 'Mars/Base'"),
+    ("features[5].parts=[hour, hour]", "features[5].parts: parts must not repeat"),
+    ("features[5].parts=[minute]", "features[5].parts[0]: expected one of"),
+    ("features[5].scope=user", "features[5]: known_at applies to event features only"),
+    ("features[6].known_at=later", "features[6].known_at: expected one of"),
+    ("features[1].name=genres", "duplicate feature name 'genres' (features[0] and features[1])"),
+    ("features[0].name=", "features[0].name: String should match pattern"),
+    ("features[9].dim=3", "features has 7 entries; no index 9"),
+    ("train", "expected KEY=VALUE"),
+    ("train.epochs.x=1", "train.epochs"),
+    ("eval.ks=[1, 2", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("override", "expected"), SPEC_MATRIX, ids=[o for o, _ in SPEC_MATRIX])
+def test_every_wrong_spec_value_is_exit_2_and_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], override: str, expected: str
+) -> None:
+    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / "ml-1m.yaml")
+    assert cli.main(["-q", "validate", spec, "--set", override]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1, stderr
+    assert expected in stderr, stderr
