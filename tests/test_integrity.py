@@ -96,7 +96,11 @@ def test_a_bad_set_value_names_the_override(tmp_path: Path, tiny_spec_body: dict
 @pytest.mark.parametrize(
     ("error", "code", "expected"),
     [
-        (FeatrecError("x.csv: bad\nvalue " + "v" * 1000), 2, "featrec: error: x.csv: bad value v"),
+        (
+            FeatrecError("x.csv: bad\nvalue " + "v" * 1000),
+            2,
+            "featrec: error: x.csv: bad\\nvalue v",
+        ),
         (IsADirectoryError(21, "Is a directory", "out/recs"), 2, "featrec: error: out/recs: Is a"),
         (ZeroDivisionError("division by zero"), 1, "featrec: error: unexpected ZeroDivisionError"),
     ],
