@@ -30,9 +30,7 @@ from torch import nn
 
 from featrec.batching import Batch
 from featrec.ids import IGNORE, MASK, N_RESERVED, PAD
-from featrec.model.bert4rec import _init_weights
 from featrec.model.embedding_mlp import LookBackModel
-from featrec.model.embeddings import FeatureConfig
 from featrec.model.protocol import draw_negatives, sampled_softmax
 from featrec.spec import ModelSpec
 
@@ -40,15 +38,7 @@ ITEM_CHUNK = 1024  # candidate items scored at once when ranking every item
 
 
 class DIN(LookBackModel):
-    def __init__(
-        self,
-        model: ModelSpec,
-        num_items: int,
-        features: list[FeatureConfig],
-        item_tables: dict[str, torch.Tensor],
-        request_known: frozenset[str],
-    ) -> None:
-        super().__init__(model, num_items, features, item_tables, request_known)
+    def add_layers(self, model: ModelSpec) -> None:
         dim = model.dim
         self.query = nn.Linear(dim, dim, bias=False)  # candidate → attention query
         self.pooled_in = nn.Linear(dim, dim)  # first MLP layer, the pooled history's part
@@ -58,7 +48,6 @@ class DIN(LookBackModel):
         self.mlp_out = nn.Sequential(
             nn.GELU(), nn.Dropout(model.dropout), nn.Linear(dim, dim), nn.LayerNorm(dim)
         )
-        self.apply(_init_weights)
         self.null_key = nn.Parameter(torch.zeros(dim))  # the "nothing in the history" slot
 
     def forward(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:

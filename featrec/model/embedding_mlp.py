@@ -52,6 +52,12 @@ class LookBackModel(RecModel):
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         # width of the side inputs: one model-wide vector per user and context feature
         self.side_width = dim * (len(self.user_features) + len(self.context_features))
+        self.add_layers(model)
+        self.apply(_init_weights)
+
+    def add_layers(self, model: ModelSpec) -> None:
+        """The layers of the model kind on top of the shared inputs."""
+        raise NotImplementedError
 
     @classmethod
     def from_spec(
@@ -96,15 +102,7 @@ class LookBackModel(RecModel):
 
 
 class EmbeddingMLP(LookBackModel):
-    def __init__(
-        self,
-        model: ModelSpec,
-        num_items: int,
-        features: list[FeatureConfig],
-        item_tables: dict[str, torch.Tensor],
-        request_known: frozenset[str],
-    ) -> None:
-        super().__init__(model, num_items, features, item_tables, request_known)
+    def add_layers(self, model: ModelSpec) -> None:
         dim = model.dim
         self.mlp = nn.Sequential(
             nn.Linear(dim + self.side_width, 4 * dim),
@@ -112,7 +110,6 @@ class EmbeddingMLP(LookBackModel):
             nn.Dropout(model.dropout),
             nn.Linear(4 * dim, dim),
         )
-        self.apply(_init_weights)
 
     def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
         """The training loss (``train.loss``) at every labelled (next-item) position."""
