@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from featrec.errors import DataError
+from featrec.errors import DataError, FeatrecError
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.spec import (
     CategoricalFeature,
@@ -384,6 +384,14 @@ def save_encoders(path: Path, item_vocab: ItemVocab, encoders: dict[str, Encoder
 
 
 def load_encoders(path: Path) -> tuple[ItemVocab, dict[str, Encoder]]:
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    features = {name: encoder_from_dict(d) for name, d in payload["features"].items()}
-    return ItemVocab(payload["item_vocab"]), features
+    """The item vocabulary and encoders a run saved, or one :class:`FeatrecError` naming
+    the file when it is not what featrec wrote (cut short, edited, another file)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        features = {name: encoder_from_dict(d) for name, d in payload["features"].items()}
+        return ItemVocab(payload["item_vocab"]), features
+    except FileNotFoundError:
+        raise FeatrecError(f"{path}: missing (every run directory has one)") from None
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        raise FeatrecError(f"{path}: not a featrec encoders file ({detail})") from None

@@ -528,3 +528,19 @@ def test_every_wrong_spec_value_is_exit_2_and_one_line_naming_it(
     stderr = capsys.readouterr().err
     assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1, stderr
     assert expected in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"[]", b'{"features": {}}', b'{"item_vocab": [1], "features": {"x": {}}}',
+     b'{"item_vocab": [1], "features": {"x": {"kind": "nope"}}}', b"\xff\xfe"],
+    ids=["empty", "cut", "list", "no-vocab", "no-kind", "unknown-kind", "not-utf8"],
+)  # fmt: skip
+def test_a_broken_encoders_file_is_named(trained_run: Path, content: bytes) -> None:
+    import featrec
+
+    (trained_run / "manifest.json").unlink()  # a run from before manifests
+    path = trained_run / "encoders.json"
+    path.write_bytes(content)
+    with pytest.raises(FeatrecError, match=r"encoders\.json: not a featrec encoders file"):
+        featrec.load(trained_run)
