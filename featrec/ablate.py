@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,15 @@ import yaml
 
 from featrec.atomic import write_folder
 from featrec.errors import FeatrecError
+from featrec.model.fusion import ATTENTION_FUSIONS
 from featrec.report import DIN, EMBEDDING_MLP, MOST_POPULAR, headline
-from featrec.spec import Spec, spec_differences
+from featrec.spec import FusionSpec, Spec, spec_differences
 from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("item", "user", "event")
+FUSION_METHODS = typing.get_args(FusionSpec.model_fields["method"].annotation)
 
 
 @dataclass(frozen=True)
@@ -89,15 +92,16 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
             add(name, [f for f in features if f is not feature], f"without {feature.name}")
     featured = [v for name, v in out.items() if name == v.name and v.spec.features]
     for method in dict.fromkeys(fusions):
-        if method == spec.fusion.method:  # the plain names are that method already
-            continue
+        setting = fusion_setting(method)
+        if all(getattr(spec.fusion, k) == v for k, v in setting.items()):
+            continue  # the plain names are that placement already
         for variant in featured:
-            fusion = variant.spec.fusion.model_copy(update={"method": method})
+            fusion = variant.spec.fusion.model_copy(update=setting)
             name = f"{variant.name}@{method}"
             out[name] = Variant(
                 name,
                 variant.spec.model_copy(update={"fusion": fusion}),
-                description=f"{variant.description}; fusion.method {method}",
+                description=f"{variant.description}; fusion {method}",
             )
     out[MOST_POPULAR] = Variant(
         MOST_POPULAR, spec.behavior_only(), trained=False, description="training-set popularity"
@@ -118,6 +122,27 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
         DIN, din, description="target attention over the history, candidate as query, + features"
     )
     return out
+
+
+def fusion_setting(value: str) -> dict:
+    """A ``--fusions`` value → the fusion fields it sets: ``METHOD`` (any fusion.method),
+    or ``METHOD+SCOPE[+SCOPE]`` (nova / difsr with those scopes fused into the tokens:
+    ``nova+event``)."""
+    method, *scopes = value.split("+")
+    if method not in FUSION_METHODS:
+        raise FeatrecError(
+            f"--fusions {value}: unknown method '{method}' (expected {', '.join(FUSION_METHODS)}"
+            ", or nova / difsr followed by +SCOPE, e.g. nova+event)"
+        )
+    if scopes and method not in ATTENTION_FUSIONS:
+        raise FeatrecError(
+            f"--fusions {value}: +SCOPE keeps scopes in the tokens beside an attention-level "
+            f"method ({', '.join(ATTENTION_FUSIONS)}); {method} is token level already"
+        )
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or len(set(scopes)) != len(scopes):
+        raise FeatrecError(f"--fusions {value}: scopes are {', '.join(SCOPES)}, each once")
+    return {"method": method, "token_scopes": scopes} if scopes else {"method": method}
 
 
 def aliases(available: dict[str, Variant]) -> dict[str, str]:

@@ -12,14 +12,12 @@ import logging
 import os
 import sys
 import time
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from featrec.errors import FeatrecError
 from featrec.spec import (
     AnyFeature,
-    FusionSpec,
     MultiCategoricalFeature,
     NumericFeature,
     Spec,
@@ -30,7 +28,6 @@ from featrec.spec import (
 
 log = logging.getLogger("featrec")
 DEVICE_HELP = "auto (default: CUDA where torch sees it), cpu, cuda or cuda:N"
-FUSION_METHODS = typing.get_args(FusionSpec.model_fields["method"].annotation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,9 +156,10 @@ def _parser() -> argparse.ArgumentParser:
         help="only these variants (names may start with a dash: --variants full -item)",
     )  # fmt: skip
     ablate.add_argument(
-        "--fusions", nargs="+", default=[], metavar="METHOD", choices=FUSION_METHODS,
+        "--fusions", nargs="+", default=[], metavar="METHOD",
         help="also every variant with features under these fusion.method values "
-        "(named VARIANT@METHOD, e.g. full@nova), compared with full@METHOD",
+        "(named VARIANT@METHOD, e.g. full@nova), compared with full@METHOD; nova+event: "
+        "nova with the event features fused into the tokens (fusion.token_scopes)",
     )  # fmt: skip
     ablate.add_argument("--out", type=Path, help="ablation directory (default ablations/NAME)")
     ablate.add_argument("--list", action="store_true", help="list the variants and exit")

@@ -257,6 +257,23 @@ def test_fusion_axis_compares_where_features_enter(
     results = load_results(out, rank_metrics(spec))
     against = compare(results["-item@nova"], results["full@nova"], ["ndcg@10"])["ndcg@10"]
     assert float(rows["-item@nova"]["ndcg@10 vs full diff"]) == pytest.approx(against["diff"])
-    with pytest.raises(SystemExit) as stopped:  # argparse's usage error
-        main(["-q", "ablate", str(write_spec(tmp_path, quick)), "--fusions", "tpu"])
-    assert stopped.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    capsys.readouterr()
+    for value, message in [
+        ("tpu", "--fusions tpu: unknown method 'tpu'"),
+        ("gate+event", "--fusions gate+event: +SCOPE keeps scopes in the tokens beside"),
+        ("nova+color", "--fusions nova+color: scopes are item, user, event, each once"),
+        ("nova+event+event", "scopes are item, user, event, each once"),
+    ]:
+        assert main(["-q", "ablate", str(write_spec(tmp_path, quick)), "--fusions", value]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_a_fusion_axis_value_can_keep_scopes_in_the_tokens(tmp_path: Path, quick: dict) -> None:
+    quick["fusion"] = {"method": "gate"}
+    found = variants(load_spec(write_spec(tmp_path, quick)), ["nova+event", "nova"])
+    mixed = found["full@nova+event"].spec.fusion
+    assert (mixed.method, mixed.token_scopes) == ("nova", ["event"])
+    assert found["full@nova"].spec.fusion.token_scopes == []
+    assert found["-item@nova+event"].spec.features == found["-item"].spec.features
+    assert Experiment.from_spec(found["full@nova+event"].spec).model.fused_features
