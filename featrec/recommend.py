@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Recom
     """The recommender of a trained run directory (``featrec train --out RUN_DIR``), on
     ``device`` (``auto``/None: a CUDA device where torch sees one, else the CPU; ``cpu``,
     ``cuda``, ``cuda:N``), wherever the run was trained."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise FeatrecError(
+            f"run_dir: expected a path; got {type(run_dir).__name__} {run_dir!r:.60}"
+        )
     return Recommender(Path(run_dir), device)
 
 
@@ -411,6 +416,13 @@ class Recommender:
     ) -> pl.DataFrame:
         """Recommendations for users in the run's data (all of them when ``user_ids`` is None),
         from their whole history, at time ``at`` (default: now)."""
+        _check_request(k, True, None)
+        if user_ids is not None and (
+            isinstance(user_ids, (str, bytes, dict)) or not hasattr(user_ids, "__iter__")
+        ):
+            raise FeatrecError(
+                f"user_ids: expected a list of user ids (or None); got {user_ids!r:.60}"
+            )
         interactions, users = self.known_users()
         if user_ids is None:
             user_ids = interactions.get_column("user_id").unique().sort().to_list()

@@ -7,6 +7,7 @@ A spec is frozen once loaded. Behavior-only and ablation variants are new specs 
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -464,6 +465,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     Raises :class:`SpecError` whose message names the file (or the override), the field
     path and what was expected.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise SpecError(f"spec: expected a path to a YAML file; got {type(path).__name__}")
     path = Path(path)
     try:
         data = path.read_bytes()

@@ -339,3 +339,19 @@ def test_recommend_writes_parquet_or_csv_only(
     )
     assert "r.json: expected a .parquet or .csv file name" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda r: featrec.load(123), r"^run_dir: expected a path; got int"),
+        (lambda r: featrec.load_spec(5), r"^spec: expected a path to a YAML file; got int"),
+        (lambda r: r.for_known_users("u1"), r"^user_ids: expected a list of user ids"),
+        (lambda r: r.for_known_users(["u1"], k=0), r"^k: expected a whole number"),
+        (lambda r: r.for_known_users(["u1"], at=float("inf")), r"cannot read inf as a time"),
+    ],
+    ids=["load-int", "load-spec-int", "user-ids-text", "known-k-zero", "known-at-inf"],
+)
+def test_public_functions_name_a_wrong_argument(run: Path, call, message: str) -> None:
+    with pytest.raises(FeatrecError, match=message):
+        call(featrec.load(run))
