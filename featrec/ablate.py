@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -182,39 +183,83 @@ def run_ablation(
     progress: bool = False,
     on_run_end: Callable[[str, int], None] | None = None,
     fusions: Sequence[str] = (),
+    jobs: int = 1,
 ) -> list[tuple[str, int]]:
     """Train every (variant, seed) not yet finished; return the pairs trained now.
 
     A pair with ``final_metrics.json`` is finished and never rerun; one with only a last
-    checkpoint was interrupted and resumes from it.
+    checkpoint was interrupted and resumes from it. ``jobs`` > 1 trains that many pairs at
+    once, each in a process of its own with ``cpu_count // jobs`` threads (a GPU is shared
+    by them: small models leave most of it idle).
     """
+    if jobs < 1:
+        raise FeatrecError(f"--jobs: expected at least 1; got {jobs}")
     chosen = select(variants(spec, fusions), names)
     _check_same_spec(spec, ablation_dir)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
-    trained = []
+    todo = []
     for number, (variant, seed) in enumerate(pairs, start=1):
-        directory = run_dir(ablation_dir, variant.name, seed)
         label = f"[{number}/{len(pairs)}] {variant.name} seed {seed}"
-        if (directory / "final_metrics.json").is_file():
+        if (run_dir(ablation_dir, variant.name, seed) / "final_metrics.json").is_file():
             log.info("%s: done already", label)
-            continue
-        seeded = variant.spec.model_copy(
-            update={"train": variant.spec.train.model_copy(update={"seed": seed})}
-        )
-        started = time.perf_counter()
-        if not variant.trained:
-            final = _most_popular(seeded, directory)
         else:
-            resume = (directory / "checkpoints" / "last.pt").is_file()
-            log.info("%s: %s", label, "resuming" if resume else "training")
-            final = train(seeded, directory, resume=resume, progress=progress, variant=variant.name)
+            todo.append((label, variant, seed))
+    trained = []
+
+    def finished(label: str, name: str, seed: int, final: dict, minutes: float) -> None:
         scores = ", ".join(f"{m} {final['test'][m]:.4f}" for m in headline(spec.eval.primary))
-        minutes = (time.perf_counter() - started) / 60
         log.info("%s: test %s (%.1f min)", label, scores, minutes)
-        trained.append((variant.name, seed))
+        trained.append((name, seed))
         if on_run_end is not None:
-            on_run_end(variant.name, seed)
+            on_run_end(name, seed)
+
+    if jobs == 1 or len(todo) < 2:
+        for label, variant, seed in todo:
+            started = time.perf_counter()
+            final = _run_pair(variant, seed, ablation_dir, label, progress, threads=0)
+            finished(label, variant.name, seed, final, (time.perf_counter() - started) / 60)
+        return trained
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked torch or polars state
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        started = time.perf_counter()
+        running = {
+            pool.submit(_run_pair, variant, seed, ablation_dir, label, False, threads): (
+                label, variant.name, seed
+            )
+            for label, variant, seed in todo
+        }  # fmt: skip
+        for future in concurrent.futures.as_completed(running):
+            label, name, seed = running[future]
+            final = future.result()  # a run's error stops the ablation, named
+            finished(label, name, seed, final, (time.perf_counter() - started) / 60)
     return trained
+
+
+def _run_pair(
+    variant: Variant, seed: int, ablation_dir: Path, label: str, progress: bool, threads: int
+) -> dict:
+    """Train (or resume, or evaluate for the untrained baseline) one (variant, seed);
+    ``threads`` > 0 sets torch's thread count (a worker process of ``--jobs``)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
+    directory = run_dir(ablation_dir, variant.name, seed)
+    seeded = variant.spec.model_copy(
+        update={"train": variant.spec.train.model_copy(update={"seed": seed})}
+    )
+    if not variant.trained:
+        return _most_popular(seeded, directory)
+    resume = (directory / "checkpoints" / "last.pt").is_file()
+    log.info("%s: %s", label, "resuming" if resume else "training")
+    return train(seeded, directory, resume=resume, progress=progress, variant=variant.name)
 
 
 def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:

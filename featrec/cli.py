@@ -162,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
         "nova with the event features fused into the tokens (fusion.token_scopes)",
     )  # fmt: skip
     ablate.add_argument("--out", type=Path, help="ablation directory (default ablations/NAME)")
+    ablate.add_argument(
+        "--jobs", type=int, default=1,
+        help="train this many (variant, seed) pairs at once, each a process with "
+        "cpu_count / jobs threads (default 1)",
+    )  # fmt: skip
     ablate.add_argument("--list", action="store_true", help="list the variants and exit")
     ablate.set_defaults(run=_ablate)
 
@@ -289,8 +294,9 @@ def _ablate(args: argparse.Namespace) -> int:
         raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")
     out = args.out or Path("ablations") / spec.name
     run_ablation(
-        spec, out, args.seeds, args.variants, progress=sys.stderr.isatty(), fusions=args.fusions
-    )
+        spec, out, args.seeds, args.variants, progress=sys.stderr.isatty() and args.jobs == 1,
+        fusions=args.fusions, jobs=args.jobs,
+    )  # fmt: skip
     return _report(argparse.Namespace(ablation_dir=out))
 
 

@@ -215,8 +215,10 @@ class Recommender:
                 continue  # times: read by to_seconds, which names a bad one
             expected = None
             if feature.type == "numeric":
-                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
                     expected = "a number"
+                elif isinstance(value, str) and not _is_number(value):
+                    expected = "a number"  # text that reads as one ("23") is taken as one
             elif feature.type == "categorical":
                 if isinstance(value, (list, tuple, dict, set)):
                     expected = "one value"
@@ -485,6 +487,14 @@ def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType)
         },
         strict=False,
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_request(k: Any, exclude_seen: Any, candidates: Any) -> None:

@@ -277,3 +277,21 @@ def test_a_fusion_axis_value_can_keep_scopes_in_the_tokens(tmp_path: Path, quick
     assert found["full@nova"].spec.fusion.token_scopes == []
     assert found["-item@nova+event"].spec.features == found["-item"].spec.features
     assert Experiment.from_spec(found["full@nova+event"].spec).model.fused_features
+
+
+def test_jobs_train_pairs_side_by_side_to_the_same_results(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    chosen = ["behavior-only", "-rating", "most-popular"]
+    one = run_ablation(spec, tmp_path / "one", 2, chosen)
+    two = run_ablation(spec, tmp_path / "two", 2, chosen, jobs=3)
+    assert sorted(one) == sorted(two) and len(two) == 6
+    for name, seed in one:
+        finals = [
+            json.loads((run_dir(tmp_path / d, name, seed) / "final_metrics.json").read_text())
+            for d in ("one", "two")
+        ]
+        for metric, value in finals[0]["test"].items():
+            assert finals[1]["test"][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+    assert run_ablation(spec, tmp_path / "two", 2, chosen, jobs=3) == []  # all done already
+    with pytest.raises(FeatrecError, match=r"--jobs: expected at least 1; got 0"):
+        run_ablation(spec, tmp_path / "two", 2, chosen, jobs=0)
