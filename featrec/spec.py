@@ -329,13 +329,21 @@ class TrainSpec(_Frozen):
         description="Share of histories longer than model.max_len trained on a window drawn "
         "uniformly from all their full windows (the newest included) instead of the newest.",
     )
-    loss: Literal["ce", "sampled_softmax"] = Field(
+    loss: Literal["ce", "sampled_softmax", "gbce"] = Field(
         "ce",
         description="ce: softmax over every item at each target. sampled_softmax: over the "
-        "target and train.negatives items drawn uniformly, shared by the batch.",
+        "target and train.negatives items drawn uniformly, shared by the batch. gbce: "
+        "gSASRec's calibrated binary cross-entropy over the same negatives (train.gbce_t).",
     )
     negatives: int = Field(
-        100, gt=0, description="sampled_softmax: negative items drawn per training step."
+        100, gt=0, description="sampled_softmax, gbce: negative items drawn per training step."
+    )
+    gbce_t: float = Field(
+        0.75,
+        ge=0.0,
+        le=1.0,
+        description="gbce: calibration t (0: plain binary cross-entropy, 1: fully "
+        "calibrated against the negative sampling rate).",
     )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)

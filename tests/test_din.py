@@ -157,7 +157,7 @@ def test_sampled_softmax_over_every_other_item_is_the_full_softmax(
         load_spec(write_spec(tmp_path, tiny_spec_body), ["train.loss=sampled_softmax"])
     )
     model = exp.model.eval()
-    assert model.negatives == 100
+    assert model.objective.negatives == 100 and model.objective.kind == "sampled_softmax"
     hidden = torch.randn(5, 12)
     targets = torch.randint(N_RESERVED, model.num_items, (5,))
     every_item = torch.arange(N_RESERVED, model.num_items)
@@ -171,17 +171,36 @@ def test_sampled_softmax_over_every_other_item_is_the_full_softmax(
         assert protocol.target_loss(model, hidden, targets) < full  # fewer competitors
 
 
+def test_gbce_is_the_calibrated_binary_cross_entropy(tmp_path: Path, tiny_spec_body: dict) -> None:
+    exp = Experiment.from_spec(
+        load_spec(write_spec(tmp_path, tiny_spec_body), ["train.loss=gbce", "train.negatives=4"])
+    )
+    objective = exp.model.objective
+    assert (objective.kind, objective.negatives, objective.t) == ("gbce", 4, 0.75)
+    positive, negative = torch.tensor([2.0, -1.0]), torch.tensor([[0.5, -0.5], [1.0, 3.0]])
+    targets, negatives = torch.tensor([5, 6]), torch.tensor([6, 7])  # row 1's first: a hit
+    items = 11
+    alpha = 2 / (items - 1)
+    for t, beta in [(0.0, 1.0), (1.0, alpha), (0.75, alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha))]:
+        expected = -(
+            beta * F.logsigmoid(positive)
+            + torch.stack([F.logsigmoid(-negative[0]).sum(), F.logsigmoid(-negative[1, 1])])
+        ).mean()
+        got = protocol.gbce(positive, negative, targets, negatives, items, t)
+        assert torch.allclose(got, expected)
+
+
 def test_sampled_softmax_trains_bert4rec_to_a_different_loss(
     tmp_path: Path, tiny_spec_body: dict
 ) -> None:
     tiny_spec_body |= {"train": {"epochs": 1, "batch_size": 3}}
     losses = {}
-    for loss in ("ce", "sampled_softmax"):
+    for loss in ("ce", "sampled_softmax", "gbce"):
         spec = load_spec(write_spec(tmp_path, tiny_spec_body), [f"train.loss={loss}"])
         train(spec, tmp_path / loss)
         losses[loss] = json.loads((tmp_path / loss / "metrics.jsonl").read_text().splitlines()[0])
-    assert math.isfinite(losses["sampled_softmax"]["loss"])
-    assert losses["ce"]["loss"] != losses["sampled_softmax"]["loss"]
+    assert all(math.isfinite(row["loss"]) for row in losses.values())
+    assert len({row["loss"] for row in losses.values()}) == 3
 
 
 def test_the_ablation_has_a_din_row_with_the_same_features(

@@ -12,7 +12,7 @@ from featrec.model.bert4rec import BERT4Rec, EncoderOutput
 from featrec.model.din import DIN
 from featrec.model.embedding_mlp import EmbeddingMLP
 from featrec.model.embeddings import ColumnConfig, FeatureConfig, feature_configs
-from featrec.model.protocol import RecModel
+from featrec.model.protocol import Objective, RecModel
 
 MODEL_KINDS: dict[str, type[RecModel]] = {
     "bert4rec": BERT4Rec,
@@ -26,8 +26,8 @@ def build_model(
 ) -> RecModel:
     """The model a (resolved) spec asks for; behavior-only specs give one without features."""
     model = MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
-    if spec.train.loss == "sampled_softmax":
-        model.negatives = spec.train.negatives
+    if spec.train.loss != "ce":
+        model.objective = Objective(spec.train.loss, spec.train.negatives, spec.train.gbce_t)
     return model
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from featrec.batching import Batch
 from featrec.ids import IGNORE, MASK, N_RESERVED, PAD
 from featrec.model.embedding_mlp import LookBackModel
-from featrec.model.protocol import draw_negatives, sampled_softmax
+from featrec.model.protocol import Objective, draw_negatives
 from featrec.spec import ModelSpec
 
 ITEM_CHUNK = 1024  # candidate items scored at once when ranking every item
@@ -59,13 +59,14 @@ class DIN(LookBackModel):
         )
 
     def loss(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
-        """Sampled softmax at every labelled (next-item) position: the target against
-        ``self.negatives`` items drawn for the whole batch."""
+        """``train.loss`` (sampled softmax or gBCE) at every labelled (next-item) position:
+        the target against ``train.negatives`` items drawn for the whole batch."""
         labelled = labels != IGNORE  # (B, L)
         targets = labels[labelled]  # (N,)
-        negatives = draw_negatives(self.num_items, self.negatives or 100, labels.device)  # (K,)
+        objective = self.objective or Objective("sampled_softmax", 100)
+        negatives = draw_negatives(self.num_items, objective.negatives, labels.device)  # (K,)
         scores = self.training_scores(batch, labelled, negatives)
-        return sampled_softmax(scores[:, 0], scores[:, 1:], targets, negatives)
+        return objective.loss(scores[:, 0], scores[:, 1:], targets, negatives, self.num_items)
 
     def training_scores(
         self, batch: Batch, labelled: torch.Tensor, negatives: torch.Tensor

@@ -7,6 +7,7 @@ candidate items.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -33,8 +34,8 @@ class RecModel(nn.Module):
     # training events a user needs for one training target (a masked item: 1; a next item
     # after a history: 2); users with fewer are left out of training batches
     min_train_events: ClassVar[int] = 1
-    # train.loss sampled_softmax: negatives drawn per step (set by build_model); None: ce
-    negatives: int | None = None
+    # train.loss with sampled negatives (sampled_softmax, gbce; set by build_model); None: ce
+    objective: Objective | None = None
     item_embedding: nn.Embedding
     output_bias: nn.Parameter
 
@@ -134,15 +135,63 @@ class RecModel(nn.Module):
         data-dependent branches at the example's size)."""
 
 
+@dataclass(frozen=True)
+class Objective:
+    """A loss over the target and ``negatives`` shared negatives drawn uniformly per step:
+    ``sampled_softmax``, or ``gbce`` (gSASRec's generalised binary cross-entropy, its
+    calibration ``t``)."""
+
+    kind: str
+    negatives: int
+    t: float = 0.75
+
+    def loss(
+        self,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor,
+        num_items: int,
+    ) -> torch.Tensor:
+        """Scores of each target (N,) and of the shared negatives (N, K) of ids (K,)."""
+        if self.kind == "gbce":
+            return gbce(positive, negative, targets, negatives, num_items - N_RESERVED, self.t)
+        return sampled_softmax(positive, negative, targets, negatives)
+
+
 def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The training loss (``train.loss``) of (N, D) ``hidden`` states for (N,) ``targets``:
-    cross-entropy over every item (ce) or over the target and ``model.negatives`` shared
-    negatives (sampled_softmax)."""
-    if model.negatives is None:
+    cross-entropy over every item (ce), or ``model.objective`` over the target and shared
+    negatives (sampled_softmax, gbce)."""
+    objective = model.objective
+    if objective is None:
         return F.cross_entropy(model.score(hidden), targets)
-    negatives = draw_negatives(model.num_items, model.negatives, hidden.device)
+    negatives = draw_negatives(model.num_items, objective.negatives, hidden.device)
     positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
-    return sampled_softmax(positive, model.score(hidden, negatives), targets, negatives)
+    negative = model.score(hidden, negatives)
+    return objective.loss(positive, negative, targets, negatives, model.num_items)
+
+
+def gbce(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    items: int,
+    t: float,
+) -> torch.Tensor:
+    """gSASRec's gBCE (Petrov & Macdonald, RecSys 2023): -(beta log sigmoid(s+) + sum of
+    log(1 - sigmoid(s-))) per target, averaged, with beta = a (t (1 - 1/a) + 1/a) and
+    a = K / (items - 1) the share of the other items drawn; accidental hits removed. t = 1
+    undoes the overconfidence negative sampling teaches; t = 0 is plain binary
+    cross-entropy."""
+    count = negatives.shape[0]
+    alpha = count / max(items - 1, 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # (N, K)
+    positive_term = beta * F.logsigmoid(positive)  # (N,)
+    negative_term = F.logsigmoid(-negative).masked_fill(hits, 0.0).sum(dim=1)  # (N,)
+    return -(positive_term + negative_term).mean()
 
 
 def draw_negatives(num_items: int, count: int, device: torch.device) -> torch.Tensor:
