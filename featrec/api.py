@@ -21,8 +21,8 @@ from typing import Any
 import polars as pl
 
 from featrec.atomic import write_file
-from featrec.datasets import OWN_TABLES, first_line, load_own_tables
-from featrec.errors import FeatrecError
+from featrec.datasets import OWN_TABLES, load_own_tables
+from featrec.errors import FeatrecError, first_line
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from featrec.errors import DataError
+from featrec.atomic import sha256
+from featrec.errors import DataError, first_line
 from featrec.spec import DataSpec, format_validation_error
 
 log = logging.getLogger(__name__)
@@ -299,12 +300,9 @@ def _verify_bytes(payload: bytes, expected: str, label: str) -> None:
 
 
 def _verify(path: Path, expected: str, label: str) -> None:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
-        raise DataError(f"{label}: sha256 mismatch (expected {expected}, got {digest.hexdigest()})")
+    actual = sha256(path)
+    if actual != expected:
+        raise DataError(f"{label}: sha256 mismatch (expected {expected}, got {actual})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,13 +466,6 @@ def read_table(path: Path, table: str) -> pl.DataFrame:
             f"data.{table}: {path}: cannot read as {path.suffix.lstrip('.')} "
             f"(truncated or not that format?): {first_line(err)}"
         ) from None
-
-
-def first_line(err: Exception) -> str:
-    """The first line of an exception's message (its type when it has none), for one-line
-    errors."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_own_tables(data: DataSpec, given: dict[str, pl.DataFrame] | None = None) -> Tables:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from featrec.errors import DataError, FeatrecError
+from featrec.errors import DataError, FeatrecError, first_line
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.spec import (
     CategoricalFeature,
@@ -393,5 +393,5 @@ def load_encoders(path: Path) -> tuple[ItemVocab, dict[str, Encoder]]:
     except FileNotFoundError:
         raise FeatrecError(f"{path}: missing (every run directory has one)") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
-        detail = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        detail = f"{type(err).__name__}: {first_line(err)[:120]}"
         raise FeatrecError(f"{path}: not a featrec encoders file ({detail})") from None

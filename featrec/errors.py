@@ -24,3 +24,10 @@ class SpecError(FeatrecError):
 
 class DataError(FeatrecError):
     """A data file is missing, corrupt, unreadable, or does not match the spec."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line
+    errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -31,10 +31,10 @@ import polars as pl
 import torch
 
 from featrec.batching import SequenceData, request_batch, seen_items
-from featrec.datasets import first_line, load_tables
+from featrec.datasets import load_tables
 from featrec.devices import resolve_device
 from featrec.encoders import load_encoders
-from featrec.errors import FeatrecError
+from featrec.errors import FeatrecError, first_line
 from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.ids import N_RESERVED
@@ -174,7 +174,7 @@ class Recommender:
         """Top-``k`` items for many requests at once: one entry per request in each list;
         ``users`` or ``contexts`` None: no attributes or context for any request."""
         _check_request(k, exclude_seen, candidates)
-        if isinstance(histories, (str, bytes, dict)) or not hasattr(histories, "__len__"):
+        if not _is_list(histories) or not hasattr(histories, "__len__"):
             raise FeatrecError(
                 f"histories: expected a list with one history per request; got "
                 f"{type(histories).__name__}"
@@ -419,9 +419,7 @@ class Recommender:
         """Recommendations for users in the run's data (all of them when ``user_ids`` is None),
         from their whole history, at time ``at`` (default: now)."""
         _check_request(k, True, None)
-        if user_ids is not None and (
-            isinstance(user_ids, (str, bytes, dict)) or not hasattr(user_ids, "__iter__")
-        ):
+        if user_ids is not None and not _is_list(user_ids):
             raise FeatrecError(
                 f"user_ids: expected a list of user ids (or None); got {user_ids!r:.60}"
             )
@@ -489,6 +487,11 @@ def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType)
     )
 
 
+def _is_list(value: Any) -> bool:
+    """An iterable of values, not text or a mapping (whose iteration is no list of ids)."""
+    return not isinstance(value, (str, bytes, dict)) and hasattr(value, "__iter__")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -503,9 +506,7 @@ def _check_request(k: Any, exclude_seen: Any, candidates: Any) -> None:
         raise FeatrecError(f"k: expected a whole number of items, 1 or more; got {k!r}")
     if not isinstance(exclude_seen, bool):
         raise FeatrecError(f"exclude_seen: expected True or False; got {exclude_seen!r}")
-    if candidates is not None and (
-        isinstance(candidates, (str, bytes, dict)) or not hasattr(candidates, "__iter__")
-    ):
+    if candidates is not None and not _is_list(candidates):
         raise FeatrecError(f"candidates: expected a list of item ids; got {candidates!r:.80}")
 
 

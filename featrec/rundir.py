@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from featrec.errors import FeatrecError
+from featrec.atomic import sha256, write_text
+from featrec.errors import FeatrecError, first_line
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -42,20 +43,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 f"{path}: refused: the checkpoint holds objects that would run code when "
                 "loaded (featrec writes tensors and plain values only); do not load it"
             ) from None
-        raise FeatrecError(f"{path}: not a readable checkpoint ({_first(err)})") from None
+        raise FeatrecError(f"{path}: not a readable checkpoint ({first_line(err)[:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
         raise FeatrecError(
             f"{path}: not a readable checkpoint (truncated or not written by featrec: "
-            f"{_first(err)})"
+            f"{first_line(err)[:200]})"
         ) from None
     if not isinstance(state, dict):
         raise FeatrecError(f"{path}: not a featrec checkpoint (holds {type(state).__name__})")
     return state
-
-
-def _first(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -105,21 +101,9 @@ DATA_SUMS = "data_checksums.json"
 _NOT_LISTED = {LOCK_NAME, MANIFEST}
 
 
-def sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(run_dir: Path) -> None:
     """``manifest.json``: the sha256 of every file the run wrote (the lock and half-written
     ``.partial`` files aside), written last, when the run is complete."""
-    from featrec.atomic import write_text
-
     files = {
         path.relative_to(run_dir).as_posix(): sha256(path)
         for path in sorted(run_dir.rglob("*"))
@@ -140,7 +124,7 @@ def check_manifest(run_dir: Path, names: list[str]) -> None:
         if not isinstance(files, dict):
             raise TypeError("files is not a mapping")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise FeatrecError(f"{path}: not a featrec manifest ({_first(err)})") from None
+        raise FeatrecError(f"{path}: not a featrec manifest ({first_line(err)[:200]})") from None
     for name in names:
         expected = files.get(name)
         if expected is None:
@@ -167,8 +151,6 @@ def own_data_files(data: Any) -> dict[str, Path]:
 def write_data_sums(run_dir: Path, data: Any) -> None:
     """The sha256 of the user's own data files the run trains on, so that a later use of
     the data (resume, evaluate, known users) notices a changed file."""
-    from featrec.atomic import write_text
-
     sums = {
         table: {"path": str(p), "sha256": sha256(p)} for table, p in own_data_files(data).items()
     }
@@ -183,7 +165,7 @@ def check_data_sums(run_dir: Path, data: Any) -> None:
     try:
         sums = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise FeatrecError(f"{path}: not valid JSON ({_first(err)})") from None
+        raise FeatrecError(f"{path}: not valid JSON ({first_line(err)[:200]})") from None
     for table, file in own_data_files(data).items():
         recorded = sums.get(table)
         if not recorded or not file.is_file():
