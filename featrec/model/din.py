@@ -86,7 +86,7 @@ class DIN(LookBackModel):
         tokens, known, side = self._inputs(batch)
         length = items.shape[1]
         earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
-        own = self._pool(tokens, known.unsqueeze(1) & earlier, items, batch)  # (B, L, D)
+        own = self._pool(self._memory(tokens, known.unsqueeze(1) & earlier), items, batch)
         pooled_target = own[rows, ends].unsqueeze(1)  # (N, 1, D)
         target = items[rows, ends].unsqueeze(1)  # (N, 1)
 
@@ -113,13 +113,15 @@ class DIN(LookBackModel):
         -inf, in chunks of ``ITEM_CHUNK`` items; or of ``items`` (C,) only (B, C)."""
         tokens, known, side = self._inputs(batch)
         known[:, -1] = False  # the predicted slot is no history (its item is [MASK] anyway)
-        history = (tokens, known, None if side is None else side[:, -1])
+        memory, at_end = self._memory(tokens, known), None if side is None else side[:, -1]
         if items is not None:
-            return self._score(*history, items, batch)
+            return self._head(self._pool(memory, items, batch), at_end, items)
         every = torch.arange(self.num_items, device=batch.item.device)
         scores = torch.cat(
-            [self._score(*history, chunk, batch) for chunk in every.split(ITEM_CHUNK)], dim=1
-        )
+            [self._head(self._pool(memory, chunk, batch), at_end, chunk)
+             for chunk in every.split(ITEM_CHUNK)],
+            dim=1,
+        )  # fmt: skip
         scores[:, :N_RESERVED] = float("-inf")
         return scores
 
@@ -134,30 +136,29 @@ class DIN(LookBackModel):
             torch.cat(side, dim=-1) if side else None,
         )
 
-    def _score(
-        self,
-        tokens: torch.Tensor,
-        visible: torch.Tensor,
-        side: torch.Tensor | None,
-        candidates: torch.Tensor,
-        batch: Batch,
-    ) -> torch.Tensor:
-        """Scores (N, C) of candidates (C,) or (N, C) from N histories: item tokens
-        (N, L, D) of which ``visible`` (N, L) are attended, and side inputs (N, S) or None."""
-        return self._head(self._pool(tokens, visible, candidates, batch), side, candidates)
-
-    def _pool(
-        self, tokens: torch.Tensor, visible: torch.Tensor, candidates: torch.Tensor, batch: Batch
-    ) -> torch.Tensor:
-        """The history pooled by attention with each candidate as the query: (N, C, D).
-        ``visible``: (N, L), or (N, C, L) when the candidates see different slots."""
+    def _memory(
+        self, tokens: torch.Tensor, visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values and attention mask of N histories: item tokens (N, L, D) of which
+        ``visible`` (N, L), or (N, C, L) when candidates see different slots, are attended;
+        a null slot first (learned key, zero value), always visible. Built once, attended
+        by every chunk of candidates."""
         count, dim = tokens.shape[0], tokens.shape[-1]
         keys = torch.cat([self.null_key.expand(count, 1, dim), tokens], dim=1)  # (N, 1+L, D)
         values = F.pad(tokens, (0, 0, 1, 0))  # the null slot carries nothing
         if visible.dim() == 2:
             visible = visible.unsqueeze(1)  # (N, 1, L)
-        visible = F.pad(visible, (1, 0), value=True)  # (N, 1 or C, 1+L)
-        query = self.query(self.item_tokens(candidates, batch)).expand(count, -1, -1)
+        return keys, values, F.pad(visible, (1, 0), value=True)  # mask (N, 1 or C, 1+L)
+
+    def _pool(
+        self,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        candidates: torch.Tensor,
+        batch: Batch,
+    ) -> torch.Tensor:
+        """The history pooled by attention with each candidate as the query: (N, C, D)."""
+        keys, values, visible = memory
+        query = self.query(self.item_tokens(candidates, batch)).expand(keys.shape[0], -1, -1)
         return F.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
 
     def _head(
