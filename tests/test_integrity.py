@@ -465,6 +465,7 @@ SPEC_MATRIX = [  # (override, text the one line must hold)
     ("train.device=cuda:x", "train.device: String should match pattern"),
     ("train.loss=bpr", "train.loss: expected one of 'ce', 'sampled_softmax' or 'gbce'; got"),
     ("train.negatives=-3", "train.negatives: expected greater than 0"),
+    ("train.gbce_t=1.5", "train.gbce_t: expected less than or equal to 1"),
     ("train.next_item_share=0", "train.next_item_share: expected greater than 0"),
     ("train.last_item_share=1.5", "train.last_item_share: expected less than or equal to 1"),
     ("train.seed=x", "train.seed: expected a valid integer"),
