@@ -338,6 +338,14 @@ class TrainSpec(_Frozen):
     negatives: int = Field(
         100, gt=0, description="sampled_softmax, gbce: negative items drawn per training step."
     )
+    sampler: Literal["uniform", "popularity", "in_batch"] = Field(
+        "uniform",
+        description="sampled_softmax: how the shared negatives are drawn. uniform: over the "
+        "items. popularity: in proportion to each item's training events (+1). in_batch: the "
+        "batch's own targets (train.negatives does not apply). The non-uniform samplers "
+        "subtract log q (the item's draw probability) from every score in the loss (Yi et "
+        "al. 2019), so popular items are not over-penalised.",
+    )
     gbce_t: float = Field(
         0.75,
         ge=0.0,
@@ -366,6 +374,20 @@ class TrainSpec(_Frozen):
         description="auto (the first CUDA device when torch sees one, else the CPU), cpu, "
         "cuda or cuda:N.",
     )
+
+    @model_validator(mode="after")
+    def _sampler_fits_loss(self) -> TrainSpec:
+        if self.sampler == "uniform" or self.loss == "sampled_softmax":
+            return self
+        if self.loss == "ce":
+            raise ValueError(
+                f"train.sampler: {self.sampler} draws negatives for train.loss: "
+                "sampled_softmax, but train.loss is ce (every item, nothing drawn)"
+            )
+        raise ValueError(
+            f"train.sampler: {self.sampler} with train.loss: gbce: gBCE's calibration assumes "
+            "uniform negatives; use train.sampler: uniform, or train.loss: sampled_softmax"
+        )
 
 
 class EvalSpec(_Frozen):

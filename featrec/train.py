@@ -93,14 +93,17 @@ class Experiment:
                 f"{spec.source}: eval.sampled_negatives: {negatives} asked for, but the data "
                 f"has {items:,} items (at most {items - 1:,} negatives besides the target)"
             )
+        data = SequenceData.from_prepared(prepared, spec)
+        num_items = len(prepared.item_vocab)
         torch.manual_seed(spec.train.seed)  # the initial weights depend on the seed only
         model = build_model(
             spec,
-            len(prepared.item_vocab),
+            num_items,
             feature_configs(spec, prepared.encoders),
             item_tables(prepared, spec),
+            popularity(data, num_items),
         )  # built on the CPU, so the initial weights are the same on every device
-        return cls(spec, prepared, SequenceData.from_prepared(prepared, spec), model.to(device))
+        return cls(spec, prepared, data, model.to(device))
 
     @property
     def device(self) -> torch.device:

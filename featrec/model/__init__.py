@@ -22,12 +22,19 @@ MODEL_KINDS: dict[str, type[RecModel]] = {
 
 
 def build_model(
-    spec, num_items: int, features: list[FeatureConfig], item_tables: dict[str, torch.Tensor]
+    spec,
+    num_items: int,
+    features: list[FeatureConfig],
+    item_tables: dict[str, torch.Tensor],
+    item_counts: torch.Tensor | None = None,
 ) -> RecModel:
-    """The model a (resolved) spec asks for; behavior-only specs give one without features."""
+    """The model a (resolved) spec asks for; behavior-only specs give one without features.
+    ``item_counts`` (I,), the training events per item, serve the non-uniform samplers of
+    ``train.sampler`` (training passes them; inference needs no objective)."""
     model = MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
-    if spec.train.loss != "ce":
-        model.objective = Objective(spec.train.loss, spec.train.negatives, spec.train.gbce_t)
+    t = spec.train
+    if t.loss != "ce":
+        model.objective = Objective(t.loss, t.negatives, t.gbce_t, t.sampler, item_counts)
     return model
 
 

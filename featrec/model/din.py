@@ -64,7 +64,7 @@ class DIN(LookBackModel):
         labelled = labels != IGNORE  # (B, L)
         targets = labels[labelled]  # (N,)
         objective = self.objective or Objective("sampled_softmax", 100)
-        negatives = draw_negatives(self.num_items, objective.negatives, labels.device)  # (K,)
+        negatives = draw_negatives(objective, self.num_items, targets)  # (K,)
         scores = self.training_scores(batch, labelled, negatives)
         return objective.loss(scores[:, 0], scores[:, 1:], targets, negatives, self.num_items)
 

@@ -7,7 +7,6 @@ candidate items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -135,15 +134,63 @@ class RecModel(nn.Module):
         data-dependent branches at the example's size)."""
 
 
-@dataclass(frozen=True)
 class Objective:
-    """A loss over the target and ``negatives`` shared negatives drawn uniformly per step:
-    ``sampled_softmax``, or ``gbce`` (gSASRec's generalised binary cross-entropy, its
-    calibration ``t``)."""
+    """A loss over the target and shared negatives (``train.loss``): ``sampled_softmax``,
+    or ``gbce`` (gSASRec's generalised binary cross-entropy, its calibration ``t``).
 
-    kind: str
-    negatives: int
-    t: float = 0.75
+    ``sampler`` (``train.sampler``) says how the negatives are drawn: ``uniform`` over the
+    items, by ``popularity`` (training events + 1 per item), or ``in_batch`` (the step's own
+    targets). The last two need ``counts`` (I,), the training events of each item id, and
+    correct every score by the log of its draw probability (Yi et al., RecSys 2019), which
+    for uniform draws is one constant that cancels.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        negatives: int,
+        t: float = 0.75,
+        sampler: str = "uniform",
+        counts: torch.Tensor | None = None,
+    ) -> None:
+        self.kind, self.negatives, self.t, self.sampler = kind, negatives, t, sampler
+        self.log_q: torch.Tensor | None = None  # (I,) log draw probability; None: uniform
+        self._cdf: torch.Tensor | None = None  # (I,) popularity sampler's cumulative share
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if sampler != "uniform" and counts is not None:
+            weights = counts.to(torch.float64) + 1.0
+            weights[:N_RESERVED] = 0.0
+            share = weights / weights.sum()
+            self.log_q = share.log().to(torch.float32)
+            self._cdf = share.cumsum(0)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.kind!r}, {self.negatives}, t={self.t}, sampler={self.sampler!r})"
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log_q and the cdf on ``device``, moved once."""
+        if self.log_q is None:
+            raise RuntimeError(
+                f"train.sampler: {self.sampler} needs the training events per item: build "
+                "the model with item_counts (training does)"
+            )
+        if device not in self._on:
+            cdf = None if self._cdf is None else self._cdf.to(device)
+            self._on[device] = (self.log_q.to(device), cdf)
+        return self._on[device]
+
+    def draw(self, num_items: int, targets: torch.Tensor) -> torch.Tensor:
+        """(K,) negative item ids for a step whose targets are (N,) ``targets``; random draws
+        come from torch's generator of the targets' device (seeded by training, saved in
+        checkpoints)."""
+        device = targets.device
+        if self.sampler == "in_batch":
+            return targets.detach()
+        if self.sampler == "popularity":
+            _, cdf = self._tables(device)
+            u = torch.rand(self.negatives, device=device, dtype=torch.float64) * cdf[-1]
+            return torch.searchsorted(cdf, u, right=True).clamp_(N_RESERVED, num_items - 1)
+        return torch.randint(N_RESERVED, num_items, (self.negatives,), device=device)
 
     def loss(
         self,
@@ -156,6 +203,9 @@ class Objective:
         """Scores of each target (N,) and of the shared negatives (N, K) of ids (K,)."""
         if self.kind == "gbce":
             return gbce(positive, negative, targets, negatives, num_items - N_RESERVED, self.t)
+        if self.sampler != "uniform":
+            log_q, _ = self._tables(positive.device)
+            positive, negative = positive - log_q[targets], negative - log_q[negatives]
         return sampled_softmax(positive, negative, targets, negatives)
 
 
@@ -166,7 +216,7 @@ def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) ->
     objective = model.objective
     if objective is None:
         return F.cross_entropy(model.score(hidden), targets)
-    negatives = draw_negatives(model.num_items, objective.negatives, hidden.device)
+    negatives = draw_negatives(objective, model.num_items, targets)
     positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
     negative = model.score(hidden, negatives)
     return objective.loss(positive, negative, targets, negatives, model.num_items)
@@ -194,18 +244,18 @@ def gbce(
     return -(positive_term + negative_term).mean()
 
 
-def draw_negatives(num_items: int, count: int, device: torch.device) -> torch.Tensor:
-    """(count,) item ids drawn uniformly (with replacement) from the real items, from
-    torch's global generator (seeded by training, saved in checkpoints)."""
-    return torch.randint(N_RESERVED, num_items, (count,), device=device)
+def draw_negatives(objective: Objective, num_items: int, targets: torch.Tensor) -> torch.Tensor:
+    """(K,) shared negatives for a step with (N,) ``targets`` (``objective.draw``; one
+    function, so tests can fix the draw)."""
+    return objective.draw(num_items, targets)
 
 
 def sampled_softmax(
     positive: torch.Tensor, negative: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
 ) -> torch.Tensor:
     """Cross-entropy of each target (N,) against shared negatives (N, K) of ids (K,), with
-    accidental hits (a negative equal to the row's target) removed. Negatives are drawn
-    uniformly, so the logQ correction is one constant and cancels."""
+    accidental hits (a negative equal to the row's target) removed. Scores arrive corrected
+    for the sampler (uniform draws: nothing to correct)."""
     hits = negatives.unsqueeze(0) == targets.unsqueeze(1)  # (N, K)
     logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(hits, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
