@@ -32,6 +32,9 @@ def write_folder(folder: Path, fill: Callable[[Path], None]) -> None:
     """``fill(staging folder)`` beside ``folder``, then swap it in for ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a data set from others
     try:
         fill(staging)
         if folder.exists():

@@ -191,6 +191,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="folder to write")
     export.set_defaults(run=_export)
 
+    synth = commands.add_parser(
+        "synth", help="write a synthetic data set with planted structure, and its spec"
+    )
+    synth.add_argument("out", type=Path, help="folder to write (parquet tables, spec, README)")
+    synth.add_argument("--users", type=int, required=True)
+    synth.add_argument("--items", type=int, required=True)
+    synth.add_argument("--events", type=int, required=True, help="at least 3 per user")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--clusters", type=int, help="item clusters (default: from --items)")
+    synth.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    synth.set_defaults(run=_synth)
+
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
@@ -224,6 +236,21 @@ def _check_gpus(device: str, driver: Path = Path("/proc/driver/nvidia/gpus")) ->
     if wanted >= found:
         have = f"GPUs 0-{found - 1}" if found > 1 else ("GPU 0" if found else "no NVIDIA GPU")
         raise FeatrecError(f"train.device: {device} asked for, but this machine has {have}")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from featrec.synth import SynthConfig, write
+
+    config = SynthConfig(args.users, args.items, args.events, args.seed, args.clusters)
+    structure = write(config, args.out, force=args.force)
+    ceiling = structure["ceilings"]
+    print(
+        f"wrote {args.out} ({args.events:,} events, {args.users:,} users, {args.items:,} items, "
+        f"{structure['config']['clusters']} clusters); ceiling NDCG@10 "
+        f"{ceiling['oracle']['ndcg@10']:.4f} ({ceiling['oracle_without_hour']['ndcg@10']:.4f} "
+        f"without the hour). Train: featrec train {args.out / 'spec.yaml'}"
+    )
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
