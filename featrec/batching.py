@@ -22,6 +22,7 @@ import torch
 
 from featrec.encoders import StandardEncoder
 from featrec.ids import IGNORE, MASK, PAD
+from featrec.ranking import Excluded
 from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
 
@@ -325,19 +326,22 @@ def request_batch(
     return batch
 
 
-def seen_items(
-    data: SequenceData, users: torch.Tensor, ends: torch.Tensor, num_items: int
-) -> torch.Tensor:
-    """(B, num_items) bool: the items in each user's events before position ``ends``."""
+def seen_pairs(data: SequenceData, users: torch.Tensor, ends: torch.Tensor) -> Excluded:
+    """(row, item) pairs: the items in each user's events before position ``ends``."""
     lengths = ends.clamp(min=0)
     rows = torch.repeat_interleave(torch.arange(len(users)), lengths)
     starts = torch.repeat_interleave(data.offsets[users], lengths)
     within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
         lengths.cumsum(0) - lengths, lengths
     )
-    seen = torch.zeros(len(users), num_items, dtype=torch.bool)
-    seen[rows, data.item[starts + within]] = True
-    return seen
+    return Excluded(rows, data.item[starts + within])
+
+
+def seen_items(
+    data: SequenceData, users: torch.Tensor, ends: torch.Tensor, num_items: int
+) -> torch.Tensor:
+    """(B, num_items) bool: the items in each user's events before position ``ends``."""
+    return seen_pairs(data, users, ends).mask(len(users), 0, num_items)
 
 
 def item_tables(prepared: Prepared, spec: Spec) -> dict[str, torch.Tensor]:

@@ -13,47 +13,14 @@ from collections.abc import Callable
 
 import torch
 
-from featrec.batching import SequenceData, request_batch, seen_items
+from featrec.batching import SequenceData, request_batch, seen_pairs
 from featrec.devices import model_device
-from featrec.ids import N_RESERVED
+from featrec.ranking import Scorer, sampled_ranks, target_ranks
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
 # 128 scores all ML-1M users 20-35% faster than 512 (activations stay in cache), and a little
 # faster than 256.
 SCORE_BATCH = 128
-
-
-def target_ranks(
-    scores: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor | None
-) -> torch.Tensor:
-    """0-based rank of each target among the candidates: scores (B, I), targets (B,)."""
-    scores = scores.clone()
-    scores[:, :N_RESERVED] = float("-inf")
-    rows = torch.arange(len(targets), device=scores.device)
-    target_scores = scores[rows, targets]  # (B,)
-    if excluded is not None:
-        scores = scores.masked_fill(excluded, float("-inf"))
-    at_least = scores >= target_scores[:, None]  # (B, I)
-    at_least[rows, targets] = False
-    return at_least.sum(dim=1)
-
-
-def sampled_ranks(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    excluded: torch.Tensor,
-    popularity: torch.Tensor,
-    negatives: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Rank among ``negatives`` items drawn by popularity, not seen, not the target."""
-    weights = popularity.to(torch.float64).clamp(min=0).expand_as(scores).clone()
-    weights[:, :N_RESERVED] = 0
-    weights = weights.masked_fill(excluded, 0)
-    weights[torch.arange(len(targets)), targets] = 0
-    drawn = torch.multinomial(weights + 1e-12, negatives, replacement=False, generator=generator)
-    target_scores = scores[torch.arange(len(targets)), targets]
-    return (scores.gather(1, drawn) >= target_scores[:, None]).sum(dim=1)
 
 
 def popularity(data: SequenceData, num_items: int) -> torch.Tensor:
@@ -67,7 +34,7 @@ def popularity(data: SequenceData, num_items: int) -> torch.Tensor:
 
 
 def evaluate_ranking(
-    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    score_fn: Callable[[torch.Tensor, torch.Tensor], Scorer],
     data: SequenceData,
     split: str,
     num_items: int,
@@ -79,8 +46,9 @@ def evaluate_ranking(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics over the users evaluated on ``split``, and each user's target rank.
 
-    ``score_fn(users, targets)`` returns (B, I) scores; the model and the most-popular
-    baseline plug in here so both are measured by the same code.
+    ``score_fn(users, positions)`` returns a scorer of those users' slots (see
+    :mod:`featrec.ranking`); the model and the most-popular baseline plug in here so both
+    are measured by the same code. The items are ranked in chunks.
     """
     users, positions = data.targets(split)
     # batches of similar history length pad less; ranks are put back in user order below
@@ -97,15 +65,17 @@ def evaluate_ranking(
         batch_users = users[start : start + batch_size]
         batch_positions = positions[start : start + batch_size]
         targets = data.item[data.offsets[batch_users] + batch_positions]
-        scores = score_fn(batch_users, batch_positions).float()  # on the model's device
-        seen = seen_items(data, batch_users, batch_positions, num_items)
-        excluded = seen.to(scores.device) if exclude_seen else None
-        ranks = target_ranks(scores, targets.to(scores.device), excluded).cpu()
+        score = score_fn(batch_users, batch_positions)
+        seen = seen_pairs(data, batch_users, batch_positions)
+        device = score_fn.device
+        ranks = target_ranks(
+            score, num_items, targets.to(device), seen if exclude_seen else None
+        ).cpu()
         metrics.update(ranks)
         all_ranks.append(ranks)
         if sampled is not None:  # drawn on the CPU, from the seed's generator
             sampled.update(
-                sampled_ranks(scores.cpu(), targets, seen, pop, sampled_negatives, generator)
+                sampled_ranks(score, targets, seen, pop, sampled_negatives, generator, device)
             )
     results = metrics.compute()
     if sampled is not None:
@@ -116,23 +86,34 @@ def evaluate_ranking(
     return results, ranks
 
 
-def model_scorer(model, data: SequenceData, max_len: int) -> Callable:
-    """Scores from the model for the slot at ``positions``: the same input inference builds."""
+class ModelScorer:
+    """Scorers from the model for the slot at ``positions``: the same input inference
+    builds (:meth:`RecModel.item_scorer`)."""
 
-    device = model_device(model)
+    def __init__(self, model, data: SequenceData, max_len: int) -> None:
+        self.model, self.data, self.max_len = model, data, max_len
+        self.device = model_device(model)
 
     @torch.inference_mode()
-    def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        batch = request_batch(data, users, positions, max_len).to(device)
-        return model.predict(batch)  # (B, I): the predicted slot
+    def __call__(self, users: torch.Tensor, positions: torch.Tensor) -> Scorer:
+        batch = request_batch(self.data, users, positions, self.max_len).to(self.device)
+        score = self.model.item_scorer(batch)
+        return torch.inference_mode()(score)
 
-    return score
 
+class PopularityScorer:
+    """The most-popular baseline: every request scores an item by its training events."""
 
-def popularity_scorer(data: SequenceData, num_items: int) -> Callable:
-    counts = popularity(data, num_items)
+    device = torch.device("cpu")
 
-    def score(users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return counts.expand(len(users), -1)
+    def __init__(self, data: SequenceData, num_items: int) -> None:
+        self.counts = popularity(data, num_items)
 
-    return score
+    def __call__(self, users: torch.Tensor, positions: torch.Tensor) -> Scorer:
+        rows = len(users)
+
+        def score(items: torch.Tensor) -> torch.Tensor:
+            found = self.counts[items]
+            return found if items.dim() == 2 else found.expand(rows, -1)
+
+        return score

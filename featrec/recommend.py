@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from featrec.batching import SequenceData, request_batch, seen_items
+from featrec.batching import SequenceData, request_batch, seen_items, seen_pairs
 from featrec.datasets import load_tables
 from featrec.devices import resolve_device
 from featrec.encoders import load_encoders
@@ -39,6 +39,7 @@ from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.ids import N_RESERVED
 from featrec.model import build_model, feature_configs
+from featrec.ranking import Scorer, top_k
 from featrec.rundir import check_data_sums, check_manifest, load_checkpoint
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec
@@ -288,24 +289,24 @@ class Recommender:
         # requests' order
         order = torch.argsort(data.test_idx, stable=True)
         for users in torch.split(order, self.batch_size):
-            scores = self.score(data, users, exclude_seen)
-            if allowed is not None:
-                scores = scores.masked_fill(~allowed, float("-inf"))
-            empty = data.test_idx[users] == 0  # no known item: rank by popularity
-            if bool(empty.any()):
-                popular = self.popularity.to(self.device, copy=True)
-                popular[:N_RESERVED] = float("-inf")
-                if allowed is not None:
-                    popular = popular.masked_fill(~allowed, float("-inf"))
-                scores[empty.to(self.device)] = popular
-            top = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # one call per batch
-            finite = torch.isfinite(top.values).sum(1).tolist()
-            indices, values = top.indices.tolist(), top.values.tolist()
+            ends = data.test_idx[users]
+            batch = request_batch(data, users, ends, self.spec.model.max_len)
+            model_score = self.model.item_scorer(batch.to(self.device))
+            empty = (ends == 0).to(self.device)  # no known item: rank by popularity
+            popular = self.popularity.to(self.device) if bool(empty.any()) else None
+            score = _with_fallback(model_score, empty, popular)
+            excluded = seen_pairs(data, users, ends) if exclude_seen else None
+            values, indices = top_k(
+                score, self.model.num_items, len(users), k, excluded, allowed,
+                device=self.device,
+            )  # fmt: skip
+            finite = torch.isfinite(values).sum(1).tolist()
+            indices, values = indices.tolist(), values.tolist()
             for row, user in enumerate(users.tolist()):
                 count = finite[row]  # fewer than k rankable items: only those
                 items = [self.item_vocab.ids[j - N_RESERVED] for j in indices[row][:count]]
-                fallback = "popularity: the history holds no known item" if empty[row] else None
-                results[user] = Recommendation(items, values[row][:count], dropped[user], fallback)
+                reason = "popularity: the history holds no known item" if ends[row] == 0 else None
+                results[user] = Recommendation(items, values[row][:count], dropped[user], reason)
         return results  # type: ignore[return-value]: every request was filled
 
     @torch.inference_mode()
@@ -461,6 +462,19 @@ class Recommender:
             )
         recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
         return _rows(wanted, recs, self._item_dtype)
+
+
+def _with_fallback(score: Scorer, empty: torch.Tensor, popular: torch.Tensor | None) -> Scorer:
+    """``score``, with the ``empty`` rows (no known item) scored by ``popular`` instead."""
+    if popular is None:
+        return score
+
+    def scored(items: torch.Tensor) -> torch.Tensor:
+        scores = score(items)
+        scores[empty] = popular[items].expand_as(scores)[empty]
+        return scores
+
+    return scored
 
 
 def _rows(users: pl.Series, recs: list[Recommendation], item_dtype: pl.DataType) -> pl.DataFrame:

@@ -61,7 +61,9 @@ features:
   - {{name: time, scope: event, type: time, column: timestamp, parts: [hour], known_at: request}}
 fusion: {{method: gate, user: add}}
 model: {{dim: 64, layers: 2, heads: 2, max_len: 50, dropout: 0.1}}
-train: {{loss: sampled_softmax, negatives: 256, batch_size: 256, lr: 1.0e-3, epochs: 30, min_epochs: 5, patience: 5, seed: 0}}
+train:
+  {{loss: sampled_softmax, negatives: 256, batch_size: 256, lr: 1.0e-3,
+   epochs: 30, min_epochs: 5, patience: 5, seed: 0}}
 eval: {{split: leave_one_out, ks: [1, 5, 10, 20], exclude_seen: true}}
 """
 
@@ -83,7 +85,9 @@ class SynthConfig:
         """One line naming the argument for any value the process cannot honour."""
         for name in ("users", "items", "events"):
             if getattr(self, name) < 1:
-                raise FeatrecError(f"--{name}: expected a positive count; got {getattr(self, name)}")
+                raise FeatrecError(
+                    f"--{name}: expected a positive count; got {getattr(self, name)}"
+                )
         if self.clusters is not None and self.clusters < 2:
             raise FeatrecError(f"--clusters: expected at least 2; got {self.clusters}")
         clusters = self.resolved_clusters()
@@ -238,9 +242,10 @@ def oracle_ranks(s: Synthetic, know_hour: bool = True, chunk: int = 20_000) -> n
         daytime = (hour >= DAY_HOURS[0]) & (hour < DAY_HOURS[1]) if know_hour else None
         weights = _cluster_weights(s, users, s.cluster_of_event[last - 1], daytime)
         target = s.item[last]
-        p_target = weights[np.arange(len(users)), s.cluster_of_item[target]] * s.zipf[
-            s.rank_of_item[target]
-        ]
+        p_target = (
+            weights[np.arange(len(users)), s.cluster_of_item[target]]
+            * s.zipf[s.rank_of_item[target]]
+        )
         # items of cluster k at least as likely: ranks r with weights_k / ((r + 1) norm) >= p
         at_least = np.floor(weights / (p_target[:, None] * norm) * (1 + 1e-9))
         count = np.minimum(at_least, size).sum(axis=1).astype(np.int64) - 1  # not the target
@@ -264,6 +269,10 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10, 20)) -> 
         for k in ks
         for name in ("hr", "ndcg")
     }
+
+
+def _cells(metrics: dict[str, float]) -> str:
+    return " | ".join(f"{metrics[m]:.4f}" for m in ("ndcg@10", "hr@10", "ndcg@20", "hr@20"))
 
 
 def describe(s: Synthetic, ceilings: dict[str, dict[str, float]]) -> str:
@@ -300,8 +309,8 @@ ties against the target):
 
 | oracle | NDCG@10 | HR@10 | NDCG@20 | HR@20 |
 |---|---|---|---|---|
-| knows the request's hour | {full["ndcg@10"]:.4f} | {full["hr@10"]:.4f} | {full["ndcg@20"]:.4f} | {full["hr@20"]:.4f} |
-| does not know the hour | {no_hour["ndcg@10"]:.4f} | {no_hour["hr@10"]:.4f} | {no_hour["ndcg@20"]:.4f} | {no_hour["hr@20"]:.4f} |
+| knows the request's hour | {_cells(full)} |
+| does not know the hour | {_cells(no_hour)} |
 
 A model can only approach the first row with the request-time `time` feature; ids alone
 can at best approach the second (the segment is visible in a history's clusters).

@@ -47,10 +47,10 @@ from featrec.encoders import save_encoders
 from featrec.errors import FeatrecError, SpecError
 from featrec.evaluate import (
     SCORE_BATCH,
+    ModelScorer,
+    PopularityScorer,
     evaluate_ranking,
-    model_scorer,
     popularity,
-    popularity_scorer,
 )
 from featrec.ids import N_RESERVED, PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
@@ -113,7 +113,7 @@ class Experiment:
         self, split: str, batch_size: int = SCORE_BATCH
     ) -> tuple[dict[str, float], torch.Tensor]:
         self.model.eval()
-        scorer = model_scorer(
+        scorer = ModelScorer(
             self.model, self.data, self.spec.model.max_len
         )  # on the model's device
         return evaluate_ranking(
@@ -131,7 +131,7 @@ class Experiment:
     def most_popular(self, split: str) -> tuple[dict[str, float], torch.Tensor]:
         """The most-popular baseline on ``split``, measured as the model is: metrics and
         each user's rank."""
-        scorer = popularity_scorer(self.data, self.model.num_items)
+        scorer = PopularityScorer(self.data, self.model.num_items)
         e = self.spec.eval
         return evaluate_ranking(
             scorer, self.data, split, self.model.num_items, e.ks, e.exclude_seen,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import featrec
+import featrec.ranking as ranking
 from featrec.cli import main
 from featrec.errors import FeatrecError
-from featrec.evaluate import model_scorer
 from featrec.export import example_batch, export_run
 from featrec.recommend import Recommender, recommend_requests
 from featrec.spec import load_spec
@@ -101,14 +101,15 @@ def test_request_time_is_used_and_after_features_are_not(run: Path) -> None:
 
 
 def _evaluation_top_k(experiment: Experiment, k: int) -> dict:
-    """Top-k of the evaluation path (model_scorer + seen-item exclusion) per test user."""
-    from featrec.batching import seen_items
+    """Top-k of the whole score matrix of the evaluation path's model input (one product,
+    seen items masked) per test user."""
+    from featrec.batching import request_batch, seen_items
 
     experiment.model.eval()
     users, positions = experiment.data.targets("test")
-    scores = model_scorer(experiment.model, experiment.data, experiment.spec.model.max_len)(
-        users, positions
-    )
+    batch = request_batch(experiment.data, users, positions, experiment.spec.model.max_len)
+    with torch.no_grad():
+        scores = experiment.model.predict(batch)
     seen = seen_items(experiment.data, users, positions, scores.shape[1])
     scores = scores.masked_fill(seen.to(scores.device), float("-inf"))
     top = torch.topk(scores, k).indices
@@ -156,7 +157,12 @@ def _recommend_top_k(
     return {user: rec.items for user, rec in zip(ids, recs, strict=True)}
 
 
-def test_recommend_equals_the_evaluation_path_on_tiny_data(run: Path) -> None:
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_recommend_equals_the_evaluation_path_on_tiny_data(
+    run: Path, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk:  # recommend ranks the items 3 at a time; the expectation is one product
+        monkeypatch.setattr(ranking, "ITEM_CHUNK", chunk)
     recommender = featrec.load(run)
     experiment = Experiment.from_spec(recommender.spec)
     experiment.model.load_state_dict(recommender.model.state_dict())

@@ -110,16 +110,19 @@ def test_synth_writes_tables_spec_and_readme_a_model_learns_from(tmp_path: Path,
     assert len(pl.read_parquet(out / "interactions.parquet")) == 60_000
 
 
+SIZES = ["--users", "10", "--items", "100"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--users", "0", "--items", "100", "--events", "10"], "--users: expected a positive"),
-        (["--users", "10", "--items", "100", "--events", "29"], "--events: expected at least 3 per user"),
-        (["--users", "10", "--items", "15", "--events", "30"], "--items: expected at least 2 per cluster"),
-        (["--users", "10", "--items", "100", "--events", "30", "--clusters", "1"], "--clusters: expected at least 2"),
-        (["--users", "10", "--items", "100", "--events", "30", "--seed", "-1"], "--seed: expected a non-negative"),
+        ([*SIZES, "--events", "29"], "--events: expected at least 3 per user"),
+        (["--users", "10", "--items", "15", "--events", "30"], "--items: expected at least 2 per"),
+        ([*SIZES, "--events", "30", "--clusters", "1"], "--clusters: expected at least 2"),
+        ([*SIZES, "--events", "30", "--seed", "-1"], "--seed: expected a non-negative"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_are_one_line_and_write_nothing(
     tmp_path: Path, capsys, args: list[str], message: str
 ) -> None:

@@ -16,8 +16,10 @@ import torch
 from featrec.batching import length_aware_batches
 from featrec.cli import main
 from featrec.errors import FeatrecError
-from featrec.evaluate import popularity, sampled_ranks, target_ranks
+from featrec.evaluate import popularity
+from featrec.ids import N_RESERVED
 from featrec.metrics import RankingMetrics
+from featrec.ranking import Excluded, sampled_ranks, target_ranks, top_k
 from featrec.spec import load_spec
 from featrec.train import Experiment, evaluate_run, train
 from tests.conftest import write_spec
@@ -33,21 +35,52 @@ def test_metrics_match_a_hand_computed_example() -> None:
     assert result["mrr@10"] == pytest.approx((1 + 1 / 4) / 3)
 
 
-def test_target_ranks_exclude_seen_and_reserved_ids_and_count_ties_against() -> None:
+def dense(scores: torch.Tensor):
+    """A scorer reading a (B, I) score matrix."""
+    return lambda items: scores[:, items] if items.dim() == 1 else scores.gather(1, items)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 100])
+def test_target_ranks_exclude_seen_and_reserved_ids_and_count_ties_against(chunk: int) -> None:
     # items 4..9; reserved 0..3 score high but are never candidates
     scores = torch.tensor([[9.0, 9.0, 9.0, 9.0, 0.5, 0.9, 0.7, 0.7, 0.1, 0.7]])
     target = torch.tensor([6])  # score 0.7; 0.9 is above, two others tie at 0.7
-    assert target_ranks(scores, target, None).tolist() == [3]
-    seen = torch.zeros(1, 10, dtype=torch.bool)
-    seen[0, [5, 6, 7]] = True  # the target itself is never excluded
-    assert target_ranks(scores, target, seen).tolist() == [1]
+    assert target_ranks(dense(scores), 10, target, None, chunk).tolist() == [3]
+    seen = Excluded(torch.tensor([0, 0, 0]), torch.tensor([5, 6, 7]))
+    # the target itself is never excluded
+    assert target_ranks(dense(scores), 10, target, seen, chunk).tolist() == [1]
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1000])
+def test_chunked_ranks_and_top_k_equal_one_dense_product(chunk: int) -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(6, 40).round(decimals=1)  # ties included
+    targets = torch.randint(N_RESERVED, 40, (6,))
+    seen = Excluded(torch.randint(0, 6, (30,)), torch.randint(N_RESERVED, 40, (30,)))
+    mask = seen.mask(6, 0, 40)
+    expected = scores.masked_fill(mask, -math.inf)
+    expected[:, :N_RESERVED] = -math.inf
+    own = scores.gather(1, targets[:, None])
+    counted = expected >= own
+    counted[torch.arange(6), targets] = False
+    got = target_ranks(dense(scores), 40, targets, seen, chunk)
+    assert got.tolist() == counted.sum(1).tolist()
+    values, items = top_k(dense(scores), 40, 6, 5, seen, chunk=chunk)
+    assert torch.equal(values, torch.topk(expected, 5).values)
+    assert torch.equal(expected.gather(1, items), values)  # the items carry those scores
+    allowed = torch.zeros(40, dtype=torch.bool)
+    allowed[[5, 9, 11]] = True
+    values, items = top_k(dense(scores), 40, 6, 5, seen, allowed, chunk=chunk)
+    assert set(items[torch.isfinite(values)].tolist()) <= {5, 9, 11}
 
 
 def test_sampled_ranks_are_within_the_sample() -> None:
     scores = torch.randn(5, 300)
     targets = torch.randint(4, 300, (5,))
-    excluded = torch.zeros(5, 300, dtype=torch.bool)
-    ranks = sampled_ranks(scores, targets, excluded, torch.rand(300), 100, torch.Generator())
+    ranks = sampled_ranks(
+        dense(scores), targets, Excluded.none(), torch.rand(300), 100, torch.Generator(),
+        torch.device("cpu"),
+    )  # fmt: skip
     assert ((ranks >= 0) & (ranks <= 100)).all()
 
 

@@ -24,6 +24,8 @@ attention over the history: training uses ``train.loss: sampled_softmax`` (the t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,22 +110,23 @@ class DIN(LookBackModel):
         candidates = torch.cat([target, negatives.expand(len(rows), -1)], dim=1)
         return self._head(pooled, None if side is None else side[rows, ends], candidates)
 
-    def predict(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of the newest slot of each window: every item (B, I), reserved ids at
-        -inf, in chunks of ``ITEM_CHUNK`` items; or of ``items`` (C,) only (B, C)."""
+    def item_scorer(self, batch: Batch) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """Scores for the newest slot of each window (see :meth:`RecModel.item_scorer`): the
+        history's keys and values are built once, each call attends with its candidates;
+        every item (None) in chunks of ``ITEM_CHUNK``."""
         tokens, known, side = self._inputs(batch)
         known[:, -1] = False  # the predicted slot is no history (its item is [MASK] anyway)
         memory, at_end = self._memory(tokens, known), None if side is None else side[:, -1]
-        if items is not None:
-            return self._head(self._pool(memory, items, batch), at_end, items)
-        every = torch.arange(self.num_items, device=batch.item.device)
-        scores = torch.cat(
-            [self._head(self._pool(memory, chunk, batch), at_end, chunk)
-             for chunk in every.split(ITEM_CHUNK)],
-            dim=1,
-        )  # fmt: skip
-        scores[:, :N_RESERVED] = float("-inf")
-        return scores
+
+        def score(items: torch.Tensor | None) -> torch.Tensor:
+            if items is not None:
+                return self._head(self._pool(memory, items, batch), at_end, items)
+            every = torch.arange(self.num_items, device=batch.item.device)
+            scores = torch.cat([score(chunk) for chunk in every.split(ITEM_CHUNK)], dim=1)
+            scores[:, :N_RESERVED] = float("-inf")
+            return scores
+
+        return score
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Item tokens (B, L, D), which slots hold a known item (B, L), and the side inputs

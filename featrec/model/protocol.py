@@ -7,6 +7,8 @@ candidate items.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -73,10 +75,21 @@ class RecModel(nn.Module):
 
     def predict(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of the newest slot of each window: every item (B, I), reserved ids at -inf;
-        or, with ``items`` (C,) item ids, those items only (B, C). What evaluation, serving
-        and export call; models whose scores depend on the candidate beyond one hidden
-        state per window (DIN's target attention) override it."""
-        return self.score(self.last_hidden(batch), items)
+        or, with ``items`` (C,) item ids, those items only (B, C). What serving and export
+        call; ranking calls :meth:`item_scorer` and scores the items in chunks."""
+        score = self.item_scorer(batch)
+        if items is not None:
+            return score(items)
+        return score(None)
+
+    def item_scorer(self, batch: Batch) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """A function scoring items for the newest slot of each window: ids (C,) → (B, C),
+        ids (B, C), a row per window → (B, C), None → every item (B, I) with reserved ids at
+        -inf. The window is read once; each call is then one product. Models whose scores
+        depend on the candidate beyond one hidden state per window (DIN's target attention)
+        override it."""
+        query = self.item_query(self.last_hidden(batch))  # (B, D)
+        return functools.partial(self.score_query, query)
 
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, D) hidden states → (N, D) vectors compared with the item embeddings."""
@@ -85,15 +98,18 @@ class RecModel(nn.Module):
     def score(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(N, D) hidden states → scores of every item (N, I), reserved ids at -inf; or, with
         ``items`` (C,) or (N, C) item ids, of those items only (N, C)."""
-        out = self.item_query(hidden)  # (N, D)
+        return self.score_query(self.item_query(hidden), items)
+
+    def score_query(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`score` of (N, D) vectors already through :meth:`item_query`."""
         if items is None:
-            logits = out @ self.item_embedding.weight.T + self.output_bias  # (N, I)
+            logits = query @ self.item_embedding.weight.T + self.output_bias  # (N, I)
             logits[:, :N_RESERVED] = float("-inf")
             return logits
         weights, bias = self.item_embedding(items), self.output_bias[items]  # (.., C, D), (.., C)
         if items.dim() == 1:
-            return out @ weights.T + bias  # (N, C)
-        return torch.einsum("nd,ncd->nc", out, weights) + bias  # (N, C)
+            return query @ weights.T + bias  # (N, C)
+        return torch.einsum("nd,ncd->nc", query, weights) + bias  # (N, C)
 
     # -- the feature inputs every kind shares ----------------------------------------------
 

@@ -1,0 +1,128 @@
+"""Full ranking over the items in chunks: each target's rank and each request's top-k, with
+never more than one chunk of scores per request in memory (docs/design.md §5).
+
+A scorer is a function from item ids to scores of one batch of requests: ``score(items)``
+with ``items`` (C,), shared by the batch, gives (B, C); with (B, C), one row of items per
+request, it gives (B, C) too. Models give one from :meth:`RecModel.item_scorer` (the
+request's hidden state is computed once, then every chunk is one product); baselines give
+theirs. Items a request must not get (reserved ids, seen items, items outside a candidate
+list) are (row, item) pairs, turned into a mask one chunk at a time, so a catalog of a
+million items costs no (B, items) mask either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from featrec.ids import N_RESERVED
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+# Items scored per chunk. 128 requests by 65,536 items are 32 MiB of float scores; ML-1M's
+# 3,706 items are one chunk, so small catalogs rank exactly as one product did.
+ITEM_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """(row, item) pairs a request may not get: ``rows`` (S,), ``items`` (S,)."""
+
+    rows: torch.Tensor
+    items: torch.Tensor
+
+    @classmethod
+    def none(cls, device: torch.device | None = None) -> Excluded:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return cls(empty, empty)
+
+    def to(self, device: torch.device) -> Excluded:
+        return Excluded(self.rows.to(device), self.items.to(device))
+
+    def mask(self, rows: int, start: int, stop: int) -> torch.Tensor:
+        """(rows, stop - start) bool: True where an excluded pair falls in [start, stop)."""
+        inside = (self.items >= start) & (self.items < stop)
+        out = torch.zeros(rows, stop - start, dtype=torch.bool, device=self.items.device)
+        out[self.rows[inside], self.items[inside] - start] = True
+        return out
+
+
+def target_ranks(
+    score: Scorer,
+    num_items: int,
+    targets: torch.Tensor,
+    excluded: Excluded | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """(B,) 0-based rank of each target: how many candidates score at least as high (ties
+    go against the target, so constant scores earn nothing). Reserved ids and ``excluded``
+    items are no candidates; the target itself never is counted, excluded or not."""
+    device, chunk = targets.device, chunk or ITEM_CHUNK
+    rows = torch.arange(len(targets), device=device)
+    target_scores = score(targets.unsqueeze(1)).squeeze(1)  # (B,)
+    excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
+    own = Excluded(torch.cat([excluded.rows, rows]), torch.cat([excluded.items, targets]))
+    ranks = torch.zeros(len(targets), dtype=torch.long, device=device)
+    for start in range(N_RESERVED, num_items, chunk):
+        stop = min(start + chunk, num_items)
+        scores = score(torch.arange(start, stop, device=device))  # (B, C)
+        at_least = (scores >= target_scores.unsqueeze(1)) & ~own.mask(len(targets), start, stop)
+        ranks += at_least.sum(dim=1)
+    return ranks
+
+
+def top_k(
+    score: Scorer,
+    num_items: int,
+    rows: int,
+    k: int,
+    excluded: Excluded | None = None,
+    allowed: torch.Tensor | None = None,
+    chunk: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items of each of ``rows`` requests: (values, item ids), (rows, k'),
+    k' = min(k, real items), best first; slots beyond the rankable items hold -inf.
+    ``allowed`` (items,) bool limits the candidates (a candidate list)."""
+    excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
+    chunk = chunk or ITEM_CHUNK
+    width = min(k, num_items - N_RESERVED)
+    best = torch.full((rows, 0), float("-inf"), device=device)
+    best_items = torch.zeros((rows, 0), dtype=torch.long, device=device)
+    for start in range(N_RESERVED, num_items, chunk):
+        stop = min(start + chunk, num_items)
+        items = torch.arange(start, stop, device=device)
+        scores = score(items).masked_fill(excluded.mask(rows, start, stop), float("-inf"))
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed[start:stop], float("-inf"))
+        top = torch.topk(scores, min(width, stop - start), dim=1)
+        best = torch.cat([best, top.values], dim=1)
+        best_items = torch.cat([best_items, items[top.indices]], dim=1)
+        if best.shape[1] > width:
+            keep = torch.topk(best, width, dim=1)
+            best, best_items = keep.values, best_items.gather(1, keep.indices)
+    return best, best_items
+
+
+def sampled_ranks(
+    score: Scorer,
+    targets: torch.Tensor,
+    excluded: Excluded,
+    popularity: torch.Tensor,
+    negatives: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """Rank among ``negatives`` items drawn by popularity (on the CPU, from ``generator``),
+    not excluded, not the target (the optional sampled protocol; one (B, items) weight
+    matrix per batch)."""
+    rows = len(targets)
+    weights = popularity.to(torch.float64).clamp(min=0).expand(rows, -1).clone()
+    weights[:, :N_RESERVED] = 0
+    weights[excluded.rows, excluded.items] = 0
+    weights[torch.arange(rows), targets] = 0
+    drawn = torch.multinomial(weights + 1e-12, negatives, replacement=False, generator=generator)
+    target_scores = score(targets.to(device).unsqueeze(1))  # (B, 1)
+    return (score(drawn.to(device)) >= target_scores).sum(dim=1).cpu()
