@@ -120,6 +120,7 @@ class SequenceData:
     hidden_event: frozenset[str]  # event columns hidden at a masked / predicted slot
     float_event: frozenset[str]  # event columns holding scaled numbers, not ids
     user_ids: list
+    max_eval_users: int | None = None  # eval.max_users: evaluate a fixed sample of users
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
@@ -148,6 +149,7 @@ class SequenceData:
             hidden_event=hidden,
             float_event=floats,
             user_ids=seq.get_column("user_id").to_list(),
+            max_eval_users=spec.eval.max_users,
         )
 
     @property
@@ -155,9 +157,15 @@ class SequenceData:
         return len(self.user_ids)
 
     def targets(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users, target positions) of the users evaluated on ``split`` (valid / test)."""
+        """(users, target positions) of the users evaluated on ``split`` (valid / test): all
+        of them, or with ``max_eval_users`` a sample of that many drawn with seed 0 (the same
+        users for every seed and variant of an experiment, so differences stay paired)."""
         position = self.valid_idx if split == "valid" else self.test_idx
         users = torch.nonzero(position >= 0).squeeze(1)
+        limit = self.max_eval_users
+        if limit is not None and len(users) > limit:
+            drawn = torch.randperm(len(users), generator=torch.Generator().manual_seed(0))
+            users = users[drawn[:limit].sort().values]
         return users, position[users]
 
 

@@ -409,6 +409,13 @@ class EvalSpec(_Frozen):
     sampled_negatives: int | None = Field(
         None, gt=0, description="Also report the popularity-sampled N-negative protocol."
     )
+    max_users: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluate (validation, test, ablation reports) a fixed sample of this "
+        "many users, drawn with seed 0, instead of all: full ranking of a million users "
+        "against a million items takes hours. Reported metrics are the sample's.",
+    )
 
     @model_validator(mode="after")
     def _primary_in_ks(self) -> EvalSpec:

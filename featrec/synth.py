@@ -64,7 +64,7 @@ model: {{dim: 64, layers: 2, heads: 2, max_len: 50, dropout: 0.1}}
 train:
   {{loss: sampled_softmax, negatives: 256, batch_size: 256, lr: 1.0e-3,
    epochs: 30, min_epochs: 5, patience: 5, seed: 0}}
-eval: {{split: leave_one_out, ks: [1, 5, 10, 20], exclude_seen: true}}
+eval: {{split: leave_one_out, ks: [1, 5, 10, 20], exclude_seen: true, max_users: 10000}}
 """
 
 

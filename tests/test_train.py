@@ -15,7 +15,7 @@ import torch
 
 from featrec.batching import length_aware_batches
 from featrec.cli import main
-from featrec.errors import FeatrecError
+from featrec.errors import FeatrecError, SpecError
 from featrec.evaluate import popularity
 from featrec.ids import N_RESERVED
 from featrec.metrics import RankingMetrics
@@ -169,6 +169,29 @@ def test_popularity_counts_training_events_only(tmp_path: Path, tiny_spec_body: 
 def small_body(tiny_spec_body: dict) -> dict:
     tiny_spec_body["train"] = {"epochs": 4, "batch_size": 2, "warmup_steps": 2, "seed": 3}
     return tiny_spec_body
+
+
+def test_max_users_evaluates_the_same_sample_for_every_seed(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    everyone = Experiment.from_spec(load_spec(write_spec(tmp_path, tiny_spec_body)))
+    all_users, all_positions = everyone.data.targets("test")
+    assert len(all_users) > 4
+    runs = {}
+    for seed in (0, 1):
+        spec = load_spec(
+            write_spec(tmp_path, tiny_spec_body), ["eval.max_users=4", f"train.seed={seed}"]
+        )
+        exp = Experiment.from_spec(spec)
+        users, positions = exp.data.targets("test")
+        assert len(users) == 4 and set(users.tolist()) < set(all_users.tolist())
+        assert torch.equal(positions, all_positions[torch.isin(all_users, users)])
+        metrics, ranks = exp.evaluate("test")
+        runs[seed] = users
+        assert len(ranks) == 4
+    assert torch.equal(runs[0], runs[1])  # paired across seeds
+    with pytest.raises(SpecError, match="eval.max_users"):
+        load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.max_users=0"])
 
 
 def test_run_directory_and_checkpoint_round_trip(tmp_path: Path, small_body: dict) -> None:
