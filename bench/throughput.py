@@ -33,9 +33,10 @@ from reference_bert4rec import PlainBERT4Rec, plain_batch, plain_step
 
 from featrec.batching import length_aware_batches, training_batch
 from featrec.encoders import PAD
+from featrec.optim import build_optimizer
 from featrec.sequences import prepare
 from featrec.spec import load_spec
-from featrec.train import Experiment, _optimizer
+from featrec.train import Experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +200,9 @@ def main() -> None:
         experiments[name] = Experiment.from_spec(spec, prepared)
         experiments[name].model.to(device).fuse_per_item = False
         losses[name] = training_loss
-    optimizers = {name: _optimizer(e.model, e.spec) for name, e in experiments.items()}
+    optimizers = {
+        name: build_optimizer(e.model, e.spec, e.model.num_items) for name, e in experiments.items()
+    }
     cfg, model_cfg = spec.train, spec.model
     data = experiments["featrec full"].data
     trainable = torch.nonzero(data.train_len > 0).squeeze(1)

@@ -353,6 +353,12 @@ class TrainSpec(_Frozen):
         description="gbce: calibration t (0: plain binary cross-entropy, 1: fully "
         "calibrated against the negative sampling rate).",
     )
+    optimizer: Literal["auto", "adamw", "row_adamw"] = Field(
+        "auto",
+        description="adamw: every parameter, every step. row_adamw: AdamW on only the item "
+        "rows a step uses (sparse gradients of the item embedding; needs a sampled "
+        "train.loss). auto: row_adamw from 100,000 items with a sampled loss, else adamw.",
+    )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
@@ -374,6 +380,16 @@ class TrainSpec(_Frozen):
         description="auto (the first CUDA device when torch sees one, else the CPU), cpu, "
         "cuda or cuda:N.",
     )
+
+    @model_validator(mode="after")
+    def _rows_need_a_sampled_loss(self) -> TrainSpec:
+        if self.optimizer == "row_adamw" and self.loss == "ce":
+            raise ValueError(
+                "train.optimizer: row_adamw updates the item rows a step uses, but with "
+                "train.loss: ce every row gets a gradient at every step; use adamw, or a "
+                "sampled train.loss (sampled_softmax, gbce)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sampler_fits_loss(self) -> TrainSpec:

@@ -55,6 +55,7 @@ from featrec.evaluate import (
 from featrec.ids import N_RESERVED, PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
+from featrec.optim import build_optimizer, clip_gradients
 from featrec.rundir import (
     DATA_SUMS,
     check_data_sums,
@@ -165,17 +166,6 @@ class Experiment:
         return dict(zip(names, (totals / max(count, 1)).tolist(), strict=True))
 
 
-def _optimizer(model: torch.nn.Module, spec: Spec) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": spec.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)  # one kernel, CPU or GPU
-
-
 def _schedule(
     optimizer: torch.optim.Optimizer, warmup: int, total: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -235,7 +225,7 @@ class Training:
         # a batch of users without a training target would make the loss NaN
         trainable = torch.nonzero(data.train_len >= model.min_train_events).squeeze(1)
         steps_per_epoch = math.ceil(len(trainable) / cfg.batch_size)
-        optimizer = _optimizer(model, experiment.spec)
+        optimizer = build_optimizer(model, experiment.spec, model.num_items)
         scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
         generator = torch.Generator().manual_seed(cfg.seed)
         return cls(experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState())
@@ -438,7 +428,7 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
         loss = model.loss(batch.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        clip_gradients(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         total_loss += loss.detach()  # summed where it is: reading it would wait for the GPU

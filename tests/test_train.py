@@ -186,11 +186,11 @@ def test_max_users_evaluates_the_same_sample_for_every_seed(
         users, positions = exp.data.targets("test")
         assert len(users) == 4 and set(users.tolist()) < set(all_users.tolist())
         assert torch.equal(positions, all_positions[torch.isin(all_users, users)])
-        metrics, ranks = exp.evaluate("test")
+        _, ranks = exp.evaluate("test")
         runs[seed] = users
         assert len(ranks) == 4
     assert torch.equal(runs[0], runs[1])  # paired across seeds
-    with pytest.raises(SpecError, match="eval.max_users"):
+    with pytest.raises(SpecError, match=r"eval\.max_users"):
         load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.max_users=0"])
 
 
