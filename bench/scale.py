@@ -1,0 +1,170 @@
+"""Large catalogs: a synthetic data set of a million items against ML-1M, side by side.
+
+Each part runs in its own process (so its peak RSS is its own), in this order:
+
+* ``prepare``: `featrec prepare` of the synthetic spec from scratch: seconds, peak RSS.
+* ``train``: useful (non-padding) tokens/s of training steps, interleaved rounds of
+  ``--steps`` steps each: the synthetic spec (sampled softmax, row-wise AdamW as ``auto``
+  picks it), the same with dense AdamW, and ML-1M with the synthetic spec's model and
+  training sections (its own features), in one process; medians and ratios.
+* ``evaluate``: full ranking of ``--eval-users`` users against every item (chunked), with an
+  untrained model of the synthetic spec: seconds, peak RSS.
+
+Usage: FEATREC_DATA_DIR=../shared/datasets python bench/scale.py --synth bench/out/synth-1m
+       [--steps 20] [--rounds 3] [--eval-users 10000] [--parts prepare train evaluate]
+
+Make the data first: featrec synth bench/out/synth-1m --users 1000000 --items 1000000
+--events 20000000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def part_prepare(args: argparse.Namespace) -> dict:
+    from featrec.sequences import prepare
+    from featrec.spec import load_spec
+
+    spec = load_spec(args.synth / "spec.yaml")
+    start = time.perf_counter()
+    prepared, _ = prepare(spec, refresh=True)
+    return {
+        "seconds": time.perf_counter() - start,
+        "users": len(prepared.sequences),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
+def _steps(experiment, optimizer, users, generator) -> tuple[int, float]:
+    """Useful tokens and seconds of training steps on the batches ``users``."""
+    from featrec.batching import training_batch
+    from featrec.ids import PAD
+    from featrec.optim import clip_gradients
+
+    spec, model, data = experiment.spec, experiment.model, experiment.data
+    model.train()
+    tokens, start = 0, time.perf_counter()
+    for batch_users in users:
+        batch, labels = training_batch(
+            data, batch_users, spec.model.max_len, spec.train.mask_prob,
+            spec.train.last_item_share, generator, spec.train.crop_prob,
+        )  # fmt: skip
+        loss = model.loss(batch, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model.parameters(), spec.train.grad_clip)
+        optimizer.step()
+        tokens += int((batch.item != PAD).sum())
+    return tokens, time.perf_counter() - start
+
+
+def part_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from featrec.batching import length_aware_batches
+    from featrec.optim import build_optimizer, row_updates
+    from featrec.spec import load_spec
+    from featrec.train import Experiment
+
+    synth = load_spec(args.synth / "spec.yaml")
+    ml1m = load_spec(ROOT / "feature_specs" / "ml-1m.yaml")
+    ml1m = ml1m.model_copy(update={"model": synth.model, "train": synth.train})
+    dense_train = synth.train.model_copy(update={"optimizer": "adamw"})
+    specs = {
+        "synthetic, train.optimizer auto": synth,
+        "synthetic, train.optimizer adamw": synth.model_copy(update={"train": dense_train}),
+        "ML-1M, same model and loss": ml1m,
+    }
+    runs = {}
+    for name, spec in specs.items():
+        experiment = Experiment.from_spec(spec)
+        optimizer = build_optimizer(experiment.model, spec, experiment.model.num_items)
+        data = experiment.data
+        trainable = torch.nonzero(data.train_len > 0).squeeze(1)
+        generator = torch.Generator().manual_seed(0)
+        batches = length_aware_batches(
+            trainable, data.train_len.clamp(max=spec.model.max_len), spec.train.batch_size,
+            generator,
+        )  # fmt: skip
+        runs[name] = (experiment, optimizer, batches, generator)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
+        for name, (experiment, optimizer, batches, generator) in runs.items():
+            chosen = batches[round_ * args.steps : (round_ + 1) * args.steps]
+            tokens, seconds = _steps(experiment, optimizer, chosen, generator)
+            if round_:
+                rates[name].append(tokens / seconds)
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    base = medians["ML-1M, same model and loss"]
+    auto = runs["synthetic, train.optimizer auto"][0]
+    return {
+        "auto_chose": "row_adamw" if row_updates(synth, auto.model.num_items) else "adamw",
+        "tokens_per_s": medians,
+        "ratio_to_ml1m": {name: m / base for name, m in medians.items()},
+        "threads": torch.get_num_threads(),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
+def part_evaluate(args: argparse.Namespace) -> dict:
+    import torch
+
+    from featrec.spec import load_spec
+    from featrec.train import Experiment
+
+    spec = load_spec(args.synth / "spec.yaml", [f"eval.max_users={args.eval_users}"])
+    experiment = Experiment.from_spec(spec)
+    start = time.perf_counter()
+    metrics, ranks = experiment.evaluate("test")
+    return {
+        "users": len(ranks),
+        "items": experiment.model.num_items,
+        "seconds": time.perf_counter() - start,
+        "ndcg@10_untrained": metrics["ndcg@10"],
+        "threads": torch.get_num_threads(),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+
+
+PARTS = {"prepare": part_prepare, "train": part_train, "evaluate": part_evaluate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synth", type=Path, required=True, help="folder of featrec synth")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--eval-users", type=int, default=10_000)
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--one", choices=list(PARTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:  # a child: one part, its result as JSON on the last line
+        print(json.dumps(PARTS[args.one](args)))
+        return
+    for part in args.parts:
+        command = [sys.executable, __file__, "--synth", str(args.synth), "--one", part,
+                   "--steps", str(args.steps), "--rounds", str(args.rounds),
+                   "--eval-users", str(args.eval_users)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(done.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"part {part} failed")
+        print(f"## {part}\n{json.dumps(json.loads(done.stdout.splitlines()[-1]), indent=2)}")
+
+
+if __name__ == "__main__":
+    main()
