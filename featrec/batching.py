@@ -15,6 +15,7 @@ after the interaction becomes ``MASK``; request-known event features and user fe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -25,6 +26,7 @@ from featrec.ids import IGNORE, MASK, PAD
 from featrec.ranking import Excluded
 from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
+from featrec.storage import read_tensors, write_tensors
 
 
 @dataclass
@@ -101,6 +103,34 @@ def _position(column: pl.Series) -> torch.Tensor:
     return _tensor(column.fill_null(-1).cast(pl.Int64).to_numpy())
 
 
+TENSORS = "tensors"  # the folder of flat tensor files in a prepared-data cache entry
+
+
+def sequence_tensors(seq: pl.DataFrame, encoders: dict, spec: Spec) -> dict[str, torch.Tensor]:
+    """Per-user sequences → flat tensors (CSR): ``offsets`` (U + 1,), ``item`` and each
+    ``event:COLUMN`` (N,), ``user:FEATURE`` (U,) or (U, K), and the split positions (U,)."""
+    lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
+    tensors = {
+        "offsets": _tensor(np.concatenate([[0], np.cumsum(lengths)])),
+        "item": _list_tensor(seq.get_column("item")),
+    }
+    for feature in spec.features_in("event"):
+        for column in feature_columns(feature.name, encoders[feature.name]):
+            tensors[f"event:{column}"] = _list_tensor(seq.get_column(column))
+    for feature in spec.features_in("user"):
+        tensors[f"user:{feature.name}"] = column_tensor(seq.get_column(feature.name))
+    for name in ("train_len", "valid_idx", "test_idx"):
+        tensors[name] = _position(seq.get_column(name))
+    return tensors
+
+
+def write_sequence_tensors(directory: Path, prepared: Prepared, spec: Spec) -> None:
+    """The cache's flat copy of ``prepared``'s sequences, for :meth:`SequenceData.from_prepared`."""
+    write_tensors(
+        directory / TENSORS, sequence_tensors(prepared.sequences, prepared.encoders, spec)
+    )
+
+
 @dataclass
 class SequenceData:
     """Every user's encoded events in flat tensors (CSR layout) and the split positions.
@@ -124,31 +154,47 @@ class SequenceData:
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
-        return cls.from_frame(prepared.sequences, prepared.encoders, spec)
+        """The prepared data's tensors: mapped from the cache's flat files where it has
+        them (no copy, shared by processes), else converted from its sequences."""
+        arrays = prepared.folder / TENSORS if prepared.folder is not None else None
+        if arrays is None or not (arrays / "tensors.json").is_file():
+            return cls.from_frame(prepared.sequences, prepared.encoders, spec)
+        user_ids = pl.read_parquet(prepared.folder / "sequences.parquet", columns=["user_id"])
+        return cls.from_tensors(
+            read_tensors(arrays), user_ids.get_column("user_id").to_list(), prepared.encoders,
+            spec,
+        )  # fmt: skip
 
     @classmethod
     def from_frame(cls, seq: pl.DataFrame, encoders: dict, spec: Spec) -> SequenceData:
         """From per-user sequences (``Prepared.sequences`` or encoded requests)."""
-        lengths = seq.get_column("item").list.len().cast(pl.Int64).to_numpy()
-        offsets = _tensor(np.concatenate([[0], np.cumsum(lengths)]))
+        return cls.from_tensors(
+            sequence_tensors(seq, encoders, spec), seq.get_column("user_id").to_list(),
+            encoders, spec,
+        )  # fmt: skip
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], user_ids: list, encoders: dict, spec: Spec
+    ) -> SequenceData:
+        """From :func:`sequence_tensors`' tensors (or those mapped from the cache)."""
         hidden, floats = event_column_kinds(spec, encoders)
-        event = {
-            column: _list_tensor(seq.get_column(column))
+        events = [
+            column
             for feature in spec.features_in("event")
             for column in feature_columns(feature.name, encoders[feature.name])
-        }
-        user = {f.name: column_tensor(seq.get_column(f.name)) for f in spec.features_in("user")}
+        ]  # the spec's own: a behavior-only variant reads the full spec's cache entry
         return cls(
-            offsets=offsets,
-            item=_list_tensor(seq.get_column("item")),
-            event=event,
-            user=user,
-            train_len=_position(seq.get_column("train_len")),
-            valid_idx=_position(seq.get_column("valid_idx")),
-            test_idx=_position(seq.get_column("test_idx")),
+            offsets=tensors["offsets"],
+            item=tensors["item"],
+            event={column: tensors[f"event:{column}"] for column in events},
+            user={f.name: tensors[f"user:{f.name}"] for f in spec.features_in("user")},
+            train_len=tensors["train_len"],
+            valid_idx=tensors["valid_idx"],
+            test_idx=tensors["test_idx"],
             hidden_event=hidden,
             float_event=floats,
-            user_ids=seq.get_column("user_id").to_list(),
+            user_ids=user_ids,
             max_eval_users=spec.eval.max_users,
         )
 

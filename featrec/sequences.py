@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,18 +48,28 @@ from featrec.spec import AnyFeature, Spec
 log = logging.getLogger(__name__)
 
 MIN_EVENTS = 3  # fewer events than this: the user trains but is not evaluated
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: flat tensor files beside the sequences
 _TABLE_OF_SCOPE = {"event": "interactions", "user": "users", "item": "items"}
 _KEY_OF_SCOPE = {"user": "user_id", "item": "item_id"}
 
 
 @dataclass
 class Prepared:
-    sequences: pl.DataFrame
+    """Encoded, split data: per-user sequences, the item table, vocabulary, encoders and
+    statistics. From the cache (``folder``), the sequences are read when first used."""
+
     items: pl.DataFrame
     item_vocab: ItemVocab
     encoders: dict[str, Encoder]
     stats: dict[str, Any]
+    folder: Path | None = None  # the cache entry holding it, if any
+    _sequences: pl.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def sequences(self) -> pl.DataFrame:
+        if self._sequences is None:
+            self._sequences = pl.read_parquet(self.folder / "sequences.parquet")
+        return self._sequences
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,11 +84,11 @@ class Prepared:
     def load(cls, directory: Path) -> Prepared:
         item_vocab, encoders = load_encoders(directory / "encoders.json")
         return cls(
-            sequences=pl.read_parquet(directory / "sequences.parquet"),
             items=pl.read_parquet(directory / "items.parquet"),
             item_vocab=item_vocab,
             encoders=encoders,
             stats=json.loads((directory / "stats.json").read_text(encoding="utf-8")),
+            folder=directory,
         )
 
 
@@ -130,7 +140,15 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     )
     if not cache:
         return prepared, None
-    write_folder(folder, prepared.save)  # a failure never leaves a half-written cache
+
+    def fill(directory: Path) -> None:
+        from featrec.batching import write_sequence_tensors  # batching imports this module
+
+        prepared.save(directory)
+        write_sequence_tensors(directory, prepared, spec)
+
+    write_folder(folder, fill)  # a failure never leaves a half-written cache
+    prepared.folder = folder
     return prepared, folder
 
 
@@ -180,7 +198,7 @@ def build(spec: Spec, tables: Tables) -> Prepared:
             "the largest history here has "
             f"{int(sequences.get_column('item').list.len().max() or 0)}"
         )
-    return Prepared(sequences, items, item_vocab, encoders, stats)
+    return Prepared(items, item_vocab, encoders, stats, _sequences=sequences)
 
 
 def encode_requests(
