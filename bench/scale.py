@@ -104,7 +104,8 @@ def part_train(args: argparse.Namespace) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
         for name, (experiment, optimizer, batches, generator) in runs.items():
-            chosen = batches[round_ * args.steps : (round_ + 1) * args.steps]
+            steps = range(round_ * args.steps, (round_ + 1) * args.steps)
+            chosen = [batches[i % len(batches)] for i in steps]  # ML-1M: 24 steps an epoch
             tokens, seconds = _steps(experiment, optimizer, chosen, generator)
             if round_:
                 rates[name].append(tokens / seconds)

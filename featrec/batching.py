@@ -43,10 +43,17 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         """Every tensor on ``device`` (no copy where they are already)."""
 
-        def move(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {k: v.to(device, non_blocking=True) for k, v in values.items()}
+        pin = torch.device(device).type == "cuda"  # page-locked: the copy overlaps compute
 
-        return Batch(self.item.to(device, non_blocking=True), move(self.event), move(self.user))
+        def one(value: torch.Tensor) -> torch.Tensor:
+            if pin and value.device.type == "cpu":
+                value = value.pin_memory()
+            return value.to(device, non_blocking=True)
+
+        def move(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: one(v) for k, v in values.items()}
+
+        return Batch(one(self.item), move(self.event), move(self.user))
 
     def column(self, scope: str, name: str) -> torch.Tensor:
         """An event column or a user feature by its feature scope."""

@@ -359,6 +359,17 @@ class TrainSpec(_Frozen):
         "rows a step uses (sparse gradients of the item embedding; needs a sampled "
         "train.loss). auto: row_adamw from 100,000 items with a sampled loss, else adamw.",
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: the training step's forward under bf16 autocast (weights, "
+        "optimizer and evaluation stay fp32). For GPUs; on the CPUs measured here at dim 64 "
+        "the casts cost more than they save (bench/RESULTS.md).",
+    )
+    compile: bool = Field(
+        False,
+        description="Train with torch.compile(model.loss, dynamic=True). The first steps "
+        "compile (minutes); no gain measured on CPU (bench/RESULTS.md).",
+    )
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.0e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)

@@ -218,6 +218,7 @@ class Training:
     generator: torch.Generator
     trainable: torch.Tensor  # users with a training target
     state: TrainingState
+    loss_fn: Callable[..., torch.Tensor]  # model.loss, or its compiled form (train.compile)
 
     @classmethod
     def start(cls, experiment: Experiment, run_dir: Path) -> Training:
@@ -228,7 +229,11 @@ class Training:
         optimizer = build_optimizer(model, experiment.spec, model.num_items)
         scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
         generator = torch.Generator().manual_seed(cfg.seed)
-        return cls(experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState())
+        loss_fn = torch.compile(model.loss, dynamic=True) if cfg.compile else model.loss
+        return cls(
+            experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState(),
+            loss_fn,
+        )  # fmt: skip
 
     @property
     def last_path(self) -> Path:
@@ -415,7 +420,7 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
     experiment, generator = training.experiment, training.generator
     optimizer, scheduler, device = training.optimizer, training.scheduler, experiment.device
     model, data, cfg = experiment.model, experiment.data, experiment.spec.train
-    max_len = experiment.spec.model.max_len
+    max_len, bf16 = experiment.spec.model.max_len, cfg.precision == "bf16"
     model.train()
     window = data.train_len.clamp(max=max_len)
     batches = length_aware_batches(training.trainable, window, cfg.batch_size, generator)
@@ -425,7 +430,8 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
     for batch_users in bar:
         batch, labels = model.training_batch(data, batch_users, experiment.spec, generator)
         tokens += int((batch.item != PAD).sum())  # counted on the CPU: no device sync
-        loss = model.loss(batch.to(device), labels.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = training.loss_fn(batch.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model.parameters(), cfg.grad_clip)
