@@ -15,6 +15,7 @@ import torch
 
 from featrec.batching import SequenceData, request_batch, seen_pairs
 from featrec.devices import model_device
+from featrec.memory import tune_allocator
 from featrec.ranking import Scorer, sampled_ranks, target_ranks
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
@@ -55,6 +56,8 @@ def evaluate_ranking(
     order = torch.argsort(positions, stable=True)
     users, positions = users[order], positions[order]
     from featrec.metrics import RankingMetrics  # torchmetrics takes ~1.5 s to import
+
+    tune_allocator()  # chunks of scores are tens of MB: kept in the heap, not mmapped each time
 
     metrics = RankingMetrics(ks)
     sampled = RankingMetrics(ks) if sampled_negatives else None
@@ -97,8 +100,7 @@ class ModelScorer:
     @torch.inference_mode()
     def __call__(self, users: torch.Tensor, positions: torch.Tensor) -> Scorer:
         batch = request_batch(self.data, users, positions, self.max_len).to(self.device)
-        score = self.model.item_scorer(batch)
-        return torch.inference_mode()(score)
+        return self.model.item_scorer(batch)  # called by ranking, in inference mode
 
 
 class PopularityScorer:
@@ -113,7 +115,7 @@ class PopularityScorer:
         rows = len(users)
 
         def score(items: torch.Tensor) -> torch.Tensor:
-            found = self.counts[items]
-            return found if items.dim() == 2 else found.expand(rows, -1)
+            found = self.counts[items]  # a new tensor (ranking writes into it)
+            return found if items.dim() == 2 else found.expand(rows, -1).clone()
 
         return score

@@ -1,17 +1,19 @@
 """Full ranking over the items in chunks: each target's rank and each request's top-k, with
-never more than one chunk of scores per request in memory (docs/design.md §5).
+never more than one chunk of scores per request in memory (docs/design.md §10).
 
 A scorer is a function from item ids to scores of one batch of requests: ``score(items)``
 with ``items`` (C,), shared by the batch, gives (B, C); with (B, C), one row of items per
-request, it gives (B, C) too. Models give one from :meth:`RecModel.item_scorer` (the
-request's hidden state is computed once, then every chunk is one product); baselines give
-theirs. Items a request must not get (reserved ids, seen items, items outside a candidate
-list) are (row, item) pairs, turned into a mask one chunk at a time, so a catalog of a
-million items costs no (B, items) mask either.
+request, it gives (B, C) too; a new tensor each call, which ranking may overwrite. Models
+give one from :meth:`RecModel.item_scorer` (the request's hidden state is computed once, then
+every chunk is one product); baselines give theirs. Ranking runs in inference mode. Items a
+request must not get (seen items, the target when counting its rank) are (row, item) pairs
+written into each chunk's scores as -inf; reserved ids are never scored; so a catalog of a
+million items costs no (B, items) matrix or mask.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,12 +45,18 @@ class Excluded:
 
     def mask(self, rows: int, start: int, stop: int) -> torch.Tensor:
         """(rows, stop - start) bool: True where an excluded pair falls in [start, stop)."""
-        inside = (self.items >= start) & (self.items < stop)
         out = torch.zeros(rows, stop - start, dtype=torch.bool, device=self.items.device)
-        out[self.rows[inside], self.items[inside] - start] = True
-        return out
+        return self.fill(out, start, True)
+
+    def fill(self, scores: torch.Tensor, start: int, value: float | bool) -> torch.Tensor:
+        """``scores`` (rows, C) of items [start, start + C), with ``value`` written in place
+        where an excluded pair falls."""
+        inside = (self.items >= start) & (self.items < start + scores.shape[1])
+        scores[self.rows[inside], self.items[inside] - start] = value
+        return scores
 
 
+@torch.inference_mode()
 def target_ranks(
     score: Scorer,
     num_items: int,
@@ -67,12 +75,12 @@ def target_ranks(
     ranks = torch.zeros(len(targets), dtype=torch.long, device=device)
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
-        scores = score(torch.arange(start, stop, device=device))  # (B, C)
-        at_least = (scores >= target_scores.unsqueeze(1)) & ~own.mask(len(targets), start, stop)
-        ranks += at_least.sum(dim=1)
+        scores = own.fill(score(torch.arange(start, stop, device=device)), start, -math.inf)
+        ranks += (scores >= target_scores.unsqueeze(1)).sum(dim=1)
     return ranks
 
 
+@torch.inference_mode()
 def top_k(
     score: Scorer,
     num_items: int,
@@ -94,7 +102,7 @@ def top_k(
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
         items = torch.arange(start, stop, device=device)
-        scores = score(items).masked_fill(excluded.mask(rows, start, stop), float("-inf"))
+        scores = excluded.fill(score(items), start, -math.inf)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[start:stop], float("-inf"))
         top = torch.topk(scores, min(width, stop - start), dim=1)
@@ -106,6 +114,7 @@ def top_k(
     return best, best_items
 
 
+@torch.inference_mode()
 def sampled_ranks(
     score: Scorer,
     targets: torch.Tensor,

@@ -108,7 +108,7 @@ class RecModel(nn.Module):
             return logits
         weights, bias = self.item_embedding(items), self.output_bias[items]  # (.., C, D), (.., C)
         if items.dim() == 1:
-            return query @ weights.T + bias  # (N, C)
+            return torch.addmm(bias, query, weights.T)  # (N, C), one pass
         return torch.einsum("nd,ncd->nc", query, weights) + bias  # (N, C)
 
     # -- the feature inputs every kind shares ----------------------------------------------
