@@ -76,16 +76,19 @@ class LookBackModel(RecModel):
             data, users, spec.model.max_len, t.next_item_share, generator, t.crop_prob
         )
 
-    def _feature(self, config: FeatureConfig, batch: Batch, per_item: bool = False) -> torch.Tensor:
+    def _feature(
+        self, config: FeatureConfig, batch: Batch, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """:meth:`embed_feature`, projected to the model's width."""
-        embedded = self.embed_feature(config, batch, per_item)
+        embedded = self.embed_feature(config, batch, items=items)
         return self.project[config.name](embedded) if config.name in self.project else embedded
 
     def item_tokens(self, items: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Item ids (any shape) → their id embeddings plus item features (..., D)."""
+        """Item ids (any shape) → their id embeddings plus item features (..., D): the
+        features of those items only (a chunk of candidates costs its own size)."""
         tokens = self.item_embedding(items)
         for config in self.item_features:
-            tokens = tokens + self._feature(config, batch, per_item=True)[items]  # (I, D) looked up
+            tokens = tokens + self._feature(config, batch, items=items)
         return tokens
 
     def side_inputs(self, batch: Batch) -> list[torch.Tensor]:

@@ -126,14 +126,21 @@ class RecModel(nn.Module):
             self.register_buffer(f"item_table_{name}", table)
 
     def embed_feature(
-        self, config: FeatureConfig, batch: Batch, per_item: bool = False
+        self,
+        config: FeatureConfig,
+        batch: Batch,
+        per_item: bool = False,
+        items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One feature's embeddings: item (B, L, D_f), or with ``per_item`` (I, D_f), one
-        row per item id; user (B, D_f); event (B, L, D_f)."""
+        row per item id, or with ``items`` (any shape) those items' (..., D_f); user
+        (B, D_f); event (B, L, D_f)."""
         module = self.features[config.name]
         if config.scope == "item":
             table = getattr(self, f"item_table_{config.name}")
-            return module([table]) if per_item else module([table[batch.item]])
+            if per_item:
+                return module([table])
+            return module([table[batch.item if items is None else items]])
         return module([batch.column(config.scope, c.name) for c in config.columns])
 
     def fusion_sources(self) -> list[str]:
