@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from featrec.atomic import write_folder
+from featrec.datasets import has_clock_times
 from featrec.errors import FeatrecError
 from featrec.model.fusion import ATTENTION_FUSIONS
 from featrec.report import DIN, EMBEDDING_MLP, MOST_POPULAR, headline
@@ -41,6 +42,7 @@ class Variant:
     spec: Spec
     trained: bool = True  # most-popular needs no training
     description: str = ""
+    days: int | None = None  # an untrained baseline over the days before each request
 
 
 def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
@@ -107,6 +109,13 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     out[MOST_POPULAR] = Variant(
         MOST_POPULAR, spec.behavior_only(), trained=False, description="training-set popularity"
     )
+    if has_clock_times(spec.data):
+        for days in spec.eval.recency_days:
+            name = f"{MOST_POPULAR}-{days}d"
+            out[name] = Variant(
+                name, spec.behavior_only(), trained=False, days=days,
+                description=f"popularity in the {days} days before each request",
+            )  # fmt: skip
     baseline = spec.model_copy(
         update={"model": spec.model.model_copy(update={"kind": "embedding_mlp"})}
     )
@@ -256,7 +265,7 @@ def _run_pair(
         update={"train": variant.spec.train.model_copy(update={"seed": seed})}
     )
     if not variant.trained:
-        return _most_popular(seeded, directory)
+        return _most_popular(seeded, directory, variant)
     resume = (directory / "checkpoints" / "last.pt").is_file()
     log.info("%s: %s", label, "resuming" if resume else "training")
     return train(seeded, directory, resume=resume, progress=progress, variant=variant.name)
@@ -277,14 +286,15 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
-def _most_popular(spec: Spec, directory: Path) -> dict:
-    """The popularity baseline, evaluated and stored like a trained run."""
+def _most_popular(spec: Spec, directory: Path, variant: Variant) -> dict:
+    """A popularity baseline (all-time, or over ``variant.days``), evaluated and stored like
+    a trained run."""
     experiment = Experiment.from_spec(spec)
     (valid, valid_ranks), (test, test_ranks) = (
-        experiment.most_popular(split) for split in ("valid", "test")
+        experiment.most_popular(split, variant.days) for split in ("valid", "test")
     )
-    final = {"name": spec.name, "variant": MOST_POPULAR, "features": [], "seed": spec.train.seed,
-             "test": test, "valid": valid}  # fmt: skip
+    final = {"name": spec.name, "variant": variant.name, "features": [],
+             "seed": spec.train.seed, "test": test, "valid": valid}  # fmt: skip
 
     def fill(staging: Path) -> None:
         write_ranks(experiment.data, staging, valid_ranks, test_ranks)

@@ -128,6 +128,8 @@ def sequence_tensors(seq: pl.DataFrame, encoders: dict, spec: Spec) -> dict[str,
         tensors[f"user:{feature.name}"] = column_tensor(seq.get_column(feature.name))
     for name in ("train_len", "valid_idx", "test_idx"):
         tensors[name] = _position(seq.get_column(name))
+    if "timestamp" in seq.columns:  # unix seconds (or positions, for data without times)
+        tensors["time"] = _list_tensor(seq.get_column("timestamp"))
     return tensors
 
 
@@ -158,6 +160,7 @@ class SequenceData:
     float_event: frozenset[str]  # event columns holding scaled numbers, not ids
     user_ids: list
     max_eval_users: int | None = None  # eval.max_users: evaluate a fixed sample of users
+    time: torch.Tensor | None = None  # (N,) each event's time (unix seconds), if known
 
     @classmethod
     def from_prepared(cls, prepared: Prepared, spec: Spec) -> SequenceData:
@@ -203,6 +206,7 @@ class SequenceData:
             float_event=floats,
             user_ids=user_ids,
             max_eval_users=spec.eval.max_users,
+            time=tensors.get("time"),
         )
 
     @property

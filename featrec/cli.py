@@ -283,11 +283,10 @@ def _train(args: argparse.Namespace) -> int:
         f"{final['name']} ({final['variant']}): best epoch {final['best_epoch']} of "
         f"{final['epochs_run']}, {final['train_seconds'] / 60:.1f} min; run in {run_dir}"
     )
-    print(
-        describe_metrics(
-            {"test": final["test"], "most popular (test)": final["most_popular"]["test"]}
-        )
-    )
+    rows = {"test": final["test"], "most popular (test)": final["most_popular"]["test"]}
+    for window, metrics in final["recent_popular"]["test"].items():
+        rows[f"popular, last {window} (test)"] = metrics
+    print(describe_metrics(rows))
     if final["fusion_weights"]:
         weights = ", ".join(f"{k} {v:.3f}" for k, v in final["fusion_weights"].items())
         print(f"fusion weights ({final['fusion']}): {weights}")
@@ -298,11 +297,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from featrec.train import evaluate_run
 
     result = evaluate_run(args.run_dir, args.split, device=args.device)
-    print(
-        describe_metrics(
-            {args.split: result["metrics"], f"most popular ({args.split})": result["most_popular"]}
-        )
-    )
+    split = args.split
+    rows = {split: result["metrics"], f"most popular ({split})": result["most_popular"]}
+    for window, metrics in result["recent_popular"].items():
+        rows[f"popular, last {window} ({split})"] = metrics
+    print(describe_metrics(rows))
     return 0
 
 

@@ -319,6 +319,16 @@ class Tables:
     origin: dict[str, str]  # table name → file it came from (for error messages)
 
 
+def has_clock_times(data: DataSpec) -> bool:
+    """Whether the events' times are clock times: own files and table-layout cards; a
+    ``sequences`` card (S3-Rec's Amazon files) has only positions."""
+    if data.dataset is None:
+        return True
+    return all(
+        source.layout != "sequences" for source in load_card(data.dataset).tables.interactions
+    )
+
+
 def load_tables(data: DataSpec) -> Tables:
     if data.dataset is not None:
         return _load_card_tables(load_card(data.dataset))

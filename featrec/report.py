@@ -28,6 +28,13 @@ MOST_POPULAR = "most-popular"
 EMBEDDING_MLP = "embedding-mlp"
 DIN = "din"
 BASELINES = (MOST_POPULAR, EMBEDDING_MLP, DIN)
+
+
+def is_baseline(name: str) -> bool:
+    """A baseline row: most-popular (all-time or over the last days), Embedding&MLP, DIN."""
+    return name in BASELINES or name.startswith(f"{MOST_POPULAR}-")
+
+
 RANK_METRICS = ("ndcg", "hr", "mrr")  # computable per user from the stored target ranks
 LABELS = {"ndcg": "NDCG", "hr": "HR", "mrr": "MRR"}
 
@@ -170,7 +177,7 @@ def verdict(name: str, against: str, comparison: dict[str, float]) -> str:
     if comparison["ci_low"] <= 0.0 <= comparison["ci_high"]:
         return "not distinguishable from zero"
     better = comparison["ci_low"] > 0
-    if name in BASELINES:
+    if is_baseline(name):
         return "better" if better else "worse"
     if against == "behavior-only":  # the variant adds its features to the ids
         return "its features help" if better else "its features hurt"
@@ -214,7 +221,7 @@ def _summarize(spec: Spec, results: dict[str, VariantResult]) -> list[dict]:
     rows.sort(
         key=lambda r: (
             order.get(r["variant"], 2),
-            r["variant"] in BASELINES,
+            is_baseline(r["variant"]),
             r["variant"].startswith("behavior+"),
             r["variant"],
         )

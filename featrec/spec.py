@@ -436,6 +436,13 @@ class EvalSpec(_Frozen):
     sampled_negatives: int | None = Field(
         None, gt=0, description="Also report the popularity-sampled N-negative protocol."
     )
+    recency_days: list[Annotated[int, Field(gt=0)]] = Field(
+        [1, 7, 30],
+        description="Recency baselines reported beside most-popular: the items most "
+        "interacted with in the N days before each prediction's request time (the target "
+        "event's time; never later), seen items excluded. Skipped for data without clock "
+        "times (a sequences card).",
+    )
     max_users: int | None = Field(
         None,
         gt=0,

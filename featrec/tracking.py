@@ -53,6 +53,8 @@ def _scalars(row: dict[str, Any]) -> dict[str, float]:
 def _final_scalars(final: dict[str, Any]) -> dict[str, float]:
     out = {f"test/{k}": v for k, v in final["test"].items()}
     out |= {f"most_popular/test/{k}": v for k, v in final["most_popular"]["test"].items()}
+    for window, metrics in final.get("recent_popular", {}).get("test", {}).items():
+        out |= {f"popular_{window}/test/{k}": v for k, v in metrics.items()}
     return out | {"best_epoch": final["best_epoch"], "train_seconds": final["train_seconds"]}
 
 

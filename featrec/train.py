@@ -42,6 +42,7 @@ from featrec.batching import (
     length_aware_batches,
     request_batch,
 )
+from featrec.datasets import has_clock_times
 from featrec.devices import resolve_device
 from featrec.encoders import save_encoders
 from featrec.errors import FeatrecError, SpecError
@@ -49,6 +50,7 @@ from featrec.evaluate import (
     SCORE_BATCH,
     ModelScorer,
     PopularityScorer,
+    RecencyScorer,
     evaluate_ranking,
     popularity,
 )
@@ -129,15 +131,29 @@ class Experiment:
             self.spec.train.seed,
         )
 
-    def most_popular(self, split: str) -> tuple[dict[str, float], torch.Tensor]:
+    def most_popular(
+        self, split: str, days: int | None = None
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """The most-popular baseline on ``split``, measured as the model is: metrics and
-        each user's rank."""
-        scorer = PopularityScorer(self.data, self.model.num_items)
+        each user's rank. ``days``: popularity over the days before each request instead
+        of the whole training split (:class:`~featrec.evaluate.RecencyScorer`)."""
+        num_items = self.model.num_items
+        if days is None:
+            scorer = PopularityScorer(self.data, num_items)
+        else:
+            scorer = RecencyScorer(self.data, num_items, days)
         e = self.spec.eval
         return evaluate_ranking(
-            scorer, self.data, split, self.model.num_items, e.ks, e.exclude_seen,
+            scorer, self.data, split, num_items, e.ks, e.exclude_seen,
             sampled_negatives=e.sampled_negatives, seed=self.spec.train.seed,
         )  # fmt: skip
+
+    def recency_baselines(self, split: str) -> dict[str, dict[str, float]]:
+        """``eval.recency_days`` baselines on ``split`` (``"7d"`` → metrics); none for data
+        without clock times."""
+        if self.data.time is None or not has_clock_times(self.spec.data):
+            return {}
+        return {f"{d}d": self.most_popular(split, d)[0] for d in self.spec.eval.recency_days}
 
     @torch.no_grad()
     def fusion_weights(
@@ -501,6 +517,7 @@ def _final_metrics(
         "test": test,
         "valid": valid,
         "most_popular": {"test": experiment.most_popular("test")[0]},
+        "recent_popular": {"test": experiment.recency_baselines("test")},
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }
@@ -566,4 +583,5 @@ def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[s
         "split": split,
         "metrics": metrics,
         "most_popular": recommender.experiment.most_popular(split)[0],
+        "recent_popular": recommender.experiment.recency_baselines(split),
     }
