@@ -461,6 +461,11 @@ def describe_stats(name: str, stats: dict) -> str:
         f"{split['left_out_users']:,} users left out of evaluation "
         "(fewer than 3 events or no target in the window)",
     ]
+    for part, gap in split.get("target_gap_days", {}).items():
+        lines.append(
+            f"{part} targets: {gap['median']:g} days after the user's previous event "
+            f"(median; quartiles {gap['q25']:g}-{gap['q75']:g})"
+        )
     if "valid_from" in split:
         lines.append(
             f"windows: validation from {split['valid_from']}, test from {split['test_from']}"

@@ -29,7 +29,14 @@ from typing import Any
 import polars as pl
 
 from featrec.atomic import write_folder
-from featrec.datasets import Tables, cache_dir, epoch_seconds, fingerprint, load_tables
+from featrec.datasets import (
+    Tables,
+    cache_dir,
+    epoch_seconds,
+    fingerprint,
+    has_clock_times,
+    load_tables,
+)
 from featrec.encoders import (
     ID_DTYPE,
     Encoder,
@@ -48,7 +55,7 @@ from featrec.spec import AnyFeature, Spec
 log = logging.getLogger(__name__)
 
 MIN_EVENTS = 3  # fewer events than this: the user trains but is not evaluated
-FORMAT_VERSION = 2  # 2: flat tensor files beside the sequences
+FORMAT_VERSION = 3  # 2: flat tensor files beside the sequences; 3: target gaps in stats
 _TABLE_OF_SCOPE = {"event": "interactions", "user": "users", "item": "items"}
 _KEY_OF_SCOPE = {"user": "user_id", "item": "item_id"}
 
@@ -504,6 +511,8 @@ def _stats(
         "test_users": int(sequences.get_column("test_idx").is_not_null().sum()),
         "left_out_users": int(sequences.height - evaluated),
     }
+    if has_clock_times(spec.data):
+        split["target_gap_days"] = _target_gaps(events)
     if spec.eval.split == "temporal":
         valid_from, test_from = temporal_cutoffs(events.lazy(), spec)
         split["valid_from"] = _iso(valid_from)
@@ -515,6 +524,22 @@ def _stats(
         "split": split,
         "features": features,
     }
+
+
+def _target_gaps(events: pl.DataFrame) -> dict[str, dict[str, float]]:
+    """Days from each evaluated user's last event before the target to the target, per
+    split: quartiles. Leave-one-out and temporal numbers differ largely by this gap."""
+    previous = pl.col("timestamp").shift(1).over("user_id", order_by="pos")
+    gaps = events.with_columns(gap=(pl.col("timestamp") - previous) / 86_400)
+    out = {}
+    for split, column in (("valid", "valid_idx"), ("test", "test_idx")):
+        found = gaps.filter(pl.col("pos") == pl.col(column)).get_column("gap").drop_nulls()
+        if len(found):
+            out[split] = {
+                name: round(float(found.quantile(q, "linear")), 2)
+                for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
+            }
+    return out
 
 
 def _iso(seconds: int) -> str:

@@ -85,3 +85,22 @@ def test_recency_days_must_be_positive(tmp_path: Path, tiny_spec_body: dict) -> 
     with pytest.raises(SpecError, match=r"eval\.recency_days\[0\]: expected greater than 0"):
         load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.recency_days=[0]"])
     assert load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.recency_days=[]"])
+
+
+def test_prepare_states_how_long_after_the_history_each_target_comes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import polars as pl
+
+    day = 86_400
+    gaps = {"a": [0, 1, 2, 10], "b": [0, 5, 6, 8], "c": [0, 1, 4, 20]}  # days: valid, test last
+    rows = [(u, i, t * day) for u, times in gaps.items() for i, t in enumerate(times)]
+    pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_parquet(
+        tmp_path / "events.parquet"
+    )
+    spec = write_spec(tmp_path, {"name": "gaps", "data": {"interactions": "events.parquet"}})
+    assert main(["prepare", str(spec)]) == 0
+    out = capsys.readouterr().out
+    # test gaps 8, 2, 16 days: median 8; valid gaps 1, 1, 3: median 1
+    assert "test targets: 8 days after the user's previous event (median; quartiles 5-12)" in out
+    assert "valid targets: 1 days after" in out
