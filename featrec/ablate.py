@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from featrec.atomic import write_folder
+from featrec.atomic import write_folder, write_text
 from featrec.datasets import has_clock_times
 from featrec.errors import FeatrecError
 from featrec.model.fusion import ATTENTION_FUSIONS
@@ -193,21 +193,29 @@ def run_ablation(
     on_run_end: Callable[[str, int], None] | None = None,
     fusions: Sequence[str] = (),
     jobs: int = 1,
+    shard: tuple[int, int] = (1, 1),
 ) -> list[tuple[str, int]]:
     """Train every (variant, seed) not yet finished; return the pairs trained now.
 
     A pair with ``final_metrics.json`` is finished and never rerun; one with only a last
     checkpoint was interrupted and resumes from it. ``jobs`` > 1 trains that many pairs at
     once, each in a process of its own with ``cpu_count // jobs`` threads (a GPU is shared
-    by them: small models leave most of it idle).
+    by them: small models leave most of it idle). ``shard`` (i, n) takes the pairs numbered
+    i, i + n, i + 2n, ... of the ablation's ordered list, so n machines writing to one shared
+    directory finish one ablation between them (a run directory has one writer at a time).
     """
     if jobs < 1:
         raise FeatrecError(f"--jobs: expected at least 1; got {jobs}")
+    index, count = shard
+    if count < 1 or not 1 <= index <= count:
+        raise FeatrecError(f"--shard: expected i/n with 1 <= i <= n; got {index}/{count}")
     chosen = select(variants(spec, fusions), names)
     _check_same_spec(spec, ablation_dir)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
     todo = []
     for number, (variant, seed) in enumerate(pairs, start=1):
+        if (number - 1) % count != index - 1:
+            continue  # another shard's
         label = f"[{number}/{len(pairs)}] {variant.name} seed {seed}"
         if (run_dir(ablation_dir, variant.name, seed) / "final_metrics.json").is_file():
             log.info("%s: done already", label)
@@ -283,7 +291,8 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
             )
         return
     ablation_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    write_text(path, text)  # shards may start together: whole or not at all
 
 
 def _most_popular(spec: Spec, directory: Path, variant: Variant) -> dict:

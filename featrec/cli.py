@@ -167,6 +167,12 @@ def _parser() -> argparse.ArgumentParser:
         help="train this many (variant, seed) pairs at once, each a process with "
         "cpu_count / jobs threads (default 1)",
     )  # fmt: skip
+    ablate.add_argument(
+        "--shard", type=_shard, default=(1, 1), metavar="I/N",
+        help="take the I-th of N deterministic shares of the (variant, seed) pairs: N "
+        "machines writing to one shared --out finish one ablation (featrec report DIR then "
+        "reports the union)",
+    )  # fmt: skip
     ablate.add_argument("--list", action="store_true", help="list the variants and exit")
     ablate.set_defaults(run=_ablate)
 
@@ -321,9 +327,17 @@ def _ablate(args: argparse.Namespace) -> int:
     out = args.out or Path("ablations") / spec.name
     run_ablation(
         spec, out, args.seeds, args.variants, progress=sys.stderr.isatty() and args.jobs == 1,
-        fusions=args.fusions, jobs=args.jobs,
+        fusions=args.fusions, jobs=args.jobs, shard=args.shard,
     )  # fmt: skip
     return _report(argparse.Namespace(ablation_dir=out))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` → (I, N); run_ablation checks the range."""
+    index, slash, count = text.partition("/")
+    if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 1/2; got {text!r}")
+    return int(index), int(count)
 
 
 def _report(args: argparse.Namespace) -> int:

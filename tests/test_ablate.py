@@ -295,3 +295,25 @@ def test_jobs_train_pairs_side_by_side_to_the_same_results(tmp_path: Path, quick
     assert run_ablation(spec, tmp_path / "two", 2, chosen, jobs=3) == []  # all done already
     with pytest.raises(FeatrecError, match=r"--jobs: expected at least 1; got 0"):
         run_ablation(spec, tmp_path / "two", 2, chosen, jobs=0)
+
+
+def test_two_shards_on_one_directory_make_the_unsharded_report(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture
+) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    chosen = ["full", "behavior-only", "-rating", "most-popular"]
+    whole = run_ablation(spec, tmp_path / "whole", 2, chosen)
+    first = run_ablation(spec, tmp_path / "shared", 2, chosen, shard=(1, 2))
+    second = run_ablation(spec, tmp_path / "shared", 2, chosen, shard=(2, 2))
+    assert not set(first) & set(second) and sorted(first + second) == sorted(whole)
+    assert len(first) == len(second) == 4
+    reports = [write_report(tmp_path / d)[1].read_text() for d in ("whole", "shared")]  # csv
+    assert reports[0] == reports[1]
+    assert run_ablation(spec, tmp_path / "shared", 2, chosen, shard=(1, 2)) == []
+    for bad in ((0, 2), (3, 2), (1, 0)):
+        with pytest.raises(FeatrecError, match=r"--shard: expected i/n with 1 <= i <= n"):
+            run_ablation(spec, tmp_path / "shared", 2, chosen, shard=bad)
+    path = str(write_spec(tmp_path, quick))
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", path, "--shard", "half", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "expected I/N, e.g. 1/2; got 'half'" in capsys.readouterr().err
