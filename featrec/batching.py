@@ -55,6 +55,14 @@ class Batch:
 
         return Batch(one(self.item), move(self.event), move(self.user))
 
+    def take(self, rows: torch.Tensor) -> Batch:
+        """The batch of these rows only."""
+        return Batch(
+            self.item[rows],
+            {k: v[rows] for k, v in self.event.items()},
+            {k: v[rows] for k, v in self.user.items()},
+        )
+
     def column(self, scope: str, name: str) -> torch.Tensor:
         """An event column or a user feature by its feature scope."""
         return (self.event if scope == "event" else self.user)[name]

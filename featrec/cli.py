@@ -32,7 +32,9 @@ DEVICE_HELP = "auto (default: CUDA where torch sees it), cpu, cuda or cuda:N"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(_variant_values(sys.argv[1:] if argv is None else list(argv)))
+    tokens = _variant_values(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(tokens)
+    args.tokens = tokens  # train --nproc starts the same command under torch's launcher
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -136,6 +138,18 @@ def _parser() -> argparse.ArgumentParser:
     train = spec_command("train", "train a model; print the test metrics of the best epoch")
     train.add_argument("--out", type=Path, help="run directory (default runs/NAME/TIMESTAMP)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCH",
+        help="stop after this epoch, checkpointed (continue later with --resume): for jobs "
+        "with a time limit",
+    )
+    train.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train data-parallel on N processes of this machine, started by torch's launcher "
+        "(as torchrun --nproc-per-node N -m featrec train ...; gloo on the CPU, nccl on CUDA)",
+    )  # fmt: skip
     train.add_argument(
         "--log", action="append", default=[], choices=["tensorboard", "mlflow"],
         help="also report to TensorBoard (RUN_DIR/tensorboard) or MLflow (MLFLOW_TRACKING_URI, "
@@ -277,14 +291,36 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from featrec.train import default_run_dir, train
+    from featrec import distributed
+    from featrec.train import Paused, default_run_dir, train
 
     if args.resume and args.out is None:
         raise FeatrecError("--resume needs --out RUN_DIR: the run to continue")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FeatrecError(f"--stop-after: expected an epoch of at least 1; got {args.stop_after}")
+    if args.nproc < 1:
+        raise FeatrecError(f"--nproc: expected at least 1; got {args.nproc}")
+    if args.nproc > 1:
+        return _launch(args)
     spec = _load(args)
     run_dir = args.out or default_run_dir(spec)
     log.info("run directory %s", run_dir)
-    final = train(spec, run_dir, resume=args.resume, progress=sys.stderr.isatty(), log_to=args.log)
+
+    def stop(epoch: int, row: dict) -> None:
+        if args.stop_after is not None and epoch >= args.stop_after:
+            raise Paused(epoch)
+
+    try:
+        final = train(
+            spec, run_dir, resume=args.resume, progress=sys.stderr.isatty(), log_to=args.log,
+            on_epoch_end=stop,
+        )  # fmt: skip
+    except Paused as paused:
+        if distributed.is_main():
+            print(f"paused after epoch {paused.epoch}: continue with --out {run_dir} --resume")
+        return 0
+    if not distributed.is_main():
+        return 0  # rank 0 reports for the run
     print(
         f"{final['name']} ({final['variant']}): best epoch {final['best_epoch']} of "
         f"{final['epochs_run']}, {final['train_seconds'] / 60:.1f} min; run in {run_dir}"
@@ -330,6 +366,41 @@ def _ablate(args: argparse.Namespace) -> int:
         fusions=args.fusions, jobs=args.jobs, shard=args.shard,
     )  # fmt: skip
     return _report(argparse.Namespace(ablation_dir=out))
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``featrec train ... --nproc N``: the same command under torch's launcher, N ranks."""
+    import subprocess
+
+    spec = _load(args)  # a bad spec fails here, once, not in N processes
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={args.nproc}", "-m", "featrec", *_without_nproc(args.tokens),
+    ]  # fmt: skip
+    if args.out is None:  # one directory for every rank (the default has a timestamp)
+        command += ["--out", str(default_run_dir_for(spec))]
+    return subprocess.run(command, check=False).returncode
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--nproc":
+            skip = True
+            continue
+        if token.startswith("--nproc="):
+            continue
+        out.append(token)
+    return out
+
+
+def default_run_dir_for(spec: Spec) -> Path:
+    from featrec.train import default_run_dir
+
+    return default_run_dir(spec)
 
 
 def _shard(text: str) -> tuple[int, int]:

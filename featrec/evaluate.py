@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from featrec import distributed
 from featrec.batching import SequenceData, request_batch, seen_pairs
 from featrec.devices import model_device
 from featrec.memory import tune_allocator
@@ -58,15 +59,16 @@ def evaluate_ranking(
     from featrec.metrics import RankingMetrics  # torchmetrics takes ~1.5 s to import
 
     tune_allocator()  # chunks of scores are tens of MB: kept in the heap, not mmapped each time
-
-    metrics = RankingMetrics(ks)
+    # several ranks (torchrun): each ranks every size()-th user, then all gather the ranks;
+    # the metrics are computed from all of them in one order, as by one process
+    mine = torch.arange(distributed.rank(), len(users), distributed.size())
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
     generator = torch.Generator().manual_seed(seed)
-    all_ranks = []
-    for start in range(0, len(users), batch_size):
-        batch_users = users[start : start + batch_size]
-        batch_positions = positions[start : start + batch_size]
+    own_ranks = []
+    for start in range(0, len(mine), batch_size):
+        at = mine[start : start + batch_size]
+        batch_users, batch_positions = users[at], positions[at]
         targets = data.item[data.offsets[batch_users] + batch_positions]
         score = score_fn(batch_users, batch_positions)
         seen = seen_pairs(data, batch_users, batch_positions)
@@ -74,18 +76,24 @@ def evaluate_ranking(
         ranks = target_ranks(
             score, num_items, targets.to(device), seen if exclude_seen else None
         ).cpu()
-        metrics.update(ranks)
-        all_ranks.append(ranks)
+        own_ranks.append(ranks)
         if sampled is not None:  # drawn on the CPU, from the seed's generator
             sampled.update(
                 sampled_ranks(score, targets, seen, pop, sampled_negatives, generator, device)
             )
+    sorted_ranks = torch.zeros(len(users), dtype=torch.int64)
+    if own_ranks:
+        sorted_ranks[mine] = torch.cat(own_ranks)
+    if distributed.size() > 1:
+        sorted_ranks[distributed.gather(mine)] = distributed.gather(sorted_ranks[mine])
+    metrics = RankingMetrics(ks, sync_on_compute=False)  # every rank holds every rank
+    for part in sorted_ranks.split(batch_size):
+        metrics.update(part)
     results = metrics.compute()
-    if sampled is not None:
+    if sampled is not None:  # reduced across ranks by torchmetrics (sums)
         results |= {f"sampled{sampled_negatives}/{k}": v for k, v in sampled.compute().items()}
     ranks = torch.zeros(len(order), dtype=torch.int64)
-    if all_ranks:
-        ranks[order] = torch.cat(all_ranks)
+    ranks[order] = sorted_ranks
     return results, ranks
 
 

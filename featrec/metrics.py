@@ -19,8 +19,8 @@ class RankingMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, ks: list[int]) -> None:
-        super().__init__()
+    def __init__(self, ks: list[int], **kwargs) -> None:
+        super().__init__(**kwargs)  # torchmetrics' options (sync_on_compute, ...)
         self.ks = sorted(ks)
         for k in self.ks:
             for name in NAMES:

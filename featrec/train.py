@@ -19,6 +19,7 @@ Run directory (docs/design.md §6)::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -35,6 +36,7 @@ import polars as pl
 import torch
 import yaml
 
+from featrec import distributed
 from featrec.atomic import write_file, write_text
 from featrec.batching import (
     SequenceData,
@@ -54,7 +56,7 @@ from featrec.evaluate import (
     evaluate_ranking,
     popularity,
 )
-from featrec.ids import N_RESERVED, PAD
+from featrec.ids import IGNORE, N_RESERVED, PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
 from featrec.optim import build_optimizer, clip_gradients
@@ -234,7 +236,9 @@ class Training:
     generator: torch.Generator
     trainable: torch.Tensor  # users with a training target
     state: TrainingState
-    loss_fn: Callable[..., torch.Tensor]  # model.loss, or its compiled form (train.compile)
+    # the loss as a module (under DistributedDataParallel with several ranks), or its
+    # compiled form (train.compile)
+    loss_fn: Callable[..., torch.Tensor]
 
     @classmethod
     def start(cls, experiment: Experiment, run_dir: Path) -> Training:
@@ -245,7 +249,9 @@ class Training:
         optimizer = build_optimizer(model, experiment.spec, model.num_items)
         scheduler = _schedule(optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch)
         generator = torch.Generator().manual_seed(cfg.seed)
-        loss_fn = torch.compile(model.loss, dynamic=True) if cfg.compile else model.loss
+        loss_fn = distributed.wrap(model, experiment.device)
+        if cfg.compile:
+            loss_fn = torch.compile(loss_fn, dynamic=True)
         return cls(
             experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState(),
             loss_fn,
@@ -278,11 +284,14 @@ class Training:
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
             best = self.run_dir / "checkpoints" / "best.pt"
-            save_checkpoint(self.experiment.model.state_dict(), best)
+            if distributed.is_main():
+                save_checkpoint(self.experiment.model.state_dict(), best)
         else:
             state.bad_evals += 1
 
     def checkpoint(self) -> None:
+        if not distributed.is_main():
+            return
         device = self.experiment.device
         save_checkpoint(
             {
@@ -296,6 +305,14 @@ class Training:
             },
             self.last_path,
         )
+
+
+class Paused(Exception):  # noqa: N818: not an error
+    """Raised from an epoch's end to stop a run there, resumable (``--stop-after``)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"paused after epoch {epoch}")
+        self.epoch = epoch
 
 
 def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
@@ -336,9 +353,13 @@ def train(
     """
     started = time.perf_counter()
     tune_allocator()
-    resolve_device(spec.train.device)  # a device this machine lacks: before any file
-    with exclusive(run_dir):  # one writer per run directory
-        return _train(spec, run_dir, resume, progress, on_epoch_end, variant, log_to, started)
+    device = resolve_device(spec.train.device)  # a device this machine lacks: before any file
+    device = distributed.setup(device)  # one of several ranks (torchrun): join them
+    lock = exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    with lock:  # one writer per run directory: rank 0
+        return _train(
+            spec, run_dir, resume, progress, on_epoch_end, variant, log_to, started, device
+        )
 
 
 def _train(
@@ -350,14 +371,22 @@ def _train(
     variant: str | None,
     log_to: Sequence[str],
     started: float,
+    device: torch.device,
 ) -> dict[str, Any]:
-    spec = open_run(spec, run_dir, resume)
-    trackers = make_trackers(list(log_to))
-    device = resolve_device(spec.train.device)
-    experiment = Experiment.from_spec(spec, device=device)
-    log.info("training on %s", device)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    _write_run_files(run_dir, spec, experiment)
+    main = distributed.is_main()
+    if main:  # the other ranks wait for its checks and its prepared data, then read them
+        spec = open_run(spec, run_dir, resume)
+        prepared, _ = prepare(spec)
+    distributed.barrier()
+    if not main:
+        spec = load_spec(run_dir / "spec.yaml") if resume else spec
+        prepared, _ = prepare(spec)
+    trackers = make_trackers(list(log_to)) if main else []
+    experiment = Experiment.from_spec(spec, prepared, device=device)
+    log.info("training on %s%s", device, _ranks_text(spec))
+    if main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _write_run_files(run_dir, spec, experiment)
     training = Training.start(experiment, run_dir)
     if resume:
         training.resume()
@@ -366,11 +395,13 @@ def _train(
     finished = False
     try:
         _epochs(training, progress, on_epoch_end, trackers)
+        distributed.barrier()  # rank 0 has written best.pt
         best = run_dir / "checkpoints" / "best.pt"
         experiment.model.load_state_dict(load_checkpoint(best))
         seconds = time.perf_counter() - started
         final = _final_metrics(experiment, run_dir, training.state, seconds, variant)
-        _plot(run_dir, training.state.history, spec.eval.primary)
+        if main:
+            _plot(run_dir, training.state.history, spec.eval.primary)
         for tracker in trackers:
             tracker.finish(final)
         finished = True
@@ -404,7 +435,8 @@ def _epochs(
         state.epoch = epoch
         state.history.append(row)
         training.checkpoint()
-        _write_history(training.run_dir, state.history)
+        if distributed.is_main():
+            _write_history(training.run_dir, state.history)
         release_free_memory()
         valid_score = row.get(f"valid/{metric}")
         valid_text = "not evaluated" if valid_score is None else f"{valid_score:.4f}"
@@ -446,8 +478,15 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
     for batch_users in bar:
         batch, labels = model.training_batch(data, batch_users, experiment.spec, generator)
         tokens += int((batch.item != PAD).sum())  # counted on the CPU: no device sync
+        if distributed.size() > 1:  # this rank's rows; its part of the labelled positions
+            rows = distributed.share(len(batch_users))
+            labelled = labels != IGNORE
+            weight = labelled[rows].sum() * distributed.size() / labelled.sum()
+            batch, labels = batch.take(rows), labels[rows]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = training.loss_fn(batch.to(device), labels.to(device))
+        if distributed.size() > 1 and len(rows) < len(batch_users):
+            loss = loss * weight.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model.parameters(), cfg.grad_clip)
@@ -459,6 +498,9 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
                 loss=f"{float(loss.detach()):.3f}",
                 tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
             )
+    if distributed.size() > 1 and isinstance(total_loss, torch.Tensor):  # the whole batch's
+        torch.distributed.all_reduce(total_loss)
+        total_loss = total_loss / distributed.size()
     total = float(total_loss)
     seconds = time.perf_counter() - started
     return {
@@ -482,6 +524,18 @@ def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
     counts = popularity(experiment.data, len(prepared.item_vocab)).tolist()
     (run_dir / "item_popularity.json").write_text(
         json.dumps(counts, allow_nan=False), encoding="utf-8"
+    )
+
+
+def _ranks_text(spec: Spec) -> str:
+    """How the batches are split across ranks, when there are several."""
+    world = distributed.size()
+    if world == 1:
+        return ""
+    per_rank = spec.train.batch_size // world
+    return (
+        f", {world} ranks: global batch {spec.train.batch_size} sequences, "
+        f"~{per_rank} per rank ({torch.distributed.get_backend()})"
     )
 
 
@@ -521,11 +575,12 @@ def _final_metrics(
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }
-    write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
-    # written last and whole: its presence marks a finished run (featrec ablate skips it)
-    text = json.dumps(final, indent=1, allow_nan=False)
-    write_text(run_dir / "final_metrics.json", text)
-    write_manifest(run_dir)  # last: the run is complete
+    if distributed.is_main():
+        write_ranks(experiment.data, run_dir, valid_ranks, test_ranks)
+        # written last and whole: its presence marks a finished run (featrec ablate skips it)
+        text = json.dumps(final, indent=1, allow_nan=False)
+        write_text(run_dir / "final_metrics.json", text)
+        write_manifest(run_dir)  # last: the run is complete
     return final
 
 
