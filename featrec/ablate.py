@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from featrec import distributed
 from featrec.atomic import write_folder, write_text
 from featrec.datasets import has_clock_times
 from featrec.errors import FeatrecError
@@ -311,5 +312,7 @@ def _most_popular(spec: Spec, directory: Path, variant: Variant) -> dict:
             json.dumps(final, indent=1, allow_nan=False), encoding="utf-8"
         )
 
-    write_folder(directory, fill)
+    if distributed.is_main():  # under torchrun every rank evaluated; one writes
+        write_folder(directory, fill)
+    distributed.barrier()
     return final

@@ -365,6 +365,10 @@ def _ablate(args: argparse.Namespace) -> int:
         spec, out, args.seeds, args.variants, progress=sys.stderr.isatty() and args.jobs == 1,
         fusions=args.fusions, jobs=args.jobs, shard=args.shard,
     )  # fmt: skip
+    from featrec import distributed
+
+    if not distributed.is_main():
+        return 0  # under torchrun, rank 0 writes the report
     return _report(argparse.Namespace(ablation_dir=out))
 
 

@@ -106,3 +106,42 @@ def test_a_two_rank_checkpoint_resumes_in_one_rank_to_the_uninterrupted_run(
     resumed = train(load_spec(spec_path), cut, resume=True)  # one rank now
     for metric, value in whole["test"].items():
         assert resumed["test"][metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_two_nodes_on_one_machine_rendezvous_and_train(tmp_path: Path, exact: dict) -> None:
+    """torchrun --nnodes 2 with c10d rendezvous on 127.0.0.1, one process per "node"."""
+    import socket
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec_path = write_spec(tmp_path, exact)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=featrec",
+        "-m", "featrec", "-q", "train", str(spec_path), "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outputs]
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    single = train(load_spec(spec_path), tmp_path / "single")
+    for metric, value in single["test"].items():
+        assert final["test"][metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def test_an_ablation_runs_under_torchrun(tmp_path: Path, exact: dict) -> None:
+    spec_path = write_spec(tmp_path, exact)
+    out = tmp_path / "abl"
+    done = torchrun("-m", "featrec", "-q", "ablate", str(spec_path), "--seeds", "1",
+                    "--variants", "full", "most-popular", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("# Ablation report") == 1  # rank 0 reports
+    for name in ("full", "most-popular"):
+        assert (out / "runs" / name / "seed0" / "final_metrics.json").is_file()
