@@ -132,3 +132,17 @@ def _no_handlers_left_behind():
     for handler in logging.root.handlers[:]:
         if handler not in before:
             logging.root.removeHandler(handler)
+
+
+def interrupted_and_resumed(spec, run_dir: Path, epoch: int = 2) -> dict:
+    """Train ``spec`` into ``run_dir``, interrupted at the end of ``epoch`` (as by Ctrl-C),
+    then resume it to the end; the resumed run's final metrics."""
+    from featrec.train import train
+
+    def interrupt(at: int, row: dict) -> None:
+        if at == epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, run_dir, on_epoch_end=interrupt)
+    return train(spec, run_dir, resume=True)

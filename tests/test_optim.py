@@ -14,7 +14,7 @@ from featrec.errors import SpecError
 from featrec.optim import ROW_UPDATE_ITEMS, RowAdamW, clip_gradients, row_updates
 from featrec.spec import load_spec
 from featrec.train import train
-from tests.conftest import write_spec
+from tests.conftest import interrupted_and_resumed, write_spec
 
 
 def twin_tables(sparse: bool) -> tuple[nn.Embedding, nn.Linear]:
@@ -103,13 +103,7 @@ def test_a_run_trains_and_resumes_with_row_updates(tmp_path: Path, tiny_spec_bod
     state = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)
     assert state["optimizer"]["state"], "the row optimizer's moments are checkpointed"
 
-    def interrupt(epoch: int, row: dict) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, tmp_path / "cut", on_epoch_end=interrupt)
-    resumed = train(spec, tmp_path / "cut", resume=True)
+    resumed = interrupted_and_resumed(spec, tmp_path / "cut")
     assert resumed["test"] == whole["test"]
     cut = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(row)["loss"] for row in cut] == losses

@@ -22,7 +22,7 @@ from featrec.metrics import RankingMetrics
 from featrec.ranking import Excluded, sampled_ranks, target_ranks, top_k
 from featrec.spec import load_spec
 from featrec.train import Experiment, evaluate_run, train
-from tests.conftest import write_spec
+from tests.conftest import interrupted_and_resumed, write_spec
 
 
 def test_metrics_match_a_hand_computed_example() -> None:
@@ -218,13 +218,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     spec = load_spec(write_spec(tmp_path, small_body))
     whole = train(spec, tmp_path / "whole")
 
-    def interrupt(epoch: int, row: dict) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(spec, tmp_path / "cut", on_epoch_end=interrupt)
-    resumed = train(spec, tmp_path / "cut", resume=True)
+    resumed = interrupted_and_resumed(spec, tmp_path / "cut")
     assert resumed["test"] == whole["test"] and resumed["valid"] == whole["valid"]
     cut = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     uncut = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
