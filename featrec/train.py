@@ -307,7 +307,7 @@ class Training:
         )
 
 
-class Paused(Exception):  # noqa: N818: not an error
+class Paused(Exception):
     """Raised from an epoch's end to stop a run there, resumable (``--stop-after``)."""
 
     def __init__(self, epoch: int) -> None:
