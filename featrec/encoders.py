@@ -317,6 +317,13 @@ class ItemVocab:
     """Item ids → contiguous ids from N_RESERVED; covers every item in the interactions."""
 
     ids: list[Any] = field(default_factory=list)  # raw item ids, in id order
+    # the last ``cold`` ids: items of the items table without events (fusion.output_items)
+    cold: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Ids below this are reserved or have events; from it on, cold items."""
+        return len(self) - self.cold
 
     def __len__(self) -> int:
         return N_RESERVED + len(self.ids)
@@ -378,6 +385,7 @@ def save_encoders(path: Path, item_vocab: ItemVocab, encoders: dict[str, Encoder
     payload = {
         "reserved": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},
         "item_vocab": item_vocab.ids,
+        "cold_items": item_vocab.cold,
         "features": {name: encoder_to_dict(enc) for name, enc in encoders.items()},
     }
     path.write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
@@ -389,7 +397,7 @@ def load_encoders(path: Path) -> tuple[ItemVocab, dict[str, Encoder]]:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         features = {name: encoder_from_dict(d) for name, d in payload["features"].items()}
-        return ItemVocab(payload["item_vocab"]), features
+        return ItemVocab(payload["item_vocab"], int(payload.get("cold_items", 0))), features
     except FileNotFoundError:
         raise FeatrecError(f"{path}: missing (every run directory has one)") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:

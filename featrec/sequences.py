@@ -118,6 +118,7 @@ def cache_key(spec: Spec) -> str:
         "columns": spec.data.columns.model_dump(),
         "features": [f.model_dump(exclude={"dim"}) for f in spec.features],
         "split": spec.eval.model_dump(include={"split", "valid_quantile", "test_quantile"}),
+        "cold_items": spec.fusion.output_items,  # the vocabulary takes the items table's
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -167,6 +168,10 @@ def build(spec: Spec, tables: Tables) -> Prepared:
     _check_inputs(spec, tables)
     events = order_and_split(_event_frame(spec, tables), spec).collect()
     item_vocab = ItemVocab(events.get_column("item_id").unique().sort().to_list())
+    if spec.fusion.output_items and tables.items is not None:  # cold items after the rest
+        known = set(item_vocab.ids)
+        cold = [i for i in tables.items.get_column("item_id").unique().sort() if i not in known]
+        item_vocab = ItemVocab(item_vocab.ids + cold, cold=len(cold))
     train = events.filter(pl.col("pos") < pl.col("train_len"))
 
     user_raw = _scope_frame(spec, tables, "user")
@@ -520,6 +525,7 @@ def _stats(
     return {
         "users": sequences.height,
         "items": len(item_vocab.ids),
+        "cold_items": item_vocab.cold,
         "events": events.height,
         "split": split,
         "features": features,

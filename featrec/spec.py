@@ -256,6 +256,14 @@ class FusionSpec(_Frozen):
         "features.",
     )
 
+    output_items: bool = Field(
+        False,
+        description="Item features also enter where items are scored: each candidate is "
+        "its id embedding plus a projection of its item features, so the items of the "
+        "items table that never occur in the interactions (cold items) join the catalog "
+        "and are ranked by their attributes. BERT4Rec only; needs item features.",
+    )
+
     @model_validator(mode="after")
     def _token_scopes_with_attention(self) -> FusionSpec:
         if self.token_scopes and self.method not in ("nova", "difsr"):
@@ -500,6 +508,19 @@ class Spec(_Frozen):
                 )
             first[feature.name] = i
         return features
+
+    @model_validator(mode="after")
+    def _output_items_fit(self) -> Spec:
+        if not self.fusion.output_items:
+            return self
+        if self.model.kind != "bert4rec":
+            raise ValueError(
+                f"fusion.output_items scores items with their features in BERT4Rec's output "
+                f"layer; model.kind {self.model.kind} has its own (use bert4rec)"
+            )
+        if not any(f.scope == "item" for f in self.features):
+            raise ValueError("fusion.output_items needs item features (none declared)")
+        return self
 
     @model_validator(mode="after")
     def _loss_fits_model(self) -> Spec:

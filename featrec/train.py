@@ -107,6 +107,7 @@ class Experiment:
             feature_configs(spec, prepared.encoders),
             item_tables(prepared, spec),
             popularity(data, num_items),
+            prepared.item_vocab.trained if prepared.item_vocab.cold else None,
         )  # built on the CPU, so the initial weights are the same on every device
         return cls(spec, prepared, data, model.to(device))
 

@@ -27,14 +27,19 @@ def build_model(
     features: list[FeatureConfig],
     item_tables: dict[str, torch.Tensor],
     item_counts: torch.Tensor | None = None,
+    trained_items: int | None = None,
 ) -> RecModel:
     """The model a (resolved) spec asks for; behavior-only specs give one without features.
     ``item_counts`` (I,), the training events per item, serve the non-uniform samplers of
-    ``train.sampler`` (training passes them; inference needs no objective)."""
+    ``train.sampler`` (training passes them; inference needs no objective);
+    ``trained_items``: ids from it on are cold items, which training leaves out."""
     model = MODEL_KINDS[spec.model.kind].from_spec(spec, num_items, features, item_tables)
+    model.trained_items = trained_items
     t = spec.train
     if t.loss != "ce":
-        model.objective = Objective(t.loss, t.negatives, t.gbce_t, t.sampler, item_counts)
+        model.objective = Objective(
+            t.loss, t.negatives, t.gbce_t, t.sampler, item_counts, trained_items
+        )
     return model
 
 

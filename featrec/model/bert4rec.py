@@ -109,6 +109,13 @@ class BERT4Rec(RecModel):
         # output head: transform, then scores tied to the item embedding (+ a bias per item)
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
         self.output_bias = nn.Parameter(torch.zeros(num_items))
+        # fusion.output_items: a candidate's vector adds a projection of its item features
+        self.output_features = [f for f in features if fusion.output_items and f.scope == "item"]
+        self.output_projection = (
+            nn.Linear(sum(f.dim for f in self.output_features), dim, bias=False)
+            if self.output_features
+            else None
+        )
         self.apply(_init_weights)
         init = model.init if model.init != "auto" else ("torch" if self.side_method else "bert")
         if init == "torch":
@@ -154,6 +161,14 @@ class BERT4Rec(RecModel):
 
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # output transform (dense, GELU, LayerNorm), as BERT's
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The id embedding, plus (fusion.output_items) the projected item features."""
+        vectors = self.item_embedding.weight if items is None else self.item_embedding(items)
+        if self.output_projection is None:
+            return vectors
+        embedded = [self.item_feature(f, items) for f in self.output_features]
+        return vectors + self.output_projection(torch.cat(embedded, dim=-1))
 
     def fusion_sources(self) -> list[str]:
         if not isinstance(self.fusion, GateFusion):

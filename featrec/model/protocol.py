@@ -37,6 +37,9 @@ class RecModel(nn.Module):
     min_train_events: ClassVar[int] = 1
     # train.loss with sampled negatives (sampled_softmax, gbce; set by build_model); None: ce
     objective: Objective | None = None
+    # ids from this one on are cold items (no events: fusion.output_items), which training
+    # neither predicts nor draws as negatives; None: none
+    trained_items: int | None = None
     item_embedding: nn.Embedding
     output_bias: nn.Parameter
 
@@ -100,13 +103,19 @@ class RecModel(nn.Module):
         ``items`` (C,) or (N, C) item ids, of those items only (N, C)."""
         return self.score_query(self.item_query(hidden), items)
 
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors queries are compared with: of ``items`` (any shape, (..., D)), or of
+        every item (I, D). The item embedding; BERT4Rec adds item features
+        (fusion.output_items)."""
+        return self.item_embedding.weight if items is None else self.item_embedding(items)
+
     def score_query(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`score` of (N, D) vectors already through :meth:`item_query`."""
         if items is None:
-            logits = query @ self.item_embedding.weight.T + self.output_bias  # (N, I)
+            logits = query @ self.item_vectors().T + self.output_bias  # (N, I)
             logits[:, :N_RESERVED] = float("-inf")
             return logits
-        weights, bias = self.item_embedding(items), self.output_bias[items]  # (.., C, D), (.., C)
+        weights, bias = self.item_vectors(items), self.output_bias[items]  # (.., C, D), (.., C)
         if items.dim() == 1:
             return torch.addmm(bias, query, weights.T)  # (N, C), one pass
         return torch.einsum("nd,ncd->nc", query, weights) + bias  # (N, C)
@@ -135,13 +144,17 @@ class RecModel(nn.Module):
         """One feature's embeddings: item (B, L, D_f), or with ``per_item`` (I, D_f), one
         row per item id, or with ``items`` (any shape) those items' (..., D_f); user
         (B, D_f); event (B, L, D_f)."""
-        module = self.features[config.name]
         if config.scope == "item":
-            table = getattr(self, f"item_table_{config.name}")
-            if per_item:
-                return module([table])
-            return module([table[batch.item if items is None else items]])
+            return self.item_feature(config, None if per_item else (
+                batch.item if items is None else items))  # fmt: skip
+        module = self.features[config.name]
         return module([batch.column(config.scope, c.name) for c in config.columns])
+
+    def item_feature(self, config: FeatureConfig, items: torch.Tensor | None) -> torch.Tensor:
+        """An item feature's embeddings for ``items`` (any shape, (..., D_f)), or for every
+        item id (None: (I, D_f))."""
+        table = getattr(self, f"item_table_{config.name}")
+        return self.features[config.name]([table if items is None else table[items]])
 
     def fusion_sources(self) -> list[str]:
         """Names of the sources whose learned per-token weights ``forward`` returns (gate
@@ -175,6 +188,7 @@ class Objective:
         t: float = 0.75,
         sampler: str = "uniform",
         counts: torch.Tensor | None = None,
+        trained: int | None = None,
     ) -> None:
         self.kind, self.negatives, self.t, self.sampler = kind, negatives, t, sampler
         self.log_q: torch.Tensor | None = None  # (I,) log draw probability; None: uniform
@@ -183,6 +197,7 @@ class Objective:
         if sampler != "uniform" and counts is not None:
             weights = counts.to(torch.float64) + 1.0
             weights[:N_RESERVED] = 0.0
+            weights[trained or len(weights) :] = 0.0  # cold items are never drawn
             share = weights / weights.sum()
             self.log_q = share.log().to(torch.float32)
             self._cdf = share.cumsum(0)
@@ -236,10 +251,13 @@ def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) ->
     """The training loss (``train.loss``) of (N, D) ``hidden`` states for (N,) ``targets``:
     cross-entropy over every item (ce), or ``model.objective`` over the target and shared
     negatives (sampled_softmax, gbce)."""
-    objective = model.objective
+    objective, trained = model.objective, model.trained_items or model.num_items
     if objective is None:
-        return F.cross_entropy(model.score(hidden), targets)
-    negatives = draw_negatives(objective, model.num_items, targets)
+        logits = model.score(hidden)
+        if trained < model.num_items:  # cold items are no one's target: not in the softmax
+            logits = logits[:, :trained]
+        return F.cross_entropy(logits, targets)
+    negatives = draw_negatives(objective, trained, targets)
     positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
     negative = model.score(hidden, negatives)
     return objective.loss(positive, negative, targets, negatives, model.num_items)

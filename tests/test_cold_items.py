@@ -1,0 +1,70 @@
+"""fusion.output_items: item features where items are scored, and cold items (in the items
+table, never in the interactions) ranked by their attributes (issue 22)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import featrec
+from featrec.errors import SpecError
+from featrec.sequences import prepare
+from featrec.spec import load_spec
+from tests.conftest import write_spec
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    """Users 0-29 only ever take items tagged a (0-9), users 30-59 items tagged b (10-19);
+    items 100 (a) and 101 (b) are in the items table and nowhere else."""
+    rng = random.Random(0)
+    rows = []
+    for user in range(60):
+        pool = range(10) if user < 30 else range(10, 20)
+        rows += [(user, rng.choice(pool), 1000 * user + t) for t in range(10)]
+    pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_parquet(
+        tmp_path / "events.parquet"
+    )
+    pl.DataFrame(
+        {"item_id": [*range(20), 100, 101], "tag": ["a"] * 10 + ["b"] * 10 + ["a", "b"]}
+    ).write_parquet(tmp_path / "items.parquet")
+    return write_spec(
+        tmp_path,
+        {
+            "name": "cold",
+            "data": {"interactions": "events.parquet", "items": "items.parquet"},
+            "features": [{"name": "tag", "scope": "item", "type": "categorical", "column": "tag"}],
+            "fusion": {"method": "gate", "output_items": True},
+            "model": {"dim": 16, "layers": 1, "heads": 2, "max_len": 10, "dropout": 0.0},
+            "train": {"epochs": 25, "batch_size": 16, "lr": 0.005, "min_epochs": 25},
+        },
+    )
+
+
+def test_cold_items_join_the_catalog_only_with_output_items(planted: Path) -> None:
+    prepared, _ = prepare(load_spec(planted))
+    assert prepared.item_vocab.cold == 2 and prepared.item_vocab.ids[-2:] == [100, 101]
+    plain, _ = prepare(load_spec(planted, ["fusion.output_items=false"]))
+    assert plain.item_vocab.cold == 0 and 100 not in plain.item_vocab.ids
+
+
+def test_cold_items_rank_where_their_attributes_say(planted: Path, tmp_path: Path) -> None:
+    recommender = featrec.fit(load_spec(planted), out=tmp_path / "run", progress=False)
+    right = 0
+    for user in range(60):
+        history = [(user * 7 + t) % 10 + (0 if user < 30 else 10) for t in range(6)]
+        recs = recommender.recommend(history, k=22, exclude_seen=False)
+        position = {item: rank for rank, item in enumerate(recs.items)}
+        liked, other = (100, 101) if user < 30 else (101, 100)
+        right += position[liked] < position[other]
+    assert right >= 54  # 90% of users: the cold item of their kind first
+
+
+def test_output_items_needs_bert4rec_and_item_features(tmp_path: Path, planted: Path) -> None:
+    with pytest.raises(SpecError, match="needs item features"):
+        load_spec(planted, ["features=[]"])
+    with pytest.raises(SpecError, match=r"model\.kind embedding_mlp has its own"):
+        load_spec(planted, ["model.kind=embedding_mlp"])
