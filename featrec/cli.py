@@ -541,15 +541,16 @@ def _details(feature: AnyFeature) -> str:
     return ""
 
 
+def _cold_text(stats: dict) -> str:
+    cold = stats.get("cold_items")
+    return f" ({cold:,} cold items: in the items table only)" if cold else ""
+
+
 def describe_stats(name: str, stats: dict) -> str:
     split = stats["split"]
     lines = [
         f"{name}: {stats['users']:,} users, {stats['items']:,} items, {stats['events']:,} events"
-        + (
-            f" ({stats['cold_items']:,} cold items: in the items table only)"
-            if stats.get("cold_items")
-            else ""
-        ),  # fmt: skip
+        + _cold_text(stats),
         f"split: {split['method']}: {split['train_events']:,} training events, "
         f"{split['valid_users']:,} validation users, {split['test_users']:,} test users, "
         f"{split['left_out_users']:,} users left out of evaluation "
