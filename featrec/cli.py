@@ -329,6 +329,14 @@ def _train(args: argparse.Namespace) -> int:
     for window, metrics in final["recent_popular"]["test"].items():
         rows[f"popular, last {window} (test)"] = metrics
     print(describe_metrics(rows))
+    if "cold_test" in final:
+        cold = final["cold_test"]
+        print(f"cold items held out: {cold['users']:,} test users with a cold target")
+        if cold["users"]:
+            table = {"model, cold targets": cold["model"]}
+            table["most popular, cold targets"] = cold["most_popular"]
+            print(describe_metrics(table))
+            print(f"random ranking: hr@10 {cold['random'].get('hr@10', 0.0):.4f}")
     if final["fusion_weights"]:
         weights = ", ".join(f"{k} {v:.3f}" for k, v in final["fusion_weights"].items())
         print(f"fusion weights ({final['fusion']}): {weights}")

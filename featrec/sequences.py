@@ -117,7 +117,9 @@ def cache_key(spec: Spec) -> str:
         "data": fingerprint(spec.data),
         "columns": spec.data.columns.model_dump(),
         "features": [f.model_dump(exclude={"dim"}) for f in spec.features],
-        "split": spec.eval.model_dump(include={"split", "valid_quantile", "test_quantile"}),
+        "split": spec.eval.model_dump(
+            include={"split", "valid_quantile", "test_quantile", "cold_items"}
+        ),
         "cold_items": spec.fusion.output_items,  # the vocabulary takes the items table's
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -167,11 +169,18 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
 def build(spec: Spec, tables: Tables) -> Prepared:
     _check_inputs(spec, tables)
     events = order_and_split(_event_frame(spec, tables), spec).collect()
-    item_vocab = ItemVocab(events.get_column("item_id").unique().sort().to_list())
+    held = held_out_items(events, spec.eval.cold_items)
+    if held:  # only as test events: the split is made again without the rest
+        test_event = pl.col("pos") == pl.col("test_idx")
+        kept = events.filter(~pl.col("item_id").is_in(held) | test_event)
+        raw = _event_frame(spec, tables).collect_schema().names()
+        events = order_and_split(kept.select(raw).lazy(), spec).collect()
+    warm = events.filter(~pl.col("item_id").is_in(held)).get_column("item_id").unique().sort()
+    cold = sorted(held)
     if spec.fusion.output_items and tables.items is not None:  # cold items after the rest
-        known = set(item_vocab.ids)
-        cold = [i for i in tables.items.get_column("item_id").unique().sort() if i not in known]
-        item_vocab = ItemVocab(item_vocab.ids + cold, cold=len(cold))
+        known = set(warm.to_list()) | set(held)
+        cold += [i for i in tables.items.get_column("item_id").unique().sort() if i not in known]
+    item_vocab = ItemVocab(warm.to_list() + cold, cold=len(cold))
     train = events.filter(pl.col("pos") < pl.col("train_len"))
 
     user_raw = _scope_frame(spec, tables, "user")
@@ -211,6 +220,15 @@ def build(spec: Spec, tables: Tables) -> Prepared:
             f"{int(sequences.get_column('item').list.len().max() or 0)}"
         )
     return Prepared(items, item_vocab, encoders, stats, _sequences=sequences)
+
+
+def held_out_items(events: pl.DataFrame, share: float) -> list:
+    """``eval.cold_items``: that share of the items with events, drawn with seed 0."""
+    if share <= 0:
+        return []
+    items = events.get_column("item_id").unique().sort()
+    count = max(1, round(share * len(items)))
+    return sorted(items.sample(count, seed=0).to_list())
 
 
 def encode_requests(

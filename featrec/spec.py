@@ -451,6 +451,15 @@ class EvalSpec(_Frozen):
         "event's time; never later), seen items excluded. Skipped for data without clock "
         "times (a sequences card).",
     )
+    cold_items: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Cold-start benchmark: this share of the items (drawn with seed 0) is "
+        "held out of training entirely: their events are removed except where one is a "
+        "user's test event; they stay in the catalog (with their attributes) as cold items, "
+        "and runs report the test metrics of the users whose target is one of them. 0: off.",
+    )
     max_users: int | None = Field(
         None,
         gt=0,

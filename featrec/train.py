@@ -151,6 +151,21 @@ class Experiment:
             sampled_negatives=e.sampled_negatives, seed=self.spec.train.seed,
         )  # fmt: skip
 
+    def cold_metrics(self, test_ranks: torch.Tensor) -> dict[str, Any]:
+        """``eval.cold_items``: test metrics of the users whose target is a cold item, the
+        most-popular baseline's on them, and a random ranking's expected HR@K."""
+        users, positions = self.data.targets("test")
+        targets = self.data.item[self.data.offsets[users] + positions]
+        cold = targets >= self.prepared.item_vocab.trained
+        popular = self.most_popular("test")[1]
+        candidates = self.model.num_items - N_RESERVED
+        return {
+            "users": int(cold.sum()),
+            "model": _metrics_of(test_ranks[cold], self.spec.eval.ks),
+            "most_popular": _metrics_of(popular[cold], self.spec.eval.ks),
+            "random": {f"hr@{k}": k / candidates for k in self.spec.eval.ks},
+        }
+
     def recency_baselines(self, split: str) -> dict[str, dict[str, float]]:
         """``eval.recency_days`` baselines on ``split`` (``"7d"`` → metrics); none for data
         without clock times."""
@@ -528,6 +543,15 @@ def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
     )
 
 
+def _metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """HR / NDCG / MRR at each K over these 0-based ranks."""
+    from featrec.metrics import RankingMetrics
+
+    metrics = RankingMetrics(ks, sync_on_compute=False)
+    metrics.update(ranks)
+    return metrics.compute()
+
+
 def _ranks_text(spec: Spec) -> str:
     """How the batches are split across ranks, when there are several."""
     world = distributed.size()
@@ -573,6 +597,7 @@ def _final_metrics(
         "valid": valid,
         "most_popular": {"test": experiment.most_popular("test")[0]},
         "recent_popular": {"test": experiment.recency_baselines("test")},
+        **({"cold_test": experiment.cold_metrics(test_ranks)} if spec.eval.cold_items else {}),
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }

@@ -3,11 +3,13 @@ table, never in the interactions) ranked by their attributes (issue 22)."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 import featrec
 from featrec.errors import SpecError
@@ -68,3 +70,40 @@ def test_output_items_needs_bert4rec_and_item_features(tmp_path: Path, planted: 
         load_spec(planted, ["features=[]"])
     with pytest.raises(SpecError, match=r"model\.kind embedding_mlp has its own"):
         load_spec(planted, ["model.kind=embedding_mlp"])
+
+
+def test_held_out_items_only_come_back_as_test_targets(planted: Path) -> None:
+    spec = load_spec(planted, ["eval.cold_items=0.25"])
+    prepared, _ = prepare(spec)
+    vocab = prepared.item_vocab
+    held = set(vocab.ids[len(vocab.ids) - vocab.cold :]) - {100, 101}
+    assert len(held) == 5  # a quarter of the 20 items with events
+    from featrec.batching import SequenceData
+
+    data = SequenceData.from_prepared(prepared, spec)
+    cold_ids = torch.arange(vocab.trained, len(vocab))
+    for user in range(data.num_users):
+        start, end = int(data.offsets[user]), int(data.offsets[user + 1])
+        items = data.item[start:end]
+        test = int(data.test_idx[user])
+        before = items[:test] if test >= 0 else items
+        assert not torch.isin(before, cold_ids).any()  # never in a history or training
+    plain, _ = prepare(load_spec(planted))
+    assert plain.item_vocab.cold == 2  # only the items-table-only ones
+
+
+def test_runs_report_the_cold_targets_against_popularity_and_random(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from featrec.cli import main
+
+    sets = ["eval.cold_items=0.25", "train.epochs=3", "train.min_epochs=3"]
+    options = [token for value in sets for token in ("--set", value)]
+    code = main(["-q", "train", str(planted), *options, "--out", str(tmp_path / "r")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test users with a cold target" in out and "random ranking: hr@10" in out
+    final = json.loads((tmp_path / "r" / "final_metrics.json").read_text())
+    cold = final["cold_test"]
+    assert cold["users"] > 0 and cold["random"]["hr@10"] == pytest.approx(10 / 22)
+    assert cold["most_popular"]["hr@10"] == 0.0  # no training events: popularity ranks them last
