@@ -551,7 +551,7 @@ def _details(feature: AnyFeature) -> str:
 
 def _cold_text(stats: dict) -> str:
     cold = stats.get("cold_items")
-    return f" ({cold:,} cold items: in the items table only)" if cold else ""
+    return f" ({cold:,} cold items: no training events)" if cold else ""
 
 
 def describe_stats(name: str, stats: dict) -> str:
