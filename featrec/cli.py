@@ -209,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a torch.export program + encoders")
     export.add_argument("run_dir", type=Path, help="run directory written by featrec train")
     export.add_argument("--out", type=Path, required=True, help="folder to write")
+    export.add_argument(
+        "--top-k", type=int, metavar="K",
+        help="the program returns each request's K best items (chunked, the window's own "
+        "items excluded) instead of a score for every item",
+    )  # fmt: skip
     export.set_defaults(run=_export)
 
     synth = commands.add_parser(
@@ -462,7 +467,9 @@ def _recommend(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from featrec.export import export_run
 
-    path = export_run(args.run_dir, args.out)
+    if args.top_k is not None and args.top_k < 1:
+        raise FeatrecError(f"--top-k: expected at least 1; got {args.top_k}")
+    path = export_run(args.run_dir, args.out, top_k=args.top_k)
     print(f"exported {path} (+ inputs.json, encoders.json, spec.yaml) to {args.out}")
     return 0
 

@@ -5,7 +5,8 @@ nor the data.
 Folder written by :func:`export_run`::
 
     model.pt2            torch.export program: inputs (in inputs.json order) → (B, I) scores
-                         of the last position of each (left-padded) window
+                         of the last position of each (left-padded) window; with
+                         ``--top-k K``: its K best items (values, item indices)
     inputs.json          input names, dtypes and shapes; reserved ids; item id ↔ index
     encoders.json        the fitted encoders (featrec.encoders format, plain JSON)
     spec.yaml, item_popularity.json
@@ -20,9 +21,47 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from featrec import ranking
 from featrec.batching import Batch, request_batch
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.recommend import Recommender
+
+
+class TopKLastSlot(nn.Module):
+    """Positional tensors in ``keys`` order → the ``k`` best items of the last position,
+    (values (B, k), item indices (B, k)): items scored in chunks of ``chunk`` with a running
+    top-k, the items of the window itself excluded, so no (B, I) matrix is returned or
+    held beyond one chunk."""
+
+    def __init__(self, model: nn.Module, keys: list[str], k: int, chunk: int) -> None:
+        super().__init__()
+        self.model, self.keys, self.k, self.chunk = model, keys, k, chunk
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = Batch.from_named(dict(zip(self.keys, inputs, strict=True)))
+        score = self.model.item_scorer(batch)
+        history = batch.item  # (B, L): its real items are not recommended again
+        num_items = self.model.num_items
+        width = min(self.k, num_items - N_RESERVED)
+        best = best_items = None
+        for start in range(N_RESERVED, num_items, self.chunk):
+            stop = min(start + self.chunk, num_items)
+            items = torch.arange(start, stop, device=history.device)
+            scores = score(items)  # (B, C)
+            at = history - start
+            inside = (at >= 0) & (at < stop - start) & (history >= N_RESERVED)
+            fill = torch.where(inside, float("-inf"), float("inf")).to(scores.dtype)
+            scores = scores.scatter_reduce(1, at.clamp(0, stop - start - 1), fill, "amin")
+            top = torch.topk(scores, min(width, stop - start), dim=1)
+            found = items[top.indices]
+            if best is None:
+                best, best_items = top.values, found
+            else:
+                values = torch.cat([best, top.values], dim=1)
+                keep = torch.topk(values, width, dim=1)
+                best = keep.values
+                best_items = torch.cat([best_items, found], dim=1).gather(1, keep.indices)
+        return best, best_items
 
 
 class ScoreLastSlot(nn.Module):
@@ -46,7 +85,9 @@ def example_batch(recommender: Recommender) -> Batch:
     return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
 
 
-def export_run(run_dir: Path, out_dir: Path) -> Path:
+def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
+    """Write the export folder; with ``top_k`` the program returns each request's ``top_k``
+    best items (chunked ranking, the window's items excluded) instead of every score."""
     recommender = Recommender(run_dir, device="cpu")  # traced on the CPU; load it anywhere
     recommender.model.prepare_export()  # one code path for every batch size
     batch = example_batch(recommender).named()
@@ -59,8 +100,13 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
         else {0: batch_dim}
         for key in keys
     )
+    module = (
+        ScoreLastSlot(recommender.model, keys)
+        if top_k is None
+        else TopKLastSlot(recommender.model, keys, top_k, ranking.ITEM_CHUNK)
+    )
     program = torch.export.export(
-        ScoreLastSlot(recommender.model, keys),
+        module,
         tuple(batch[k] for k in keys),
         dynamic_shapes={"inputs": shapes},
     )
@@ -74,7 +120,12 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
     ]  # fmt: skip
     description = {
         "inputs": inputs,
-        "output": "scores (batch, items): the last position of each window is the predicted slot",
+        "output": (
+            "scores (batch, items): the last position of each window is the predicted slot"
+            if top_k is None
+            else f"(values, item indices), each (batch, {top_k}): the {top_k} best items for "
+            "the last position of each window, best first, the window's own items excluded"
+        ),
         "reserved_ids": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},
         "first_item_index": N_RESERVED,
         "item_ids": recommender.item_vocab.ids,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -361,3 +362,29 @@ def test_recommend_writes_parquet_or_csv_only(
 def test_public_functions_name_a_wrong_argument(run: Path, call, message: str) -> None:
     with pytest.raises(FeatrecError, match=message):
         call(featrec.load(run))
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_an_exported_top_k_program_ranks_as_recommend(
+    run: Path, tmp_path: Path, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk:  # the program's ranking unrolled over item chunks of 4
+        monkeypatch.setattr(ranking, "ITEM_CHUNK", chunk)
+    path = export_run(run, tmp_path / "export", top_k=3)
+    program = torch.export.load(path).module()
+    recommender = Recommender(run, device="cpu")
+    ids = recommender.item_vocab.ids
+    histories = [ids[:3], ids[1:6], ids[4:5]]
+    data, _ = recommender.encode_many(histories, [None] * 3, [None] * 3)
+    from featrec.batching import request_batch
+
+    batch = request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
+    keys = sorted(batch.named())
+    values, items = program(*[batch.named()[k] for k in keys])
+    assert values.shape == items.shape == (3, 3)
+    for row, history in enumerate(histories):
+        expected = recommender.recommend(history, k=3)  # seen items excluded
+        assert [ids[i - 4] for i in items[row].tolist()] == expected.items
+        torch.testing.assert_close(values[row], torch.tensor(expected.scores), rtol=1e-5, atol=1e-5)
+    description = json.loads((tmp_path / "export" / "inputs.json").read_text())
+    assert description["output"].startswith("(values, item indices)")
