@@ -307,6 +307,11 @@ def _train(args: argparse.Namespace) -> int:
         raise FeatrecError(f"--nproc: expected at least 1; got {args.nproc}")
     if args.nproc > 1:
         return _launch(args)
+    if distributed.launched() and args.out is None:
+        raise FeatrecError(
+            "under torchrun, give --out RUN_DIR: every rank must write to one run directory "
+            "(the default's name has a timestamp)"
+        )
     spec = _load(args)
     run_dir = args.out or default_run_dir(spec)
     log.info("run directory %s", run_dir)

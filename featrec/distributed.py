@@ -35,7 +35,8 @@ def setup(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # gather() and the metric states are CPU tensors: gloo carries them beside NCCL
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     if rank():
         logging.getLogger("featrec").setLevel(logging.WARNING)  # rank 0 speaks for the run
     return device

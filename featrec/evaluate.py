@@ -132,7 +132,8 @@ class PopularityScorer:
 class RecencyScorer:
     """Most-popular over the ``days`` before each request: an item scores its events (any
     user's) in ``[t - days, t)``, ``t`` the request's target event's time, so nothing from
-    the prediction's future counts; ties go by training popularity (a fraction below one).
+    the prediction's future counts; ties go by each item's events at any time before ``t``
+    (a fraction below one).
 
     A batch's counts come from one sweep over the events in time order: requests sorted by
     time, a window of counts slid forward (events entering added, leaving subtracted), one
@@ -147,25 +148,24 @@ class RecencyScorer:
         self.order = torch.argsort(data.time, stable=True)
         self.times = data.time[self.order]
         self.items = data.item[self.order]
-        counts = popularity(data, num_items)
-        self.tiebreak = counts / (counts.max() + 1)  # all-time popularity, below one
 
     def __call__(self, users: torch.Tensor, positions: torch.Tensor) -> Scorer:
         at = self.data.time[self.data.offsets[users] + positions]  # (B,) request times
         ends = torch.searchsorted(self.times, at)  # events strictly before t
         starts = torch.searchsorted(self.times, at - self.seconds)
         snapshots = torch.empty(len(users), self.num_items)
-        window = torch.zeros(self.num_items)
+        window, before = torch.zeros(self.num_items), torch.zeros(self.num_items)
         low = high = 0
         for row in torch.argsort(at).tolist():
             start, end = int(starts[row]), int(ends[row])
             if end > high:
                 window.index_add_(0, self.items[high:end], torch.ones(end - high))
+                before.index_add_(0, self.items[high:end], torch.ones(end - high))
             if start > low:
                 window.index_add_(0, self.items[low:start], -torch.ones(start - low))
             low, high = max(low, start), max(high, end)
-            snapshots[row] = window
-        snapshots += self.tiebreak
+            # ties go by every event before t, a fraction below one
+            snapshots[row] = window + before / (before.sum() + 1)
 
         def score(items: torch.Tensor) -> torch.Tensor:
             return snapshots.gather(1, items) if items.dim() == 2 else snapshots[:, items]

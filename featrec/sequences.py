@@ -170,11 +170,14 @@ def build(spec: Spec, tables: Tables) -> Prepared:
     _check_inputs(spec, tables)
     events = order_and_split(_event_frame(spec, tables), spec).collect()
     held = held_out_items(events, spec.eval.cold_items)
-    if held:  # only as test events: the split is made again without the rest
-        test_event = pl.col("pos") == pl.col("test_idx")
-        kept = events.filter(~pl.col("item_id").is_in(held) | test_event)
-        raw = _event_frame(spec, tables).collect_schema().names()
-        events = order_and_split(kept.select(raw).lazy(), spec).collect()
+    raw = _event_frame(spec, tables).collect_schema().names()
+    while held:  # held items only as test events: split again until none is anything else
+        stray = pl.col("item_id").is_in(held) & (
+            pl.col("test_idx").is_null() | (pl.col("pos") != pl.col("test_idx"))
+        )  # a user left with too few events has no test event: theirs go too
+        if events.filter(stray).is_empty():
+            break
+        events = order_and_split(events.filter(~stray).select(raw).lazy(), spec).collect()
     warm = events.filter(~pl.col("item_id").is_in(held)).get_column("item_id").unique().sort()
     cold = sorted(held)
     if spec.fusion.output_items and tables.items is not None:  # cold items after the rest

@@ -107,3 +107,25 @@ def test_runs_report_the_cold_targets_against_popularity_and_random(
     cold = final["cold_test"]
     assert cold["users"] > 0 and cold["random"]["hr@10"] == pytest.approx(10 / 22)
     assert cold["most_popular"]["hr@10"] == 0.0  # no training events: popularity ranks them last
+
+
+def test_a_user_left_too_short_keeps_no_held_item_anywhere(tmp_path: Path) -> None:
+    """Users of 3 events lose some to the held-out items; whatever stays in a history or the
+    training split is never a held item (their only place is a test event)."""
+    rng = random.Random(1)
+    rows = [(u, rng.randrange(12), 10 * u + t) for u in range(40) for t in range(3)]
+    pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_parquet(
+        tmp_path / "short.parquet"
+    )
+    spec = write_spec(tmp_path, {"name": "short", "data": {"interactions": "short.parquet"}})
+    prepared, _ = prepare(load_spec(spec, ["eval.cold_items=0.5"]))
+    vocab = prepared.item_vocab
+    assert vocab.cold == 6
+    from featrec.batching import SequenceData
+
+    data = SequenceData.from_prepared(prepared, load_spec(spec))
+    cold = torch.arange(vocab.trained, len(vocab))
+    for user in range(data.num_users):
+        items = data.item[int(data.offsets[user]) : int(data.offsets[user + 1])]
+        test = int(data.test_idx[user])
+        assert not torch.isin(items[:test] if test >= 0 else items, cold).any()

@@ -229,3 +229,22 @@ def test_a_din_run_exports_and_the_program_scores_as_the_model(
             eager = recommender.model.predict(batch)
         exported = program(*[batch.named()[k] for k in sorted(batch.named())])
         torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_din_never_draws_cold_items_as_negatives(
+    tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = din_experiment(tmp_path, tiny_spec_body)
+    model = exp.model.train()
+    model.trained_items = model.num_items - 2  # the last two ids: cold
+    asked = []
+
+    def spy(objective, num_items, targets):
+        asked.append(num_items)
+        return protocol.draw_negatives(objective, num_items, targets)
+
+    monkeypatch.setattr(din_module, "draw_negatives", spy)
+    users = torch.arange(exp.data.num_users)
+    batch, labels = next_item_batch(exp.data, users, 7, 1.0, torch.Generator().manual_seed(0))
+    model.loss(batch, labels)
+    assert asked == [model.num_items - 2]

@@ -145,3 +145,11 @@ def test_an_ablation_runs_under_torchrun(tmp_path: Path, exact: dict) -> None:
     assert done.stdout.count("# Ablation report") == 1  # rank 0 reports
     for name in ("full", "most-popular"):
         assert (out / "runs" / name / "seed0" / "final_metrics.json").is_file()
+
+
+def test_torchrun_without_out_is_one_line(
+    tmp_path: Path, exact: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun starts each rank
+    assert main(["train", str(write_spec(tmp_path, exact))]) == 2
+    assert "under torchrun, give --out RUN_DIR" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 from featrec.ablate import variants
 from featrec.cli import main
 from featrec.errors import SpecError
-from featrec.evaluate import RecencyScorer, popularity
+from featrec.evaluate import RecencyScorer
 from featrec.ids import N_RESERVED
 from featrec.spec import load_spec
 from featrec.train import Experiment
@@ -29,11 +29,11 @@ def test_window_counts_are_the_events_strictly_before_the_request(
     scorer.seconds = seconds  # the tiny data's clock runs in seconds
     users, positions = data.targets("test")
     scores = scorer(users, positions)(torch.arange(items))
-    counts = popularity(data, items)
-    tiebreak = counts / (counts.max() + 1)
     for row, (user, position) in enumerate(zip(users.tolist(), positions.tolist(), strict=True)):
         at = int(data.time[data.offsets[user] + position])
         inside = (data.time >= at - seconds) & (data.time < at)  # any user's, before t
+        before = torch.bincount(data.item[data.time < at], minlength=items).float()
+        tiebreak = before / (before.sum() + 1)  # nothing from t on, even to break ties
         expected = torch.bincount(data.item[inside], minlength=items).float() + tiebreak
         torch.testing.assert_close(scores[row], expected)
     per_row = scorer(users, positions)(torch.full((len(users), 1), N_RESERVED + 1))

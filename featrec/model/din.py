@@ -66,9 +66,10 @@ class DIN(LookBackModel):
         labelled = labels != IGNORE  # (B, L)
         targets = labels[labelled]  # (N,)
         objective = self.objective or Objective("sampled_softmax", 100)
-        negatives = draw_negatives(objective, self.num_items, targets)  # (K,)
+        trained = self.trained_items or self.num_items  # cold items are never negatives
+        negatives = draw_negatives(objective, trained, targets)  # (K,)
         scores = self.training_scores(batch, labelled, negatives)
-        return objective.loss(scores[:, 0], scores[:, 1:], targets, negatives, self.num_items)
+        return objective.loss(scores[:, 0], scores[:, 1:], targets, negatives, trained)
 
     def training_scores(
         self, batch: Batch, labelled: torch.Tensor, negatives: torch.Tensor
@@ -118,11 +119,15 @@ class DIN(LookBackModel):
         known[:, -1] = False  # the predicted slot is no history (its item is [MASK] anyway)
         memory, at_end = self._memory(tokens, known), None if side is None else side[:, -1]
 
+        def candidates(items: torch.Tensor) -> torch.Tensor:
+            if items.dim() == 1 and len(items) > ITEM_CHUNK:  # attention per candidate: small
+                return torch.cat([candidates(part) for part in items.split(ITEM_CHUNK)], dim=1)
+            return self._head(self._pool(memory, items, batch), at_end, items)
+
         def score(items: torch.Tensor | None) -> torch.Tensor:
             if items is not None:
-                return self._head(self._pool(memory, items, batch), at_end, items)
-            every = torch.arange(self.num_items, device=batch.item.device)
-            scores = torch.cat([score(chunk) for chunk in every.split(ITEM_CHUNK)], dim=1)
+                return candidates(items)
+            scores = candidates(torch.arange(self.num_items, device=batch.item.device))
             scores[:, :N_RESERVED] = float("-inf")
             return scores
 

@@ -260,7 +260,7 @@ def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) ->
     negatives = draw_negatives(objective, trained, targets)
     positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
     negative = model.score(hidden, negatives)
-    return objective.loss(positive, negative, targets, negatives, model.num_items)
+    return objective.loss(positive, negative, targets, negatives, trained)
 
 
 def gbce(
