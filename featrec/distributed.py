@@ -101,5 +101,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     if size() == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None
-    # some parameters sit out a step (a feature absent from a share's rows): tolerated
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    # some parameters sit out a step (a feature absent from a share's rows): tolerated; the
+    # buffers (item feature tables) never change, so they are not sent again every step
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+    )
