@@ -10,8 +10,12 @@ Each part runs in its own process (so its peak RSS is its own), in this order:
 * ``evaluate``: full ranking of ``--eval-users`` users against every item (chunked), with an
   untrained model of the synthetic spec: seconds, peak RSS.
 
+* ``recommend``: single ``recommend`` requests (50-event histories, a request time) against
+  a run trained on a synthetic spec (``--run``): p50 / p99.
+
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/scale.py --synth bench/out/synth-1m
        [--steps 20] [--rounds 3] [--eval-users 10000] [--parts prepare train evaluate]
+       [--parts recommend --run RUN_DIR --requests 200]
 
 Make the data first: featrec synth bench/out/synth-1m --users 1000000 --items 1000000
 --events 20000000.
@@ -141,7 +145,47 @@ def part_evaluate(args: argparse.Namespace) -> dict:
     }
 
 
-PARTS = {"prepare": part_prepare, "train": part_train, "evaluate": part_evaluate}
+def part_recommend(args: argparse.Namespace) -> dict:
+    """Single ``recommend`` requests against a run trained on synthetic data (``--run``;
+    latency does not depend on the weights): p50 / p99 over ``--requests`` requests."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    import featrec
+
+    if args.run is None:
+        raise SystemExit("the recommend part needs --run RUN_DIR (a run on the synthetic spec)")
+    recommender = featrec.load(args.run, device="cpu")
+    events = pl.read_parquet(args.synth / "interactions.parquet")
+    users = events.group_by("user_id").len().filter(pl.col("len") >= 20)["user_id"].to_list()
+    rng = np.random.default_rng(0)
+    by_user = events.filter(pl.col("user_id").is_in(rng.choice(users, size=args.requests)))
+    histories = by_user.sort("user_id", "timestamp").partition_by("user_id")
+    latencies = []
+    for history in histories:
+        history = history.tail(50)
+        context = {"timestamp": int(history["timestamp"][-1]) + 3600}
+        start = time.perf_counter()
+        recommender.recommend(history.drop("user_id"), context=context, k=10)
+        latencies.append((time.perf_counter() - start) * 1000)
+    latencies = latencies[10:]  # warm-up
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {
+        "catalog": recommender.model.num_items,
+        "requests": len(latencies),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "threads": torch.get_num_threads(),
+    }
+
+
+PARTS = {
+    "prepare": part_prepare,
+    "train": part_train,
+    "evaluate": part_evaluate,
+    "recommend": part_recommend,
+}
 
 
 def main() -> None:
@@ -150,7 +194,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--eval-users", type=int, default=10_000)
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--run", type=Path, help="recommend part: a run on the synthetic spec")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--parts", nargs="+", choices=list(PARTS), default=["prepare", "train", "evaluate"]
+    )
     parser.add_argument("--one", choices=list(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # a child: one part, its result as JSON on the last line
@@ -159,7 +207,8 @@ def main() -> None:
     for part in args.parts:
         command = [sys.executable, __file__, "--synth", str(args.synth), "--one", part,
                    "--steps", str(args.steps), "--rounds", str(args.rounds),
-                   "--eval-users", str(args.eval_users)]  # fmt: skip
+                   "--eval-users", str(args.eval_users), "--requests", str(args.requests),
+                   *(["--run", str(args.run)] if args.run else [])]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
             print(done.stderr[-3000:], file=sys.stderr)

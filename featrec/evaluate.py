@@ -17,7 +17,7 @@ from featrec import distributed
 from featrec.batching import SequenceData, request_batch, seen_pairs
 from featrec.devices import model_device
 from featrec.memory import tune_allocator
-from featrec.ranking import Scorer, sampled_ranks, target_ranks
+from featrec.ranking import Scorer, as_index, sampled_ranks, target_ranks
 
 # Users scored per model call in evaluation and inference. On the 2-core CPU of bench/RESULTS.md
 # 128 scores all ML-1M users 20-35% faster than 512 (activations stay in cache), and a little
@@ -122,9 +122,11 @@ class PopularityScorer:
     def __call__(self, users: torch.Tensor, positions: torch.Tensor) -> Scorer:
         rows = len(users)
 
-        def score(items: torch.Tensor) -> torch.Tensor:
-            found = self.counts[items]  # a new tensor (ranking writes into it)
-            return found if items.dim() == 2 else found.expand(rows, -1).clone()
+        def score(items: torch.Tensor | range) -> torch.Tensor:
+            found = self.counts[as_index(items)]
+            if isinstance(items, torch.Tensor) and items.dim() == 2:
+                return found
+            return found.expand(rows, -1).clone()  # a new tensor: ranking writes into it
 
         return score
 
@@ -167,7 +169,9 @@ class RecencyScorer:
             # ties go by every event before t, a fraction below one
             snapshots[row] = window + before / (before.sum() + 1)
 
-        def score(items: torch.Tensor) -> torch.Tensor:
+        def score(items: torch.Tensor | range) -> torch.Tensor:
+            if isinstance(items, range):  # a new tensor, not a view: ranking writes into it
+                return snapshots[:, items.start : items.stop].clone()
             return snapshots.gather(1, items) if items.dim() == 2 else snapshots[:, items]
 
         return score

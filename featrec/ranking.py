@@ -2,8 +2,9 @@
 never more than one chunk of scores per request in memory (docs/design.md §10).
 
 A scorer is a function from item ids to scores of one batch of requests: ``score(items)``
-with ``items`` (C,), shared by the batch, gives (B, C); with (B, C), one row of items per
-request, it gives (B, C) too; a new tensor each call, which ranking may overwrite. Models
+with ``items`` (C,), shared by the batch, or a ``range`` of ids (ranking's chunks: read as
+slices, no gather), gives (B, C); with (B, C), one row of items per request, it gives (B, C)
+too; a new tensor each call, which ranking may overwrite. Models
 give one from :meth:`RecModel.item_scorer` (the request's hidden state is computed once, then
 every chunk is one product); baselines give theirs. Ranking runs in inference mode. Items a
 request must not get (seen items, the target when counting its rank) are (row, item) pairs
@@ -21,7 +22,14 @@ import torch
 
 from featrec.ids import N_RESERVED
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]
+Scorer = Callable[["torch.Tensor | range"], torch.Tensor]
+
+
+def as_index(items: torch.Tensor | range) -> torch.Tensor | slice:
+    """A scorer's items as an index: a ``range`` of ids (ranking's chunks) becomes a slice,
+    so tables are read as views, not gathered."""
+    return slice(items.start, items.stop) if isinstance(items, range) else items
+
 
 # Items scored per chunk. 128 requests by 65,536 items are 32 MiB of float scores; ML-1M's
 # 3,706 items are one chunk, so small catalogs rank exactly as one product did.
@@ -75,7 +83,7 @@ def target_ranks(
     ranks = torch.zeros(len(targets), dtype=torch.long, device=device)
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
-        scores = own.fill(score(torch.arange(start, stop, device=device)), start, -math.inf)
+        scores = own.fill(score(range(start, stop)), start, -math.inf)
         ranks += (scores >= target_scores.unsqueeze(1)).sum(dim=1)
     return ranks
 
@@ -101,13 +109,12 @@ def top_k(
     best_items = torch.zeros((rows, 0), dtype=torch.long, device=device)
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
-        items = torch.arange(start, stop, device=device)
-        scores = excluded.fill(score(items), start, -math.inf)
+        scores = excluded.fill(score(range(start, stop)), start, -math.inf)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[start:stop], float("-inf"))
         top = torch.topk(scores, min(width, stop - start), dim=1)
         best = torch.cat([best, top.values], dim=1)
-        best_items = torch.cat([best_items, items[top.indices]], dim=1)
+        best_items = torch.cat([best_items, top.indices + start], dim=1)
         if best.shape[1] > width:
             keep = torch.topk(best, width, dim=1)
             best, best_items = keep.values, best_items.gather(1, keep.indices)

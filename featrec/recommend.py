@@ -39,7 +39,7 @@ from featrec.evaluate import SCORE_BATCH
 from featrec.fastpath import request_data
 from featrec.ids import N_RESERVED
 from featrec.model import build_model, feature_configs
-from featrec.ranking import Scorer, top_k
+from featrec.ranking import Scorer, as_index, top_k
 from featrec.rundir import check_data_sums, check_manifest, load_checkpoint
 from featrec.sequences import encode_requests
 from featrec.spec import Spec, load_spec
@@ -469,9 +469,9 @@ def _with_fallback(score: Scorer, empty: torch.Tensor, popular: torch.Tensor | N
     if popular is None:
         return score
 
-    def scored(items: torch.Tensor) -> torch.Tensor:
+    def scored(items: torch.Tensor | range) -> torch.Tensor:
         scores = score(items)
-        scores[empty] = popular[items].expand_as(scores)[empty]
+        scores[empty] = popular[as_index(items)].expand_as(scores)[empty]
         return scores
 
     return scored

@@ -37,7 +37,12 @@ def test_metrics_match_a_hand_computed_example() -> None:
 
 def dense(scores: torch.Tensor):
     """A scorer reading a (B, I) score matrix."""
-    return lambda items: scores[:, items] if items.dim() == 1 else scores.gather(1, items)
+    def score(items: torch.Tensor | range) -> torch.Tensor:
+        if isinstance(items, range) or items.dim() == 1:
+            return scores[:, items]  # a copy: ranking writes into it
+        return scores.gather(1, items)
+
+    return score
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4, 100])

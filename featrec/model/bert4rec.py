@@ -162,9 +162,9 @@ class BERT4Rec(RecModel):
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # output transform (dense, GELU, LayerNorm), as BERT's
 
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+    def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
         """The id embedding, plus (fusion.output_items) the projected item features."""
-        vectors = self.item_embedding.weight if items is None else self.item_embedding(items)
+        vectors = super().item_vectors(items)
         if self.output_projection is None:
             return vectors
         embedded = [self.item_feature(f, items) for f in self.output_features]

@@ -119,7 +119,9 @@ class DIN(LookBackModel):
         known[:, -1] = False  # the predicted slot is no history (its item is [MASK] anyway)
         memory, at_end = self._memory(tokens, known), None if side is None else side[:, -1]
 
-        def candidates(items: torch.Tensor) -> torch.Tensor:
+        def candidates(items: torch.Tensor | range) -> torch.Tensor:
+            if isinstance(items, range):  # a chunk of ranking's
+                items = torch.arange(items.start, items.stop, device=batch.item.device)
             if items.dim() == 1 and len(items) > ITEM_CHUNK:  # attention per candidate: small
                 return torch.cat([candidates(part) for part in items.split(ITEM_CHUNK)], dim=1)
             return self._head(self._pool(memory, items, batch), at_end, items)

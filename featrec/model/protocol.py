@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featrec.ids import IGNORE, N_RESERVED
+from featrec.ranking import as_index
 
 if TYPE_CHECKING:
     from featrec.batching import Batch, SequenceData
@@ -103,20 +104,26 @@ class RecModel(nn.Module):
         ``items`` (C,) or (N, C) item ids, of those items only (N, C)."""
         return self.score_query(self.item_query(hidden), items)
 
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The vectors queries are compared with: of ``items`` (any shape, (..., D)), or of
-        every item (I, D). The item embedding; BERT4Rec adds item features
-        (fusion.output_items)."""
-        return self.item_embedding.weight if items is None else self.item_embedding(items)
+    def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """The vectors queries are compared with: of ``items`` (ids of any shape, (..., D);
+        or a slice of ids, (C, D), a view), or of every item (I, D). The item embedding;
+        BERT4Rec adds item features (fusion.output_items)."""
+        weight = self.item_embedding.weight
+        if items is None or isinstance(items, slice):
+            return weight if items is None else weight[items]
+        return self.item_embedding(items)
 
-    def score_query(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def score_query(
+        self, query: torch.Tensor, items: torch.Tensor | range | None = None
+    ) -> torch.Tensor:
         """:meth:`score` of (N, D) vectors already through :meth:`item_query`."""
         if items is None:
             logits = query @ self.item_vectors().T + self.output_bias  # (N, I)
             logits[:, :N_RESERVED] = float("-inf")
             return logits
-        weights, bias = self.item_vectors(items), self.output_bias[items]  # (.., C, D), (.., C)
-        if items.dim() == 1:
+        index = as_index(items)
+        weights, bias = self.item_vectors(index), self.output_bias[index]  # (.., C, D), (.., C)
+        if isinstance(index, slice) or items.dim() == 1:
             return torch.addmm(bias, query, weights.T)  # (N, C), one pass
         return torch.einsum("nd,ncd->nc", query, weights) + bias  # (N, C)
 
@@ -150,9 +157,11 @@ class RecModel(nn.Module):
         module = self.features[config.name]
         return module([batch.column(config.scope, c.name) for c in config.columns])
 
-    def item_feature(self, config: FeatureConfig, items: torch.Tensor | None) -> torch.Tensor:
-        """An item feature's embeddings for ``items`` (any shape, (..., D_f)), or for every
-        item id (None: (I, D_f))."""
+    def item_feature(
+        self, config: FeatureConfig, items: torch.Tensor | slice | None
+    ) -> torch.Tensor:
+        """An item feature's embeddings for ``items`` (ids of any shape or a slice of ids,
+        (..., D_f)), or for every item id (None: (I, D_f))."""
         table = getattr(self, f"item_table_{config.name}")
         return self.features[config.name]([table if items is None else table[items]])
 
