@@ -37,6 +37,7 @@ def test_metrics_match_a_hand_computed_example() -> None:
 
 def dense(scores: torch.Tensor):
     """A scorer reading a (B, I) score matrix."""
+
     def score(items: torch.Tensor | range) -> torch.Tensor:
         if isinstance(items, range) or items.dim() == 1:
             return scores[:, items]  # a copy: ranking writes into it
