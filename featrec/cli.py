@@ -400,7 +400,9 @@ def _launch(args: argparse.Namespace) -> int:
         f"--nproc-per-node={args.nproc}", "-m", "featrec", *_without_nproc(args.tokens),
     ]  # fmt: skip
     if args.out is None:  # one directory for every rank (the default has a timestamp)
-        command += ["--out", str(default_run_dir_for(spec))]
+        from featrec.train import default_run_dir
+
+        command += ["--out", str(default_run_dir(spec))]
     return subprocess.run(command, check=False).returncode
 
 
@@ -417,12 +419,6 @@ def _without_nproc(argv: list[str]) -> list[str]:
             continue
         out.append(token)
     return out
-
-
-def default_run_dir_for(spec: Spec) -> Path:
-    from featrec.train import default_run_dir
-
-    return default_run_dir(spec)
 
 
 def _shard(text: str) -> tuple[int, int]:

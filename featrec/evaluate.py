@@ -65,14 +65,13 @@ def evaluate_ranking(
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
     generator = torch.Generator().manual_seed(seed)
-    own_ranks = []
+    own_ranks, device = [], score_fn.device
     for start in range(0, len(mine), batch_size):
         at = mine[start : start + batch_size]
         batch_users, batch_positions = users[at], positions[at]
         targets = data.item[data.offsets[batch_users] + batch_positions]
         score = score_fn(batch_users, batch_positions)
         seen = seen_pairs(data, batch_users, batch_positions)
-        device = score_fn.device
         ranks = target_ranks(
             score, num_items, targets.to(device), seen if exclude_seen else None
         ).cpu()

@@ -340,8 +340,8 @@ class TrainSpec(_Frozen):
     loss: Literal["ce", "sampled_softmax", "gbce"] = Field(
         "ce",
         description="ce: softmax over every item at each target. sampled_softmax: over the "
-        "target and train.negatives items drawn uniformly, shared by the batch. gbce: "
-        "gSASRec's calibrated binary cross-entropy over the same negatives (train.gbce_t).",
+        "target and train.negatives items drawn by train.sampler, shared by the batch. gbce: "
+        "gSASRec's calibrated binary cross-entropy over uniform negatives (train.gbce_t).",
     )
     negatives: int = Field(
         100, gt=0, description="sampled_softmax, gbce: negative items drawn per training step."

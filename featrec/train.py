@@ -151,13 +151,13 @@ class Experiment:
             sampled_negatives=e.sampled_negatives, seed=self.spec.train.seed,
         )  # fmt: skip
 
-    def cold_metrics(self, test_ranks: torch.Tensor) -> dict[str, Any]:
-        """``eval.cold_items``: test metrics of the users whose target is a cold item, the
-        most-popular baseline's on them, and a random ranking's expected HR@K."""
+    def cold_metrics(self, test_ranks: torch.Tensor, popular: torch.Tensor) -> dict[str, Any]:
+        """``eval.cold_items``: test metrics of the users whose target is a cold item (model
+        ranks ``test_ranks``), most-popular's (ranks ``popular``) on them, and a random
+        ranking's expected HR@K."""
         users, positions = self.data.targets("test")
         targets = self.data.item[self.data.offsets[users] + positions]
         cold = targets >= self.prepared.item_vocab.trained
-        popular = self.most_popular("test")[1]
         candidates = self.model.num_items - N_RESERVED
         return {
             "users": int(cold.sum()),
@@ -583,6 +583,7 @@ def _final_metrics(
 ) -> dict[str, Any]:
     valid, valid_ranks = experiment.evaluate("valid")
     test, test_ranks = experiment.evaluate("test")
+    popular, popular_ranks = experiment.most_popular("test")
     spec = experiment.spec
     final = {
         "name": spec.name,
@@ -595,9 +596,13 @@ def _final_metrics(
         "train_seconds": seconds,
         "test": test,
         "valid": valid,
-        "most_popular": {"test": experiment.most_popular("test")[0]},
+        "most_popular": {"test": popular},
         "recent_popular": {"test": experiment.recency_baselines("test")},
-        **({"cold_test": experiment.cold_metrics(test_ranks)} if spec.eval.cold_items else {}),
+        **(
+            {"cold_test": experiment.cold_metrics(test_ranks, popular_ranks)}
+            if spec.eval.cold_items
+            else {}
+        ),
         "fusion_weights": experiment.fusion_weights("valid"),
         "peak_rss_gib": peak_rss_gib(),  # of this process (a resumed run: since the resume)
     }

@@ -79,8 +79,12 @@ class LookBackModel(RecModel):
     def _feature(
         self, config: FeatureConfig, batch: Batch, items: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """:meth:`embed_feature`, projected to the model's width."""
-        embedded = self.embed_feature(config, batch, items=items)
+        """:meth:`embed_feature` (or, for ``items``, :meth:`item_feature`), projected to the
+        model's width."""
+        if items is None:
+            embedded = self.embed_feature(config, batch)
+        else:
+            embedded = self.item_feature(config, items)
         return self.project[config.name](embedded) if config.name in self.project else embedded
 
     def item_tokens(self, items: torch.Tensor, batch: Batch) -> torch.Tensor:

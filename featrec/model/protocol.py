@@ -142,18 +142,12 @@ class RecModel(nn.Module):
             self.register_buffer(f"item_table_{name}", table)
 
     def embed_feature(
-        self,
-        config: FeatureConfig,
-        batch: Batch,
-        per_item: bool = False,
-        items: torch.Tensor | None = None,
+        self, config: FeatureConfig, batch: Batch, per_item: bool = False
     ) -> torch.Tensor:
         """One feature's embeddings: item (B, L, D_f), or with ``per_item`` (I, D_f), one
-        row per item id, or with ``items`` (any shape) those items' (..., D_f); user
-        (B, D_f); event (B, L, D_f)."""
+        row per item id; user (B, D_f); event (B, L, D_f)."""
         if config.scope == "item":
-            return self.item_feature(config, None if per_item else (
-                batch.item if items is None else items))  # fmt: skip
+            return self.item_feature(config, None if per_item else batch.item)
         module = self.features[config.name]
         return module([batch.column(config.scope, c.name) for c in config.columns])
 
