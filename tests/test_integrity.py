@@ -466,6 +466,15 @@ SPEC_MATRIX = [  # (override, text the one line must hold)
     ("train.loss=bpr", "train.loss: expected one of 'ce', 'sampled_softmax' or 'gbce'; got"),
     ("train.negatives=-3", "train.negatives: expected greater than 0"),
     ("train.gbce_t=1.5", "train.gbce_t: expected less than or equal to 1"),
+    ("train.sampler=zipf", "train.sampler: expected one of 'uniform', 'popularity' or"),
+    ("train.optimizer=sgd", "train.optimizer: expected one of 'auto', 'adamw' or 'row_adamw'"),
+    ("train.optimizer=row_adamw", "train.optimizer: row_adamw updates the item rows"),
+    ("train.precision=fp16", "train.precision: expected one of 'fp32' or 'bf16'"),
+    ("train.compile=maybe", "train.compile: expected a valid boolean"),
+    ("eval.max_users=0", "eval.max_users: expected greater than 0"),
+    ("eval.cold_items=1", "eval.cold_items: expected less than 1"),
+    ("eval.recency_days=[-7]", "eval.recency_days[0]: expected greater than 0"),
+    ("fusion.output_items=perhaps", "fusion.output_items: expected a valid boolean"),
     ("train.next_item_share=0", "train.next_item_share: expected greater than 0"),
     ("train.last_item_share=1.5", "train.last_item_share: expected less than or equal to 1"),
     ("train.seed=x", "train.seed: expected a valid integer"),
@@ -545,3 +554,21 @@ def test_a_broken_encoders_file_is_named(trained_run: Path, content: bytes) -> N
     path.write_bytes(content)
     with pytest.raises(FeatrecError, match=r"encoders\.json: not a featrec encoders file"):
         featrec.load(trained_run)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "SPEC", "--stop-after", "0"], "--stop-after: expected an epoch of at least 1"),
+        (["export", "RUN", "--out", "OUT", "--top-k", "0"], "--top-k: expected at least 1"),
+    ],
+)
+def test_new_command_line_numbers_out_of_range_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / "ml-1m.yaml")
+    argv = [spec if a == "SPEC" else str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]
+    assert cli.main(["-q", *argv]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and expected in stderr, stderr
+    assert not (tmp_path / "OUT").exists()  # nothing written
