@@ -117,8 +117,13 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
                 name, spec.behavior_only(), trained=False, days=days,
                 description=f"popularity in the {days} days before each request",
             )  # fmt: skip
+    # the baselines take the features they can read (trend features are BERT4Rec's output)
+    inputs = spec.input_features
     baseline = spec.model_copy(
-        update={"model": spec.model.model_copy(update={"kind": "embedding_mlp"})}
+        update={
+            "model": spec.model.model_copy(update={"kind": "embedding_mlp"}),
+            "features": inputs,
+        }
     )
     out[EMBEDDING_MLP] = Variant(
         EMBEDDING_MLP, baseline, description="mean-pooled history + features, MLP (no attention)"
@@ -127,6 +132,7 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
         update={
             "model": spec.model.model_copy(update={"kind": "din"}),
             "train": spec.train.model_copy(update={"loss": "sampled_softmax"}),
+            "features": inputs,
         }
     )
     out[DIN] = Variant(

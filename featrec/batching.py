@@ -27,6 +27,7 @@ from featrec.ranking import Excluded
 from featrec.sequences import Prepared, feature_columns
 from featrec.spec import Spec
 from featrec.storage import read_tensors, write_tensors
+from featrec.trends import DAY, event_days
 
 
 @dataclass
@@ -202,10 +203,16 @@ class SequenceData:
             for feature in spec.features_in("event")
             for column in feature_columns(feature.name, encoders[feature.name])
         ]  # the spec's own: a behavior-only variant reads the full spec's cache entry
+        event = {column: tensors[f"event:{column}"] for column in events}
+        time = tensors.get("time")
+        if spec.trend_features and time is not None:  # the request day of each slot
+            if time.is_floating_point():  # a request's history without times (NaN)
+                time = torch.nan_to_num(time.double()).to(torch.int64)
+            event[DAY] = event_days(time)
         return cls(
             offsets=tensors["offsets"],
             item=tensors["item"],
-            event={column: tensors[f"event:{column}"] for column in events},
+            event=event,
             user={f.name: tensors[f"user:{f.name}"] for f in spec.features_in("user")},
             train_len=tensors["train_len"],
             valid_idx=tensors["valid_idx"],
@@ -214,7 +221,7 @@ class SequenceData:
             float_event=floats,
             user_ids=user_ids,
             max_eval_users=spec.eval.max_users,
-            time=tensors.get("time"),
+            time=time,
         )
 
     @property

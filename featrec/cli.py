@@ -17,9 +17,11 @@ from pathlib import Path
 
 from featrec.errors import FeatrecError
 from featrec.spec import (
+    AgeFeature,
     AnyFeature,
     MultiCategoricalFeature,
     NumericFeature,
+    PopularityFeature,
     Spec,
     TimeFeature,
     json_schema,
@@ -524,6 +526,8 @@ def describe_spec(spec: Spec, card_title: str | None = None) -> str:
                         _details(feature),
                     ]
                 )
+        for feature in spec.trend_features:
+            rows.append(["item", feature.name, feature.type, "-", "scored only", _details(feature)])
         lines.append(_table(rows))
     m, t, e = spec.model, spec.train, spec.eval
     lines += [
@@ -554,6 +558,10 @@ def _details(feature: AnyFeature) -> str:
         return f"parts {', '.join(feature.parts)}; tz {feature.timezone}"
     if isinstance(feature, MultiCategoricalFeature) and feature.separator:
         return f"split on {feature.separator!r}"
+    if isinstance(feature, PopularityFeature):
+        return f"events in the {feature.window_days} days before the request, log2 buckets"
+    if isinstance(feature, AgeFeature):
+        return "days since its first event, before the request, log2 buckets"
     return ""
 
 

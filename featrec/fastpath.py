@@ -12,6 +12,7 @@ tensors on random requests, odd ones included.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from featrec.encoders import Encoder, MultiCategoricalEncoder, TimeEncoder
 from featrec.errors import FeatrecError
 from featrec.ids import OOV
 from featrec.spec import Spec
+from featrec.trends import DAY, event_days
 
 Columns = dict[str, list[Any]]
 
@@ -79,6 +81,8 @@ def request_data(
         stamps = [all_stamps[i] for i in kept]
         context = dict(context or {})
         slot_stamp = to_seconds(context.pop("timestamp", None))
+        if slot_stamp is None and spec.trend_features:  # items scored as of today
+            slot_stamp = int(time.time())
         if any(abs(t) > MAX_SECONDS for t in [*stamps, slot_stamp] if t is not None):
             return None
         order = sorted(range(len(kept)), key=lambda j: (stamps[j] is not None, stamps[j] or 0, j))
@@ -119,6 +123,10 @@ def request_data(
                 return None
             user_values[feature.name] = _tensor(np.asarray(ids))  # (1,) or (1, K)
 
+        times = None
+        if spec.trend_features:  # as SequenceData.from_tensors: missing times count as 0
+            times = torch.tensor([t or 0 for t in seconds], dtype=torch.int64)
+            event[DAY] = event_days(times)
         hidden, floats = event_column_kinds(spec, encoders)
         length = len(item_ids)
         data = SequenceData(
@@ -132,6 +140,7 @@ def request_data(
             hidden_event=hidden,
             float_event=floats,
             user_ids=[0],
+            time=times,
         )
         return data, dropped
 

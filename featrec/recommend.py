@@ -350,7 +350,7 @@ class Recommender:
             keep = events.filter(pl.col("item_id").is_in(self._known_items.implode()))
             dropped.append(events.height - keep.height)
             context = dict(context or {})
-            slot = {"item_id": None, "timestamp": to_seconds(context.pop("timestamp", None))}
+            slot = {"item_id": None, "timestamp": self._request_time(context)}
             slot |= {c: context.get(c) for c in self.event_columns if c != "timestamp"}
             slot_frame = pl.DataFrame([slot], infer_schema_length=None)
             frame = pl.concat([keep, slot_frame], how="diagonal_relaxed")
@@ -367,6 +367,14 @@ class Recommender:
             pl.col("item_id").cast(self._item_dtype), pl.col("timestamp").cast(pl.Int64)
         )
         return with_time_alias(events, self.spec.data.columns.time), dropped
+
+    def _request_time(self, context: dict) -> int | None:
+        """The request's time (popped from ``context``): given, or with trend features (which
+        score items as of a day) now; else None."""
+        stamp = to_seconds(context.pop("timestamp", None))
+        if stamp is None and self.spec.trend_features:
+            return int(time.time())
+        return stamp
 
     # -- evaluation ------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from featrec.encoders import (
 )
 from featrec.errors import DataError
 from featrec.ids import MASK, MISSING, OOV, PAD
-from featrec.spec import AnyFeature, Spec
+from featrec.spec import TREND_TYPES, AnyFeature, Spec
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def cache_key(spec: Spec) -> str:
         "version": FORMAT_VERSION,
         "data": fingerprint(spec.data),
         "columns": spec.data.columns.model_dump(),
-        "features": [f.model_dump(exclude={"dim"}) for f in spec.features],
+        "features": [f.model_dump(exclude={"dim"}) for f in spec.input_features],
         "split": spec.eval.model_dump(
             include={"split", "valid_quantile", "test_quantile", "cold_items"}
         ),
@@ -191,7 +191,7 @@ def build(spec: Spec, tables: Tables) -> Prepared:
     train_users = train.select("user_id").unique()
     train_items = train.select("item_id").unique()
     encoders: dict[str, Encoder] = {}
-    for feature in spec.features:
+    for feature in spec.input_features:
         if feature.scope == "user":
             source = user_raw.join(train_users, on="user_id", how="semi")
         elif feature.scope == "item":
@@ -303,6 +303,14 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
                 f"holds one row per {scope}"
             )
     for i, feature in enumerate(spec.features):
+        if feature.type in TREND_TYPES:
+            if not has_clock_times(spec.data):
+                raise DataError(
+                    f"{spec.source}: features[{i}] ({feature.name}): a {feature.type} feature "
+                    f"counts events by day, but data set {spec.data.dataset} has no clock "
+                    "times (only the events' order)"
+                )
+            continue
         table_name = _TABLE_OF_SCOPE[feature.scope]
         table = getattr(tables, table_name)
         if table is None:
@@ -523,7 +531,7 @@ def _stats(
 ) -> dict[str, Any]:
     evaluated = sequences.filter(pl.col("test_idx").is_not_null()).height
     features = {}
-    for feature in spec.features:
+    for feature in spec.input_features:
         encoder = encoders[feature.name]
         if isinstance(encoder, TimeEncoder):
             size: Any = encoder.cardinalities

@@ -168,14 +168,59 @@ class TimeFeature(_FeatureBase):
         return self
 
 
-AnyFeature = CategoricalFeature | MultiCategoricalFeature | NumericFeature | TimeFeature
+class _TrendBase(_Frozen):
+    """An item feature computed from the events themselves as of each request (no column):
+    it enters where items are scored, never the tokens (docs/design.md §3)."""
+
+    name: Identifier = Field(description="Unique feature name; keys its embedding table.")
+    scope: Literal["item"] = Field("item", description="item (the default): a candidate's.")
+    dim: int | None = Field(
+        None, gt=0, description="Embedding width (must be model.dim, the default)."
+    )
+
+    @property
+    def hidden_at_target(self) -> bool:
+        return True  # never in the tokens at all
+
+    @property
+    def column(self) -> None:
+        return None
+
+
+class PopularityFeature(_TrendBase):
+    type: Literal["popularity"]
+    window_days: int = Field(
+        7,
+        ge=1,
+        le=36_500,
+        description="The item's events (any user's) in the whole days [d - window_days, d) "
+        "before the request's day d, log2-bucketed: what is trending at request time.",
+    )
+
+
+class AgeFeature(_TrendBase):
+    type: Literal["age"]
+
+
+AnyFeature = (
+    CategoricalFeature
+    | MultiCategoricalFeature
+    | NumericFeature
+    | TimeFeature
+    | PopularityFeature
+    | AgeFeature
+)
 Feature = Annotated[AnyFeature, Field(discriminator="type")]
-FEATURE_MODELS: dict[str, type[_FeatureBase]] = {
+FEATURE_MODELS: dict[str, type[_Frozen]] = {
     "categorical": CategoricalFeature,
     "multi_categorical": MultiCategoricalFeature,
     "numeric": NumericFeature,
     "time": TimeFeature,
+    "popularity": PopularityFeature,
+    "age": AgeFeature,
 }
+# item features computed from the events as of each request, scored at the output only
+TREND_TYPES = frozenset({"popularity", "age"})
 
 
 class ColumnMap(_Frozen):
@@ -527,8 +572,24 @@ class Spec(_Frozen):
                 f"fusion.output_items scores items with their features in BERT4Rec's output "
                 f"layer; model.kind {self.model.kind} has its own (use bert4rec)"
             )
-        if not any(f.scope == "item" for f in self.features):
+        if not self.features_in("item"):
             raise ValueError("fusion.output_items needs item features (none declared)")
+        return self
+
+    @model_validator(mode="after")
+    def _trends_fit(self) -> Spec:
+        for feature in self.trend_features:
+            if self.model.kind != "bert4rec":
+                raise ValueError(
+                    f"feature {feature.name} (type {feature.type}) is scored in BERT4Rec's "
+                    f"output layer; model.kind {self.model.kind} has none (use bert4rec)"
+                )
+            if feature.dim is not None and feature.dim != self.model.dim:
+                raise ValueError(
+                    f"feature {feature.name}: a {feature.type} feature is compared with the "
+                    f"model's query, so its dim must be model.dim ({self.model.dim}); got "
+                    f"{feature.dim} (leave it out)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -545,7 +606,18 @@ class Spec(_Frozen):
         return self.model_copy(update={"features": []})
 
     def features_in(self, scope: Scope) -> list[AnyFeature]:
-        return [f for f in self.features if f.scope == scope]
+        """The features of ``scope`` read from a column (trend features excluded)."""
+        return [f for f in self.features if f.scope == scope and f.type not in TREND_TYPES]
+
+    @property
+    def trend_features(self) -> list[PopularityFeature | AgeFeature]:
+        """Item features computed from the events as of each request (popularity, age)."""
+        return [f for f in self.features if f.type in TREND_TYPES]
+
+    @property
+    def input_features(self) -> list[AnyFeature]:
+        """The features read from a column: every one but the trend features."""
+        return [f for f in self.features if f.type not in TREND_TYPES]
 
     def require_source(self) -> None:
         """A spec that reads its data itself names a card or a file."""

@@ -71,6 +71,7 @@ from featrec.rundir import (
 from featrec.sequences import Prepared, prepare
 from featrec.spec import Spec, TrainSpec, load_spec, spec_differences
 from featrec.tracking import make_trackers
+from featrec.trends import trend_tables
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each waits for the device)
@@ -105,7 +106,7 @@ class Experiment:
             spec,
             num_items,
             feature_configs(spec, prepared.encoders),
-            item_tables(prepared, spec),
+            item_tables(prepared, spec) | trend_tables(spec, data.time, data.item, num_items),
             popularity(data, num_items),
             prepared.item_vocab.trained if prepared.item_vocab.cold else None,
         )  # built on the CPU, so the initial weights are the same on every device

@@ -668,3 +668,26 @@ def test_token_scopes_put_those_features_in_the_tokens_and_the_rest_in_attention
 def test_token_scopes_need_an_attention_level_method(tmp_path: Path, tiny_spec_body: dict) -> None:
     with pytest.raises(SpecError, match=r"fusion: .*token_scopes places some features"):
         load_spec(write_spec(tmp_path, tiny_spec_body), ["fusion.token_scopes=[event]"])
+
+
+def test_feature_names_that_module_dicts_use_themselves(tmp_path, tiny_spec_body) -> None:
+    """Features named like nn.ModuleDict's own attributes ("type", "keys", "train") train,
+    save and load: they were a KeyError at model construction."""
+    import featrec
+    from featrec.spec import load_spec
+    from tests.conftest import write_spec
+
+    renames = {"job": "type", "tags": "keys", "time": "train"}
+    for feature in tiny_spec_body["features"]:
+        feature["name"] = renames.get(feature["name"], feature["name"])
+    tiny_spec_body["fusion"] = {"method": "gate", "aux_weight": 0.1}
+    tiny_spec_body["train"] = {"epochs": 1, "batch_size": 4}
+    recommender = featrec.fit(
+        load_spec(write_spec(tmp_path, tiny_spec_body)), out=tmp_path / "run", progress=False
+    )
+    assert {"type", "keys", "train"} <= set(recommender.model.features)
+    assert "keys" in recommender.model.attribute_heads
+    loaded = featrec.Recommender(tmp_path / "run")
+    for name, value in recommender.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value)
+    assert loaded.recommend([10, 11], k=3).items

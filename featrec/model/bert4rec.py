@@ -10,6 +10,8 @@ and its ``forward`` takes no feature branch.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +20,11 @@ from torch import nn
 
 from featrec.batching import Batch, SequenceData, training_batch
 from featrec.ids import IGNORE, PAD
-from featrec.model.embeddings import FeatureConfig
+from featrec.model.embeddings import FeatureConfig, NamedModules
 from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
 from featrec.model.protocol import RecModel, target_loss
-from featrec.spec import FusionSpec, ModelSpec, Spec
+from featrec.spec import AgeFeature, FusionSpec, ModelSpec, PopularityFeature, Spec
+from featrec.trends import BUCKETS, DAY, PREFIX, trend_buckets
 
 
 @dataclass
@@ -43,6 +46,7 @@ class BERT4Rec(RecModel):
         num_items: int,
         features: list[FeatureConfig],
         item_tables: dict[str, torch.Tensor],
+        trends: Sequence[PopularityFeature | AgeFeature] = (),
     ) -> None:
         super().__init__()
         dim = model.dim
@@ -67,7 +71,7 @@ class BERT4Rec(RecModel):
         self.side_method = fusion.method if self.side_features else None
         if self.side_method:
             self.fuse_per_item = False  # side sources are looked up per token
-            self.side_projection = nn.ModuleDict(
+            self.side_projection = NamedModules(
                 {f.name: nn.Linear(f.dim, dim) for f in self.side_features if f.dim != dim}
             )
             # difsr: a map of its own per item or event feature; a user feature is the same
@@ -86,7 +90,7 @@ class BERT4Rec(RecModel):
         method = fusion.token_method if attention_level else fusion.method
         # with item ids alone there is nothing to fuse: no fusion parameters at all
         self.fusion = FUSIONS[method if len(dims) > 1 else "sum"](dims, dim)
-        self.user_projection = nn.ModuleDict(
+        self.user_projection = NamedModules(
             {f.name: nn.Linear(f.dim, dim) for f in self.user_features if f.dim != dim}
         )
         self.norm = nn.LayerNorm(dim)
@@ -99,7 +103,7 @@ class BERT4Rec(RecModel):
         # DIF-SR's auxiliary task: the masked item's categorical item features, predicted
         # from its hidden state (item features looked up by id, so the targets are at hand)
         self.aux_weight = fusion.aux_weight
-        self.attribute_heads = nn.ModuleDict(
+        self.attribute_heads = NamedModules(
             {
                 f.name: nn.Linear(dim, f.columns[0].cardinality)
                 for f in features
@@ -116,6 +120,12 @@ class BERT4Rec(RecModel):
             if self.output_features
             else None
         )
+        # trend features (popularity, age as of the request): a score term per candidate,
+        # query . E[bucket], from the tables in item_tables (featrec.trends)
+        self.trends = [(f.name, f.type, getattr(f, "window_days", 0)) for f in trends]
+        self.trend_embedding = NamedModules(
+            {name: nn.Embedding(BUCKETS, dim) for name, _, _ in self.trends}
+        )
         self.apply(_init_weights)
         init = model.init if model.init != "auto" else ("torch" if self.side_method else "bert")
         if init == "torch":
@@ -126,7 +136,7 @@ class BERT4Rec(RecModel):
     def from_spec(
         cls, spec: Spec, num_items: int, features: list[FeatureConfig], item_tables: dict
     ) -> BERT4Rec:
-        return cls(spec.model, spec.fusion, num_items, features, item_tables)
+        return cls(spec.model, spec.fusion, num_items, features, item_tables, spec.trend_features)
 
     def training_batch(
         self, data: SequenceData, users: torch.Tensor, spec: Spec, generator: torch.Generator
@@ -143,7 +153,8 @@ class BERT4Rec(RecModel):
         labelled = labels != IGNORE  # (B, L)
         out = self(batch, query=labelled)
         hidden, targets = out.hidden[out.query_valid], labels[labelled]  # (N, D), (N,)
-        loss = target_loss(self, hidden, targets)
+        days = batch.event[DAY][labelled] if self.trends else None  # (N,) request days
+        loss = target_loss(self, hidden, targets, days)
         for name, head in self.attribute_heads.items():  # fusion.aux_weight > 0
             loss = loss + self.aux_weight * self._attribute_loss(name, head(hidden), targets)
         return loss
@@ -161,6 +172,42 @@ class BERT4Rec(RecModel):
 
     def item_query(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)  # output transform (dense, GELU, LayerNorm), as BERT's
+
+    def item_scorer(self, batch: Batch) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        query = self.item_query(self.last_hidden(batch))  # (B, D)
+        days = batch.event[DAY][:, -1] if self.trends else None  # the requests' days
+        return functools.partial(self.score_query, query, days=days)
+
+    def score_query(
+        self,
+        query: torch.Tensor,
+        items: torch.Tensor | range | None = None,
+        days: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`RecModel.score_query`, plus (trend features) each candidate's trend terms
+        as of the (N,) request ``days``: ``query · E_f[bucket_f(day, item)]``, gathered from
+        the (N, 32) products with each feature's bucket embeddings."""
+        scores = super().score_query(query, items)
+        if not self.trends:
+            return scores
+        if days is None:
+            raise ValueError("trend features score items as of a day: pass the request days")
+        if items is None:
+            ids = torch.arange(self.num_items, device=query.device)
+        elif isinstance(items, range):
+            ids = torch.arange(items.start, items.stop, device=query.device)
+        else:
+            ids = items
+        tables = {
+            name.removeprefix(f"item_table_{PREFIX}"): buffer
+            for name, buffer in self.named_buffers()
+            if name.startswith(f"item_table_{PREFIX}")
+        }
+        for name, kind, window in self.trends:
+            per_bucket = query @ self.trend_embedding[name].weight.T  # (N, 32)
+            buckets = trend_buckets(kind, window, tables, days, ids)  # (N, C)
+            scores = scores + per_bucket.gather(1, buckets)
+        return scores
 
     def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
         """The id embedding, plus (fusion.output_items) the projected item features."""

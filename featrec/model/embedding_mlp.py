@@ -20,7 +20,7 @@ from torch import nn
 from featrec.batching import Batch, SequenceData, next_item_batch
 from featrec.ids import MASK, PAD
 from featrec.model.bert4rec import EncoderOutput, _init_weights
-from featrec.model.embeddings import FeatureConfig
+from featrec.model.embeddings import FeatureConfig, NamedModules
 from featrec.model.protocol import RecModel, labelled_loss
 from featrec.spec import ModelSpec, Spec
 
@@ -47,7 +47,7 @@ class LookBackModel(RecModel):
         self.context_features = [f for f in features if f.name in request_known]
         used = self.item_features + self.user_features + self.context_features
         self.add_feature_inputs(used, item_tables)
-        self.project = nn.ModuleDict({f.name: nn.Linear(f.dim, dim) for f in used if f.dim != dim})
+        self.project = NamedModules({f.name: nn.Linear(f.dim, dim) for f in used if f.dim != dim})
         self.item_embedding = nn.Embedding(num_items, dim, padding_idx=PAD)
         self.output_bias = nn.Parameter(torch.zeros(num_items))
         # width of the side inputs: one model-wide vector per user and context feature

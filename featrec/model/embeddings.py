@@ -40,7 +40,7 @@ class FeatureConfig:
 def feature_configs(spec: Spec, encoders: dict[str, Encoder]) -> list[FeatureConfig]:
     """Embedding configs for the spec's features, in sorted-name order."""
     configs = []
-    for feature in sorted(spec.features, key=lambda f: f.name):
+    for feature in sorted(spec.input_features, key=lambda f: f.name):
         encoder = encoders[feature.name]
         if isinstance(encoder, TimeEncoder):
             columns = tuple(
@@ -55,6 +55,35 @@ def feature_configs(spec: Spec, encoders: dict[str, Encoder]) -> list[FeatureCon
         dim = feature.dim or spec.model.dim
         configs.append(FeatureConfig(feature.name, feature.scope, columns, dim))
     return configs
+
+
+class NamedModules(nn.ModuleDict):
+    """An ``nn.ModuleDict`` keyed by feature names, any of them: a name ModuleDict itself
+    uses ("type", "train", "keys", ...) would raise at construction, so it is stored (and
+    saved in state dicts) as ``name@``; no feature name holds an ``@``. Lookups, ``in``,
+    iteration and ``items()`` use the feature names."""
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return f"{name}@" if hasattr(nn.ModuleDict, name) else name
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(self._key(name))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(self._key(name), module)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(self._key(name))
+
+    def __iter__(self):
+        return (key.removesuffix("@") for key in super().__iter__())
+
+    def keys(self):
+        return list(iter(self))
+
+    def items(self):
+        return [(key.removesuffix("@"), module) for key, module in super().items()]
 
 
 class FeatureEmbedding(nn.Module):

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from featrec.ids import PAD
+from featrec.model.embeddings import NamedModules
 
 
-def _projections(dims: dict[str, int], dim: int) -> nn.ModuleDict:
+def _projections(dims: dict[str, int], dim: int) -> NamedModules:
     """Project sources whose width differs from the model's; others pass through."""
-    return nn.ModuleDict({name: nn.Linear(d, dim) for name, d in dims.items() if d != dim})
+    return NamedModules({name: nn.Linear(d, dim) for name, d in dims.items() if d != dim})
 
 
 def _per_item(source: torch.Tensor) -> bool:

@@ -99,10 +99,16 @@ class RecModel(nn.Module):
         """(N, D) hidden states → (N, D) vectors compared with the item embeddings."""
         return hidden
 
-    def score(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self,
+        hidden: torch.Tensor,
+        items: torch.Tensor | None = None,
+        days: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(N, D) hidden states → scores of every item (N, I), reserved ids at -inf; or, with
-        ``items`` (C,) or (N, C) item ids, of those items only (N, C)."""
-        return self.score_query(self.item_query(hidden), items)
+        ``items`` (C,) or (N, C) item ids, of those items only (N, C). ``days`` (N,): the
+        requests' unix days, for models with trend features (ignored by the others)."""
+        return self.score_query(self.item_query(hidden), items, days)
 
     def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
         """The vectors queries are compared with: of ``items`` (ids of any shape, (..., D);
@@ -114,9 +120,13 @@ class RecModel(nn.Module):
         return self.item_embedding(items)
 
     def score_query(
-        self, query: torch.Tensor, items: torch.Tensor | range | None = None
+        self,
+        query: torch.Tensor,
+        items: torch.Tensor | range | None = None,
+        days: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """:meth:`score` of (N, D) vectors already through :meth:`item_query`."""
+        """:meth:`score` of (N, D) vectors already through :meth:`item_query` (``days``:
+        for trend features, which only BERT4Rec has)."""
         if items is None:
             logits = query @ self.item_vectors().T + self.output_bias  # (N, I)
             logits[:, :N_RESERVED] = float("-inf")
@@ -135,9 +145,9 @@ class RecModel(nn.Module):
         """One embedding module per feature (``self.features``, by name) and the item
         features by item id as buffers (``item_table_<name>``: (I,) or (I, K)), so the
         ``[MASK]`` item brings the MASK row of every item feature."""
-        from featrec.model.embeddings import FeatureEmbedding
+        from featrec.model.embeddings import FeatureEmbedding, NamedModules
 
-        self.features = nn.ModuleDict({f.name: FeatureEmbedding(f) for f in features})
+        self.features = NamedModules({f.name: FeatureEmbedding(f) for f in features})
         for name, table in item_tables.items():
             self.register_buffer(f"item_table_{name}", table)
 
@@ -250,19 +260,25 @@ class Objective:
         return sampled_softmax(positive, negative, targets, negatives)
 
 
-def target_loss(model: RecModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def target_loss(
+    model: RecModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    days: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The training loss (``train.loss``) of (N, D) ``hidden`` states for (N,) ``targets``:
     cross-entropy over every item (ce), or ``model.objective`` over the target and shared
-    negatives (sampled_softmax, gbce)."""
+    negatives (sampled_softmax, gbce). ``days`` (N,): the targets' unix days (trend
+    features)."""
     objective, trained = model.objective, model.trained_items or model.num_items
     if objective is None:
-        logits = model.score(hidden)
+        logits = model.score(hidden, days=days)
         if trained < model.num_items:  # cold items are no one's target: not in the softmax
             logits = logits[:, :trained]
         return F.cross_entropy(logits, targets)
     negatives = draw_negatives(objective, trained, targets)
-    positive = model.score(hidden, targets.unsqueeze(1)).squeeze(1)  # (N,)
-    negative = model.score(hidden, negatives)
+    positive = model.score(hidden, targets.unsqueeze(1), days).squeeze(1)  # (N,)
+    negative = model.score(hidden, negatives, days)
     return objective.loss(positive, negative, targets, negatives, trained)
 
 

@@ -1,0 +1,124 @@
+"""Trend features: what is true of a candidate item at request time (docs/design.md §3).
+
+A ``popularity`` feature is an item's events (any user's) in the ``window_days`` whole days
+before the request's day; an ``age`` feature is the days since the item's first event, if
+that came on an earlier day. Both count only days strictly before the request's own day,
+so nothing at or after the request (the target event included) counts. Both are
+log2-bucketed into :data:`BUCKETS` ids, and the model adds ``query · E[bucket]`` to each
+candidate's score (:meth:`featrec.model.bert4rec.BERT4Rec.score_query`): a lookup of N x C
+bucket ids per ranking chunk, no per-request vectors of width D.
+
+The tables are model buffers (saved in checkpoints, so serving has them), built from the
+events the run's data holds:
+
+- ``trend_popularity<W>`` (days + W + 1, I) uint8: row ``k`` holds each item's bucket of
+  events in the W days before ``day0 + k`` (one per window declared; past the last row
+  every count is 0);
+- ``trend_first`` (I,) int32: each item's first day, relative to ``day0`` (far in the
+  future for items without events);
+- ``trend_day0`` (): the first day of the data, in unix days.
+
+Requests later than the data see only the data's events (those the model was not given do
+not count): a popularity window sliding past the data's end empties, as it would in a
+deployment that stopped logging; ages keep growing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from featrec.errors import FeatrecError
+
+if TYPE_CHECKING:
+    from featrec.spec import Spec
+
+DAY = "@day"  # the batches' event column holding each event's unix day (trend features)
+SECONDS_PER_DAY = 86_400
+BUCKETS = 32  # log2 buckets: 0 (none), 1 (1), 2 (2-3), 3 (4-7) ... 31 (2^30 and more)
+MAX_CELLS = 1 << 30  # the (days x items) popularity tables: 1 GiB (uint8) at most
+NEVER = 1 << 30  # trend_first of an item without events: no request is after it
+PREFIX = "_trend_"  # item_tables keys (the model registers them as item_table_<key>)
+
+
+def event_days(times: torch.Tensor) -> torch.Tensor:
+    """Unix seconds → unix days (floor, so times before 1970 stay in their own day)."""
+    return torch.div(times, SECONDS_PER_DAY, rounding_mode="floor")
+
+
+def trend_tables(
+    spec: Spec, times: torch.Tensor | None, items: torch.Tensor, num_items: int
+) -> dict[str, torch.Tensor]:
+    """The tables ``spec``'s trend features look up, from every event's time (unix seconds)
+    and item id; keyed for ``item_tables`` (empty without trend features)."""
+    trends = spec.trend_features
+    if not trends:
+        return {}
+    if times is None or len(times) == 0:
+        raise FeatrecError(
+            f"{spec.source}: features {', '.join(f.name for f in trends)}: trend features "
+            "count events by day, and these events have no times"
+        )
+    days = event_days(times)
+    day0 = int(days.min())
+    relative = (days - day0).to(torch.int64)
+    span = int(relative.max()) + 1
+    tables = {f"{PREFIX}day0": torch.tensor(day0, dtype=torch.int64)}
+    windows = sorted({f.window_days for f in trends if f.type == "popularity"})
+    if windows:
+        cells = (span + 1 + max(windows)) * num_items * len(windows)
+        if cells > MAX_CELLS:
+            raise FeatrecError(
+                f"{spec.source}: popularity features need tables of {span:,} days x "
+                f"{num_items:,} items x {len(windows)} windows ({cells / 2**30:.1f} GiB); at "
+                f"most {MAX_CELLS / 2**30:.0f} GiB: declare fewer windows, or keep fewer days "
+                "of events"
+            )
+        rows = span + 1 + max(windows)
+        per_day = torch.zeros(rows * num_items, dtype=torch.int32)
+        # row k + 1 counts the events of day k: the cumulative sum's row k is "before day k"
+        per_day.index_add_(
+            0, (relative + 1) * num_items + items, torch.ones(len(items), dtype=torch.int32)
+        )
+        before = per_day.view(rows, num_items).cumsum(0, dtype=torch.int32)  # (rows, I)
+        for window in windows:
+            buckets = torch.empty(rows, num_items, dtype=torch.uint8)
+            for start in range(0, rows, 256):  # in slices: no (rows, I) float temporaries
+                stop = min(start + 256, rows)
+                counts = before[start:stop].clone()
+                lower = max(start - window, 0)  # events in [k - window, k)
+                if stop > lower + window:
+                    counts[lower + window - start :] -= before[lower : stop - window]
+                buckets[start:stop] = log2_bucket(counts).to(torch.uint8)
+            tables[f"{PREFIX}popularity{window}"] = buckets
+    first = torch.full((num_items,), NEVER, dtype=torch.int32)
+    first.scatter_reduce_(0, items, relative.to(torch.int32), reduce="amin")
+    tables[f"{PREFIX}first"] = first
+    return tables
+
+
+def log2_bucket(values: torch.Tensor) -> torch.Tensor:
+    """Bucket ids of non-negative counts: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ... (capped)."""
+    buckets = torch.floor(torch.log2(values.to(torch.float32) + 1.0)).to(torch.int64)
+    return buckets.clamp_(0, BUCKETS - 1)
+
+
+def trend_buckets(
+    kind: str,
+    window: int,
+    tables: dict[str, torch.Tensor],
+    days: torch.Tensor,
+    items: torch.Tensor,
+) -> torch.Tensor:
+    """(N, C) bucket ids of ``items`` ((C,) ids for every row, or (N, C)) for requests on
+    (N,) unix ``days``: the popularity in the ``window`` days before, or the age."""
+    relative = days.to(torch.int64) - tables["day0"]  # (N,)
+    if items.dim() == 1:
+        items = items.unsqueeze(0)  # (1, C): the same candidates for every row
+    if kind == "popularity":
+        table = tables[f"popularity{window}"]  # (rows, I) buckets
+        day = relative.clamp(0, table.shape[0] - 1).unsqueeze(1)  # (N, 1); the last row is 0s
+        return table[day, items].to(torch.int64)
+    age = relative.unsqueeze(1) - tables["first"][items]  # (N, C) days since the first event
+    return torch.where(age > 0, log2_bucket(age.clamp(min=1) - 1) + 1, 0).clamp_(max=BUCKETS - 1)
