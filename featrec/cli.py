@@ -559,7 +559,8 @@ def _details(feature: AnyFeature) -> str:
     if isinstance(feature, MultiCategoricalFeature) and feature.separator:
         return f"split on {feature.separator!r}"
     if isinstance(feature, PopularityFeature):
-        return f"events in the {feature.window_days} days before the request, log2 buckets"
+        what = "rank by events" if feature.measure == "rank" else "events"
+        return f"{what} in the {feature.window_days} days before the request, log2 buckets"
     if isinstance(feature, AgeFeature):
         return "days since its first event, before the request, log2 buckets"
     return ""

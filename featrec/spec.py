@@ -196,6 +196,12 @@ class PopularityFeature(_TrendBase):
         description="The item's events (any user's) in the whole days [d - window_days, d) "
         "before the request's day d, log2-bucketed: what is trending at request time.",
     )
+    measure: Literal["rank", "count"] = Field(
+        "rank",
+        description="rank: the item's place among the catalog by those events (1 = the most; "
+        "log2 buckets; none: a bucket of its own), which means the same on a busy day and a "
+        "quiet one. count: the number of events itself (log2 buckets).",
+    )
 
 
 class AgeFeature(_TrendBase):

@@ -1,9 +1,10 @@
 """Trend features: what is true of a candidate item at request time (docs/design.md §3).
 
 A ``popularity`` feature is an item's events (any user's) in the ``window_days`` whole days
-before the request's day; an ``age`` feature is the days since the item's first event, if
-that came on an earlier day. Both count only days strictly before the request's own day,
-so nothing at or after the request (the target event included) counts. Both are
+before the request's day, as its rank among the catalog (default) or as the count; an
+``age`` feature is the days since the item's first event, if that came on an earlier day.
+Both count only days strictly before the request's own day, so nothing at or after the
+request (the target event included) counts. Both are
 log2-bucketed into :data:`BUCKETS` ids, and the model adds ``query · E[bucket]`` to each
 candidate's score (:meth:`featrec.model.bert4rec.BERT4Rec.score_query`): a lookup of N x C
 bucket ids per ranking chunk, no per-request vectors of width D.
@@ -11,9 +12,10 @@ bucket ids per ranking chunk, no per-request vectors of width D.
 The tables are model buffers (saved in checkpoints, so serving has them), built from the
 events the run's data holds:
 
-- ``trend_popularity<W>`` (days + W + 1, I) uint8: row ``k`` holds each item's bucket of
-  events in the W days before ``day0 + k`` (one per window declared; past the last row
-  every count is 0);
+- ``trend_popularity<W><measure>`` (days + W + 1, I) uint8: row ``k`` holds each item's
+  bucket of events in the W days before ``day0 + k``: of its rank by them (``rank``), or of
+  their number (``count``); one per window and measure declared; past the last row no item
+  has events;
 - ``trend_first`` (I,) int32: each item's first day, relative to ``day0`` (far in the
   future for items without events);
 - ``trend_day0`` (): the first day of the data, in unix days.
@@ -65,7 +67,8 @@ def trend_tables(
     relative = (days - day0).to(torch.int64)
     span = int(relative.max()) + 1
     tables = {f"{PREFIX}day0": torch.tensor(day0, dtype=torch.int64)}
-    windows = sorted({f.window_days for f in trends if f.type == "popularity"})
+    tables_wanted = sorted({(f.window_days, f.measure) for f in trends if f.type == "popularity"})
+    windows = [window for window, _ in tables_wanted]
     if windows:
         cells = (span + 1 + max(windows)) * num_items * len(windows)
         if cells > MAX_CELLS:
@@ -82,7 +85,7 @@ def trend_tables(
             0, (relative + 1) * num_items + items, torch.ones(len(items), dtype=torch.int32)
         )
         before = per_day.view(rows, num_items).cumsum(0, dtype=torch.int32)  # (rows, I)
-        for window in windows:
+        for window, measure in tables_wanted:
             buckets = torch.empty(rows, num_items, dtype=torch.uint8)
             for start in range(0, rows, 256):  # in slices: no (rows, I) float temporaries
                 stop = min(start + 256, rows)
@@ -90,8 +93,9 @@ def trend_tables(
                 lower = max(start - window, 0)  # events in [k - window, k)
                 if stop > lower + window:
                     counts[lower + window - start :] -= before[lower : stop - window]
-                buckets[start:stop] = log2_bucket(counts).to(torch.uint8)
-            tables[f"{PREFIX}popularity{window}"] = buckets
+                counts = rank_buckets(counts) if measure == "rank" else log2_bucket(counts)
+                buckets[start:stop] = counts.to(torch.uint8)
+            tables[f"{PREFIX}popularity{window}{measure}"] = buckets
     first = torch.full((num_items,), NEVER, dtype=torch.int32)
     first.scatter_reduce_(0, items, relative.to(torch.int32), reduce="amin")
     tables[f"{PREFIX}first"] = first
@@ -104,20 +108,32 @@ def log2_bucket(values: torch.Tensor) -> torch.Tensor:
     return buckets.clamp_(0, BUCKETS - 1)
 
 
+def rank_buckets(counts: torch.Tensor) -> torch.Tensor:
+    """(R, I) counts → bucket ids of each item's rank in its row: 0 for no events, else
+    1 + floor(log2(rank)), rank 1 the most events (ties share the best rank)."""
+    descending = torch.sort(counts, dim=1, descending=True).values
+    # rank = 1 + the items with more events: the count's first place in the descending row
+    ahead = torch.searchsorted(-descending.contiguous(), -counts.contiguous(), right=False)
+    buckets = log2_bucket(ahead) + 1  # rank r = ahead + 1: floor(log2(r)) + 1
+    return torch.where(counts > 0, buckets, 0).clamp_(max=BUCKETS - 1)
+
+
 def trend_buckets(
     kind: str,
     window: int,
     tables: dict[str, torch.Tensor],
     days: torch.Tensor,
     items: torch.Tensor,
+    measure: str = "rank",
 ) -> torch.Tensor:
     """(N, C) bucket ids of ``items`` ((C,) ids for every row, or (N, C)) for requests on
-    (N,) unix ``days``: the popularity in the ``window`` days before, or the age."""
+    (N,) unix ``days``: the popularity (``measure``) in the ``window`` days before, or the
+    age."""
     relative = days.to(torch.int64) - tables["day0"]  # (N,)
     if items.dim() == 1:
         items = items.unsqueeze(0)  # (1, C): the same candidates for every row
     if kind == "popularity":
-        table = tables[f"popularity{window}"]  # (rows, I) buckets
+        table = tables[f"popularity{window}{measure}"]  # (rows, I) buckets
         day = relative.clamp(0, table.shape[0] - 1).unsqueeze(1)  # (N, 1); the last row is 0s
         return table[day, items].to(torch.int64)
     age = relative.unsqueeze(1) - tables["first"][items]  # (N, C) days since the first event

@@ -39,11 +39,12 @@ def _tables(spec_path: Path, times: torch.Tensor, items: torch.Tensor, num_items
 
 def _brute_popularity(times, items, day: int, window: int, item: int) -> int:
     days = [t // DAY for t in times.tolist()]
-    return sum(1 for d, i in zip(days, items.tolist()) if i == item and day - window <= d < day)
+    pairs = zip(days, items.tolist(), strict=True)
+    return sum(1 for d, i in pairs if i == item and day - window <= d < day)
 
 
 def _bucket(count: int) -> int:
-    return min(int(math.floor(math.log2(count + 1))), BUCKETS - 1)
+    return min(math.floor(math.log2(count + 1)), BUCKETS - 1)
 
 
 def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
@@ -54,22 +55,29 @@ def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
     items[items == 8] = 7  # item 8: no events at all
     spec = _spec(
         tmp_path,
-        [{"name": "pop3", "type": "popularity", "window_days": 3},
-         {"name": "pop10", "type": "popularity", "window_days": 10},
+        [{"name": "pop3", "type": "popularity", "window_days": 3, "measure": "count"},
+         {"name": "pop10", "type": "popularity", "window_days": 10, "measure": "count"},
+         {"name": "rank3", "type": "popularity", "window_days": 3},
          {"name": "age", "type": "age"}],
     )  # fmt: skip
     tables = _tables(spec, times, items, num_items)
     days = torch.arange(995, 1_060)  # before the data, through it, and well after its end
     ids = torch.arange(num_items)
     for window in (3, 10):
-        got = trend_buckets("popularity", window, tables, days, ids)
+        got = trend_buckets("popularity", window, tables, days, ids, "count")
         want = [
             [_bucket(_brute_popularity(times, items, int(d), window, i)) for i in ids.tolist()]
             for d in days.tolist()
         ]
         assert got.tolist() == want
-    first = {i: min((t // DAY for t, j in zip(times.tolist(), items.tolist()) if j == i),
-                    default=None) for i in range(num_items)}  # fmt: skip
+    ranks = trend_buckets("popularity", 3, tables, days, ids, "rank")
+    for row, day in enumerate(days.tolist()):
+        counts = [_brute_popularity(times, items, day, 3, i) for i in range(num_items)]
+        for item, count in enumerate(counts):
+            rank = 1 + sum(1 for other in counts if other > count)  # ties share the best
+            assert ranks[row, item] == (0 if count == 0 else 1 + int(math.log2(rank)))
+    pairs = list(zip(times.tolist(), items.tolist(), strict=True))
+    first = {i: min((t // DAY for t, j in pairs if j == i), default=None) for i in range(num_items)}
     ages = trend_buckets("age", 0, tables, days, ids)
     for row, day in enumerate(days.tolist()):
         for item in range(num_items):
@@ -98,6 +106,11 @@ def test_nothing_on_or_after_the_request_day_counts(tmp_path: Path) -> None:
     # and the day itself is excluded: item 4's event of day 11 counts from day 12 on
     assert trend_buckets("popularity", 5, before, torch.tensor([11]), ids)[0, 4] == 0
     assert trend_buckets("popularity", 5, before, torch.tensor([12]), ids)[0, 4] == 1
+    # on day 13 item 3 (2 events) ranks first, item 4 (1) second: log2 buckets 1 and 2
+    assert trend_buckets("popularity", 5, before, torch.tensor([13]), ids)[0, 3:5].tolist() == [
+        1,
+        2,
+    ]
 
 
 def _events(tmp_path: Path) -> None:
@@ -107,7 +120,9 @@ def _events(tmp_path: Path) -> None:
     for user in range(30):
         for step in range(12):
             day = 5 * step + user % 5
-            item = 9 if day >= 30 and step % 2 else int(torch.randint(3, 9, (1,), generator=generator))
+            item = (
+                9 if day >= 30 and step % 2 else int(torch.randint(3, 9, (1,), generator=generator))
+            )
             rows.append((user, item, 1_700_000_000 + day * DAY + user))
     pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_parquet(
         tmp_path / "events.parquet"
@@ -118,11 +133,12 @@ def test_model_scores_add_the_trend_terms_and_chunks_agree(tmp_path: Path) -> No
     _events(tmp_path)
     spec_path = _spec(
         tmp_path,
-        [{"name": "pop", "type": "popularity", "window_days": 7}, {"name": "age", "type": "age"}],
-    )
+        [{"name": "pop", "type": "popularity", "window_days": 7}, {"name": "age", "type": "age"},
+         {"name": "count", "type": "popularity", "measure": "count"}],
+    )  # fmt: skip
     recommender = featrec.fit(load_spec(spec_path), out=tmp_path / "run", progress=False)
     model = recommender.model
-    assert set(model.trend_embedding) == {"pop", "age"}
+    assert set(model.trend_embedding) == {"pop", "age", "count"}
     query = torch.randn(4, 8)
     days = torch.tensor([19_670, 19_700, 19_720, 30_000])  # through the data and long after
     full = model.score_query(query, None, days)
@@ -132,9 +148,9 @@ def test_model_scores_add_the_trend_terms_and_chunks_agree(tmp_path: Path) -> No
     ids = torch.arange(model.num_items)
     extra = sum(
         (query @ model.trend_embedding[name].weight.T).gather(
-            1, trend_buckets(kind, window, tables, days, ids)
+            1, trend_buckets(kind, window, tables, days, ids, measure)
         )
-        for name, kind, window in model.trends
+        for name, kind, window, measure in model.trends
     )
     torch.testing.assert_close(full, plain + extra)
     r = N_RESERVED
@@ -155,7 +171,8 @@ def test_request_time_decides_the_trend(tmp_path: Path) -> None:
     recommender = featrec.fit(load_spec(spec_path), out=tmp_path / "run", progress=False)
     late = recommender.recommend([3, 4], context={"timestamp": 1_700_000_000 + 55 * DAY}, k=7)
     early = recommender.recommend([3, 4], context={"timestamp": 1_700_000_000 + 3 * DAY}, k=7)
-    assert dict(zip(late.items, late.scores))[9] != dict(zip(early.items, early.scores))[9]
+    late_score = dict(zip(late.items, late.scores, strict=True))[9]
+    assert late_score != dict(zip(early.items, early.scores, strict=True))[9]
     # the fast path and the polars path give the same model input
     fast, _ = recommender.encode_one([3, 4], None, {"timestamp": 1_700_000_000 + 55 * DAY})
     slow, _ = recommender.encode_many([[3, 4]], [None], [{"timestamp": 1_700_000_000 + 55 * DAY}])
@@ -184,15 +201,15 @@ def test_export_takes_the_request_day(tmp_path: Path) -> None:
 
 def test_wrong_trend_declarations(tmp_path: Path) -> None:
     _events(tmp_path)
+    with pytest.raises(SpecError, match="measure"):
+        load_spec(_spec(tmp_path, [{"name": "p", "type": "popularity", "measure": "share"}]))
     with pytest.raises(SpecError, match="window_days"):
         load_spec(_spec(tmp_path, [{"name": "p", "type": "popularity", "window_days": 0}]))
     with pytest.raises(SpecError, match="scope"):
         load_spec(_spec(tmp_path, [{"name": "p", "type": "popularity", "scope": "user"}]))
     with pytest.raises(SpecError, match="output layer"):
-        load_spec(
-            _spec(tmp_path, [{"name": "a", "type": "age"}]), ["model.kind=embedding_mlp"]
-        )
-    with pytest.raises(SpecError, match="model.dim"):
+        load_spec(_spec(tmp_path, [{"name": "a", "type": "age"}]), ["model.kind=embedding_mlp"])
+    with pytest.raises(SpecError, match=r"model\.dim"):
         load_spec(_spec(tmp_path, [{"name": "a", "type": "age", "dim": 4}]))
     with pytest.raises(SpecError, match="column"):
         load_spec(_spec(tmp_path, [{"name": "a", "type": "age", "column": "x"}]))

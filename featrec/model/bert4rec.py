@@ -122,9 +122,12 @@ class BERT4Rec(RecModel):
         )
         # trend features (popularity, age as of the request): a score term per candidate,
         # query . E[bucket], from the tables in item_tables (featrec.trends)
-        self.trends = [(f.name, f.type, getattr(f, "window_days", 0)) for f in trends]
+        self.trends = [
+            (f.name, f.type, getattr(f, "window_days", 0), getattr(f, "measure", ""))
+            for f in trends
+        ]
         self.trend_embedding = NamedModules(
-            {name: nn.Embedding(BUCKETS, dim) for name, _, _ in self.trends}
+            {name: nn.Embedding(BUCKETS, dim) for name, *_ in self.trends}
         )
         self.apply(_init_weights)
         init = model.init if model.init != "auto" else ("torch" if self.side_method else "bert")
@@ -203,9 +206,9 @@ class BERT4Rec(RecModel):
             for name, buffer in self.named_buffers()
             if name.startswith(f"item_table_{PREFIX}")
         }
-        for name, kind, window in self.trends:
+        for name, kind, window, measure in self.trends:
             per_bucket = query @ self.trend_embedding[name].weight.T  # (N, 32)
-            buckets = trend_buckets(kind, window, tables, days, ids)  # (N, C)
+            buckets = trend_buckets(kind, window, tables, days, ids, measure)  # (N, C)
             scores = scores + per_bucket.gather(1, buckets)
         return scores
 
