@@ -94,7 +94,8 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
             if feature.name in SCOPES:
                 name = f"-{feature.scope}.{feature.name}"
             add(name, [f for f in features if f is not feature], f"without {feature.name}")
-    featured = [v for name, v in out.items() if name == v.name and v.spec.features]
+    # fusion methods place the features read from columns (trend features are scored)
+    featured = [v for name, v in out.items() if name == v.name and v.spec.input_features]
     for method in dict.fromkeys(fusions):
         setting = fusion_setting(method)
         if all(getattr(spec.fusion, k) == v for k, v in setting.items()):

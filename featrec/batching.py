@@ -138,7 +138,10 @@ def sequence_tensors(seq: pl.DataFrame, encoders: dict, spec: Spec) -> dict[str,
     for name in ("train_len", "valid_idx", "test_idx"):
         tensors[name] = _position(seq.get_column(name))
     if "timestamp" in seq.columns:  # unix seconds (or positions, for data without times)
-        tensors["time"] = _list_tensor(seq.get_column("timestamp"))
+        # int64 always: a request's history without times (null) would make float32, which
+        # rounds unix seconds to 128 s and moves a time near midnight into the next day
+        times = seq.get_column("timestamp").explode().fill_null(0).fill_nan(0)
+        tensors["time"] = torch.from_numpy(times.cast(pl.Int64).to_numpy().copy())
     return tensors
 
 
@@ -206,8 +209,6 @@ class SequenceData:
         event = {column: tensors[f"event:{column}"] for column in events}
         time = tensors.get("time")
         if spec.trend_features and time is not None:  # the request day of each slot
-            if time.is_floating_point():  # a request's history without times (NaN)
-                time = torch.nan_to_num(time.double()).to(torch.int64)
             event[DAY] = event_days(time)
         return cls(
             offsets=tensors["offsets"],

@@ -101,14 +101,24 @@ class Experiment:
             )
         data = SequenceData.from_prepared(prepared, spec)
         num_items = len(prepared.item_vocab)
+        trained = prepared.item_vocab.trained if prepared.item_vocab.cold else None
+        # trend features count the events of trained items: a cold item's only events are
+        # test targets (eval.cold_items), which must not describe it
+        counted = slice(None) if trained is None else data.item < trained
         torch.manual_seed(spec.train.seed)  # the initial weights depend on the seed only
         model = build_model(
             spec,
             num_items,
             feature_configs(spec, prepared.encoders),
-            item_tables(prepared, spec) | trend_tables(spec, data.time, data.item, num_items),
+            item_tables(prepared, spec)
+            | trend_tables(
+                spec,
+                None if data.time is None else data.time[counted],
+                data.item[counted],
+                num_items,
+            ),
             popularity(data, num_items),
-            prepared.item_vocab.trained if prepared.item_vocab.cold else None,
+            trained,
         )  # built on the CPU, so the initial weights are the same on every device
         return cls(spec, prepared, data, model.to(device))
 

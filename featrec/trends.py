@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from featrec.errors import FeatrecError
+from featrec.datasets import has_clock_times
+from featrec.errors import DataError
 
 if TYPE_CHECKING:
     from featrec.spec import Spec
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 DAY = "@day"  # the batches' event column holding each event's unix day (trend features)
 SECONDS_PER_DAY = 86_400
 BUCKETS = 32  # log2 buckets: 0 (none), 1 (1), 2 (2-3), 3 (4-7) ... 31 (2^30 and more)
-MAX_CELLS = 1 << 30  # the (days x items) popularity tables: 1 GiB (uint8) at most
+MAX_CELLS = 1 << 30  # the (days x items) popularity tables together: 1 GiB (uint8) at most
 NEVER = 1 << 30  # trend_first of an item without events: no request is after it
 PREFIX = "_trend_"  # item_tables keys (the model registers them as item_table_<key>)
 
@@ -57,38 +58,40 @@ def trend_tables(
     trends = spec.trend_features
     if not trends:
         return {}
-    if times is None or len(times) == 0:
-        raise FeatrecError(
-            f"{spec.source}: features {', '.join(f.name for f in trends)}: trend features "
-            "count events by day, and these events have no times"
+    names = ", ".join(f.name for f in trends)
+    if times is None or len(times) == 0 or not has_clock_times(spec.data):
+        raise DataError(
+            f"{spec.source}: features {names}: trend features count events by day, and "
+            "these events have no clock times (only their order)"
         )
     days = event_days(times)
     day0 = int(days.min())
     relative = (days - day0).to(torch.int64)
     span = int(relative.max()) + 1
     tables = {f"{PREFIX}day0": torch.tensor(day0, dtype=torch.int64)}
-    tables_wanted = sorted({(f.window_days, f.measure) for f in trends if f.type == "popularity"})
-    windows = [window for window, _ in tables_wanted]
-    if windows:
-        cells = (span + 1 + max(windows)) * num_items * len(windows)
+    wanted = sorted({(f.window_days, f.measure) for f in trends if f.type == "popularity"})
+    if wanted:
+        cells = sum(span + 1 + window for window, _ in wanted) * num_items
         if cells > MAX_CELLS:
-            raise FeatrecError(
-                f"{spec.source}: popularity features need tables of {span:,} days x "
-                f"{num_items:,} items x {len(windows)} windows ({cells / 2**30:.1f} GiB); at "
-                f"most {MAX_CELLS / 2**30:.0f} GiB: declare fewer windows, or keep fewer days "
-                "of events"
+            raise DataError(
+                f"{spec.source}: features {names}: the popularity tables need {cells:,} "
+                f"cells (({span:,} days + each window) x {num_items:,} items, one byte each: "
+                f"{cells / 2**30:.1f} GiB); at most {MAX_CELLS / 2**30:.0f} GiB: declare fewer "
+                "or shorter windows, or keep fewer days of events"
             )
-        rows = span + 1 + max(windows)
-        per_day = torch.zeros(rows * num_items, dtype=torch.int32)
+        rows = span + 1 + max(window for window, _ in wanted)
+        before = torch.zeros(rows * num_items, dtype=torch.int32)
         # row k + 1 counts the events of day k: the cumulative sum's row k is "before day k"
-        per_day.index_add_(
+        before.index_add_(
             0, (relative + 1) * num_items + items, torch.ones(len(items), dtype=torch.int32)
         )
-        before = per_day.view(rows, num_items).cumsum(0, dtype=torch.int32)  # (rows, I)
-        for window, measure in tables_wanted:
-            buckets = torch.empty(rows, num_items, dtype=torch.uint8)
-            for start in range(0, rows, 256):  # in slices: no (rows, I) float temporaries
-                stop = min(start + 256, rows)
+        before = before.view(rows, num_items).cumsum_(0)  # (rows, I), in place
+        step = max(1, (1 << 22) // num_items)  # rows per slice: ~4M cells of temporaries
+        for window, measure in wanted:
+            own = span + 1 + window  # past its last row no item has events in the window
+            buckets = torch.empty(own, num_items, dtype=torch.uint8)
+            for start in range(0, own, step):
+                stop = min(start + step, own)
                 counts = before[start:stop].clone()
                 lower = max(start - window, 0)  # events in [k - window, k)
                 if stop > lower + window:
@@ -96,6 +99,7 @@ def trend_tables(
                 counts = rank_buckets(counts) if measure == "rank" else log2_bucket(counts)
                 buckets[start:stop] = counts.to(torch.uint8)
             tables[f"{PREFIX}popularity{window}{measure}"] = buckets
+        del before
     first = torch.full((num_items,), NEVER, dtype=torch.int32)
     first.scatter_reduce_(0, items, relative.to(torch.int32), reduce="amin")
     tables[f"{PREFIX}first"] = first
@@ -103,19 +107,20 @@ def trend_tables(
 
 
 def log2_bucket(values: torch.Tensor) -> torch.Tensor:
-    """Bucket ids of non-negative counts: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ... (capped)."""
-    buckets = torch.floor(torch.log2(values.to(torch.float32) + 1.0)).to(torch.int64)
-    return buckets.clamp_(0, BUCKETS - 1)
+    """Bucket ids of non-negative counts: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ... (capped);
+    float64, so no count below 2^52 lands a bucket high."""
+    positive = values.clamp(min=1).to(torch.float64)
+    buckets = torch.floor(torch.log2(positive)).to(torch.int64) + 1
+    return torch.where(values > 0, buckets, 0).clamp_(max=BUCKETS - 1)
 
 
 def rank_buckets(counts: torch.Tensor) -> torch.Tensor:
     """(R, I) counts → bucket ids of each item's rank in its row: 0 for no events, else
     1 + floor(log2(rank)), rank 1 the most events (ties share the best rank)."""
-    descending = torch.sort(counts, dim=1, descending=True).values
+    ascending = -torch.sort(counts, dim=1, descending=True).values  # -counts, ascending
     # rank = 1 + the items with more events: the count's first place in the descending row
-    ahead = torch.searchsorted(-descending.contiguous(), -counts.contiguous(), right=False)
-    buckets = log2_bucket(ahead) + 1  # rank r = ahead + 1: floor(log2(r)) + 1
-    return torch.where(counts > 0, buckets, 0).clamp_(max=BUCKETS - 1)
+    ahead = torch.searchsorted(ascending, -counts, right=False)
+    return torch.where(counts > 0, log2_bucket(ahead + 1), 0)
 
 
 def trend_buckets(
@@ -137,4 +142,4 @@ def trend_buckets(
         day = relative.clamp(0, table.shape[0] - 1).unsqueeze(1)  # (N, 1); the last row is 0s
         return table[day, items].to(torch.int64)
     age = relative.unsqueeze(1) - tables["first"][items]  # (N, C) days since the first event
-    return torch.where(age > 0, log2_bucket(age.clamp(min=1) - 1) + 1, 0).clamp_(max=BUCKETS - 1)
+    return log2_bucket(age.clamp(min=0))  # 0: first seen on the request's day or later

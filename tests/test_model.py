@@ -677,7 +677,7 @@ def test_feature_names_that_module_dicts_use_themselves(tmp_path, tiny_spec_body
     from featrec.spec import load_spec
     from tests.conftest import write_spec
 
-    renames = {"job": "type", "tags": "keys", "time": "train"}
+    renames = {"job": "type", "tags": "keys", "time": "train", "year": "training"}
     for feature in tiny_spec_body["features"]:
         feature["name"] = renames.get(feature["name"], feature["name"])
     tiny_spec_body["fusion"] = {"method": "gate", "aux_weight": 0.1}
@@ -685,7 +685,7 @@ def test_feature_names_that_module_dicts_use_themselves(tmp_path, tiny_spec_body
     recommender = featrec.fit(
         load_spec(write_spec(tmp_path, tiny_spec_body)), out=tmp_path / "run", progress=False
     )
-    assert {"type", "keys", "train"} <= set(recommender.model.features)
+    assert {"type", "keys", "train", "training"} <= set(recommender.model.features)
     assert "keys" in recommender.model.attribute_heads
     loaded = featrec.Recommender(tmp_path / "run")
     for name, value in recommender.model.state_dict().items():

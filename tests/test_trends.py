@@ -44,7 +44,8 @@ def _brute_popularity(times, items, day: int, window: int, item: int) -> int:
 
 
 def _bucket(count: int) -> int:
-    return min(math.floor(math.log2(count + 1)), BUCKETS - 1)
+    """0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ..."""
+    return 0 if count <= 0 else min(1 + math.floor(math.log2(count)), BUCKETS - 1)
 
 
 def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
     for row, day in enumerate(days.tolist()):
         for item in range(num_items):
             start = first[item]
-            want = 0 if start is None or day <= start else 1 + _bucket(day - start - 1)
+            want = 0 if start is None or day <= start else _bucket(day - start)
             assert ages[row, item] == want, (day, item)
     assert tables["first"][8] == NEVER
 
@@ -173,10 +174,14 @@ def test_request_time_decides_the_trend(tmp_path: Path) -> None:
     early = recommender.recommend([3, 4], context={"timestamp": 1_700_000_000 + 3 * DAY}, k=7)
     late_score = dict(zip(late.items, late.scores, strict=True))[9]
     assert late_score != dict(zip(early.items, early.scores, strict=True))[9]
-    # the fast path and the polars path give the same model input
-    fast, _ = recommender.encode_one([3, 4], None, {"timestamp": 1_700_000_000 + 55 * DAY})
-    slow, _ = recommender.encode_many([[3, 4]], [None], [{"timestamp": 1_700_000_000 + 55 * DAY}])
-    assert torch.equal(fast.event["@day"], slow.event["@day"])
+    # the fast path and the polars path give the same model input, also for a request 30 s
+    # before midnight whose history has no times (polars' float times once moved it a day)
+    midnight = (1_700_000_000 // DAY + 55) * DAY
+    for stamp in (1_700_000_000 + 55 * DAY, midnight - 30):
+        fast, _ = recommender.encode_one([3, 4], None, {"timestamp": stamp})
+        slow, _ = recommender.encode_many([[3, 4]], [None], [{"timestamp": stamp}])
+        assert fast.event["@day"][-1] == stamp // DAY
+        assert torch.equal(fast.event["@day"], slow.event["@day"])
 
 
 def test_export_takes_the_request_day(tmp_path: Path) -> None:
@@ -216,14 +221,42 @@ def test_wrong_trend_declarations(tmp_path: Path) -> None:
 
 
 def test_trends_need_clock_times() -> None:
+    """Refused for data with positions for times, also when the prepared data is cached
+    already (trend features are not part of the cache key)."""
     from tests.conftest import real_data_dir
 
     real_data_dir("s3rec-sports")
     from featrec.sequences import prepare
+    from featrec.train import Experiment
 
     spec = load_spec("feature_specs/sports.yaml", ["features=[{name: p, type: popularity}]"])
     with pytest.raises(DataError, match="no clock"):
         prepare(spec)
+    plain = load_spec("feature_specs/sports.yaml", ["features=[]"])
+    prepared, _ = prepare(plain)  # cached under the key the trend spec shares
+    with pytest.raises(DataError, match="no clock"):
+        Experiment.from_spec(spec, prepared)
+
+
+def test_cold_items_are_not_described_by_their_test_events(tmp_path: Path) -> None:
+    """eval.cold_items: a held-out item's only events are test targets; the trend tables
+    leave them out, so a cold item has no first day and no popularity."""
+    from featrec.sequences import prepare
+    from featrec.train import Experiment
+
+    _events(tmp_path)
+    spec = load_spec(
+        _spec(tmp_path, [{"name": "pop", "type": "popularity"}, {"name": "a", "type": "age"}]),
+        ["eval.cold_items=0.3"],
+    )
+    prepared, _ = prepare(spec)
+    trained = prepared.item_vocab.trained
+    assert prepared.item_vocab.cold > 0
+    model = Experiment.from_spec(spec, prepared).model
+    first = model.get_buffer(f"item_table_{PREFIX}first")
+    assert (first[trained:] == NEVER).all() and (first[N_RESERVED:trained] < NEVER).all()
+    popularity = model.get_buffer(f"item_table_{PREFIX}popularity7rank")
+    assert (popularity[:, trained:] == 0).all() and popularity[:, :trained].any()
 
 
 def test_baselines_of_an_ablation_leave_trends_out(tmp_path: Path) -> None:

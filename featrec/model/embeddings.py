@@ -57,6 +57,10 @@ def feature_configs(spec: Spec, encoders: dict[str, Encoder]) -> list[FeatureCon
     return configs
 
 
+# what an nn.ModuleDict instance holds itself: methods, and attributes such as "training"
+_MODULE_DICT_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
 class NamedModules(nn.ModuleDict):
     """An ``nn.ModuleDict`` keyed by feature names, any of them: a name ModuleDict itself
     uses ("type", "train", "keys", ...) would raise at construction, so it is stored (and
@@ -65,7 +69,7 @@ class NamedModules(nn.ModuleDict):
 
     @staticmethod
     def _key(name: str) -> str:
-        return f"{name}@" if hasattr(nn.ModuleDict, name) else name
+        return f"{name}@" if name in _MODULE_DICT_NAMES else name
 
     def __getitem__(self, name: str) -> nn.Module:
         return super().__getitem__(self._key(name))
