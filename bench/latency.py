@@ -30,6 +30,24 @@ from featrec.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sample_requests(spec, count: int) -> list[tuple[pl.DataFrame, dict, dict]]:
+    """``count`` requests drawn (seed 0) from the ML-1M users with 200+ events: (their last
+    200 events, their users-table row, a request an hour after the last event)."""
+    tables = load_tables(spec.data)
+    interactions = tables.interactions.sort("user_id", "timestamp", maintain_order=True)
+    long_users = (
+        interactions.group_by("user_id").len().filter(pl.col("len") >= 200)["user_id"].to_list()
+    )
+    by_user = interactions.partition_by("user_id", as_dict=True, maintain_order=True)
+    people = {r["user_id"]: r for r in tables.users.iter_rows(named=True)}
+    requests = []
+    for user in np.random.default_rng(0).choice(long_users, size=count).tolist():
+        history = by_user[(user,)].tail(200)
+        context = {"timestamp": int(history["timestamp"][-1]) + 3600}
+        requests.append((history, people[user], context))
+    return requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="trained ML-1M run directory")
@@ -43,20 +61,9 @@ def main() -> None:
             run = Path(scratch) / "run"
             train(spec, run)
         recommender = featrec.load(run)
-        tables = load_tables(spec.data)
-        interactions = tables.interactions.sort("user_id", "timestamp", maintain_order=True)
-        long_users = (
-            interactions.group_by("user_id").len().filter(pl.col("len") >= 200)["user_id"].to_list()
-        )
-        by_user = interactions.partition_by("user_id", as_dict=True, maintain_order=True)
-        people = {r["user_id"]: r for r in tables.users.iter_rows(named=True)}
-        rng = np.random.default_rng(0)
-        picks = rng.choice(long_users, size=args.requests)
         latencies, batch_path = [], []  # recommend() and the same request as a batch of one
-        for user in picks.tolist():
-            history = by_user[(user,)].tail(200)
-            attributes = {c: people[user][c] for c in recommender.user_columns}
-            context = {"timestamp": int(history["timestamp"][-1]) + 3600}
+        for history, person, context in sample_requests(spec, args.requests):
+            attributes = {c: person[c] for c in recommender.user_columns}
             start = time.perf_counter()
             recommender.recommend(history, user=attributes, context=context, k=10)
             latencies.append((time.perf_counter() - start) * 1000)

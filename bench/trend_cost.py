@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+from latency import sample_requests  # bench/latency.py: the same requests
 
 import featrec
-from featrec.datasets import load_tables
 from featrec.spec import load_spec
 from featrec.train import train
 
@@ -60,20 +59,10 @@ def main() -> None:
     ratio = statistics.median(seconds["with trends"]) / statistics.median(seconds["without"])
     print(f"evaluation time, with / without trend features: {ratio:.2f}x")
 
-    tables = load_tables(plain.data)
-    interactions = tables.interactions.sort("user_id", "timestamp", maintain_order=True)
-    long_users = (
-        interactions.group_by("user_id").len().filter(pl.col("len") >= 200)["user_id"].to_list()
-    )
-    by_user = interactions.partition_by("user_id", as_dict=True, maintain_order=True)
-    people = {r["user_id"]: r for r in tables.users.iter_rows(named=True)}
-    picks = np.random.default_rng(0).choice(long_users, size=args.requests).tolist()
     latencies: dict[str, list[float]] = {name: [] for name in runs}
-    for user in picks:
-        history = by_user[(user,)].tail(200)
-        context = {"timestamp": int(history["timestamp"][-1]) + 3600}
+    for history, person, context in sample_requests(plain, args.requests):
         for name, recommender in runs.items():
-            attributes = {c: people[user][c] for c in recommender.user_columns}
+            attributes = {c: person[c] for c in recommender.user_columns}
             start = time.perf_counter()
             recommender.recommend(history, user=attributes, context=context, k=10)
             latencies[name].append((time.perf_counter() - start) * 1000)
