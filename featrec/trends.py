@@ -107,11 +107,10 @@ def trend_tables(
 
 
 def log2_bucket(values: torch.Tensor) -> torch.Tensor:
-    """Bucket ids of non-negative counts: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ... (capped);
-    float64, so no count below 2^52 lands a bucket high."""
-    positive = values.clamp(min=1).to(torch.float64)
-    buckets = torch.floor(torch.log2(positive)).to(torch.int64) + 1
-    return torch.where(values > 0, buckets, 0).clamp_(max=BUCKETS - 1)
+    """Bucket ids of non-negative counts: 0 → 0, 1 → 1, 2-3 → 2, 4-7 → 3, ... (capped):
+    1 + floor(log2(v)), the exponent ``frexp`` gives (exact below 2^53 in float64)."""
+    exponent = torch.frexp(values.to(torch.float64)).exponent.to(torch.int64)
+    return exponent.clamp_(0, BUCKETS - 1)
 
 
 def rank_buckets(counts: torch.Tensor) -> torch.Tensor:
@@ -128,18 +127,34 @@ def trend_buckets(
     window: int,
     tables: dict[str, torch.Tensor],
     days: torch.Tensor,
-    items: torch.Tensor,
+    items: torch.Tensor | range | None,
     measure: str = "rank",
+    shared_days: bool = False,
 ) -> torch.Tensor:
-    """(N, C) bucket ids of ``items`` ((C,) ids for every row, or (N, C)) for requests on
-    (N,) unix ``days``: the popularity (``measure``) in the ``window`` days before, or the
-    age."""
+    """(N, C) bucket ids of ``items`` (None: every item id; a range of ids; (C,) ids for
+    every row; or (N, C)) for requests on (N,) unix ``days``: the popularity
+    (``measure``) in the ``window`` days before, or the age. ``shared_days``: many rows
+    share a day (training's masked slots), so ages are computed once per distinct day."""
     relative = days.to(torch.int64) - tables["day0"]  # (N,)
-    if items.dim() == 1:
-        items = items.unsqueeze(0)  # (1, C): the same candidates for every row
     if kind == "popularity":
         table = tables[f"popularity{window}{measure}"]  # (rows, I) buckets
-        day = relative.clamp(0, table.shape[0] - 1).unsqueeze(1)  # (N, 1); the last row is 0s
-        return table[day, items].to(torch.int64)
-    age = relative.unsqueeze(1) - tables["first"][items]  # (N, C) days since the first event
-    return log2_bucket(age.clamp(min=0))  # 0: first seen on the request's day or later
+        day = relative.clamp(0, table.shape[0] - 1)  # (N,); the last row is 0s
+        if items is None or isinstance(items, range):  # whole rows: one copy each
+            if isinstance(items, range):
+                table = table[:, items.start : items.stop]
+            return table.index_select(0, day).to(torch.int64)
+        columns = items.unsqueeze(0) if items.dim() == 1 else items  # (1, C) or (N, C)
+        return table[day.unsqueeze(1), columns].to(torch.int64)
+    first = tables["first"]
+    if items is None:
+        first = first.unsqueeze(0)  # (1, I)
+    elif isinstance(items, range):
+        first = first[items.start : items.stop].unsqueeze(0)
+    else:
+        first = first[items.unsqueeze(0) if items.dim() == 1 else items]  # (1, C) or (N, C)
+    if shared_days and first.shape[0] == 1:
+        unique, inverse = torch.unique(relative, return_inverse=True)
+        age = unique.unsqueeze(1) - first  # (U, C) days since the first event
+        return log2_bucket(age.clamp_(min=0)).index_select(0, inverse)
+    age = relative.unsqueeze(1) - first  # (N, C) days since the first event
+    return log2_bucket(age.clamp_(min=0))  # 0: first seen on the request's day or later

@@ -80,6 +80,15 @@ def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
     pairs = list(zip(times.tolist(), items.tolist(), strict=True))
     first = {i: min((t // DAY for t, j in pairs if j == i), default=None) for i in range(num_items)}
     ages = trend_buckets("age", 0, tables, days, ids)
+    repeated = days.repeat_interleave(3)  # training's case: many slots share a day
+    assert torch.equal(
+        trend_buckets("age", 0, tables, repeated, None, shared_days=True),
+        ages.repeat_interleave(3, dim=0),
+    )
+    assert torch.equal(trend_buckets("age", 0, tables, days, range(2, 6)), ages[:, 2:6])
+    assert torch.equal(
+        trend_buckets("popularity", 3, tables, days, range(2, 6), "rank"), ranks[:, 2:6]
+    )
     for row, day in enumerate(days.tolist()):
         for item in range(num_items):
             start = first[item]
@@ -189,7 +198,9 @@ def test_export_takes_the_request_day(tmp_path: Path) -> None:
     from featrec.export import export_run
 
     _events(tmp_path)
-    spec_path = _spec(tmp_path, [{"name": "age", "type": "age"}])
+    spec_path = _spec(
+        tmp_path, [{"name": "age", "type": "age"}, {"name": "pop", "type": "popularity"}]
+    )
     featrec.fit(load_spec(spec_path), out=tmp_path / "run", progress=False)
     export_run(tmp_path / "run", tmp_path / "export")
     program = torch.export.load(tmp_path / "export" / "model.pt2").module()

@@ -195,12 +195,6 @@ class BERT4Rec(RecModel):
             return scores
         if days is None:
             raise ValueError("trend features score items as of a day: pass the request days")
-        if items is None:
-            ids = torch.arange(self.num_items, device=query.device)
-        elif isinstance(items, range):
-            ids = torch.arange(items.start, items.stop, device=query.device)
-        else:
-            ids = items
         tables = {
             name.removeprefix(f"item_table_{PREFIX}"): buffer
             for name, buffer in self.named_buffers()
@@ -208,8 +202,10 @@ class BERT4Rec(RecModel):
         }
         for name, kind, window, measure in self.trends:
             per_bucket = query @ self.trend_embedding[name].weight.T  # (N, 32)
-            buckets = trend_buckets(kind, window, tables, days, ids, measure)  # (N, C)
-            scores = scores + per_bucket.gather(1, buckets)
+            buckets = trend_buckets(  # (N, C); training: many masked slots share a day
+                kind, window, tables, days, items, measure, shared_days=self.training
+            )
+            scores += per_bucket.gather(1, buckets)
         return scores
 
     def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
