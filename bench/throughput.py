@@ -15,6 +15,7 @@ forward) for the useful tokens, over wall time, over the matmul peak.
 
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/throughput.py [--repeats 5]
        [--batches 8] [--device cpu|cuda] [--compile] [--bf16] [--per-token-fusion]
+       [--spec SPEC] (a spec with trend features also times the step without them)
 """
 
 from __future__ import annotations
@@ -175,6 +176,10 @@ def main() -> None:
     spec = load_spec(args.spec, overrides)
     prepared, _ = prepare(spec)
     variants = {"featrec full": spec, "featrec behavior-only": spec.behavior_only()}
+    if spec.trend_features:  # what the trend features cost a step: the same without them
+        variants["featrec full without trends"] = spec.model_copy(
+            update={"features": spec.input_features}
+        )
     for method in args.fusions:  # the same data and features, entering elsewhere
         fusion = spec.fusion.model_copy(update={"method": method})
         variants[f"featrec full {method}"] = spec.model_copy(update={"fusion": fusion})
