@@ -540,6 +540,28 @@ def test_every_wrong_spec_value_is_exit_2_and_one_line_naming_it(
     assert expected in stderr, stderr
 
 
+TREND_MATRIX = [  # feature_specs/ml-1m-temporal.yaml: features 7-9 popularity, 10 age
+    ("features[7].window_days=0", "features[7].window_days: expected greater than or equal to 1"),
+    ("features[7].measure=share", "features[7].measure: expected one of 'rank' or 'count'"),
+    ("features[7].column=x", "features[7].column: unknown key (allowed: name, scope, dim"),
+    ("features[10].scope=user", "features[10].scope: expected one of 'item'; got 'user'"),
+    ("features[10].window_days=3", "features[10].window_days: unknown key"),
+    ("features[10].dim=8", "its dim must be model.dim (64); got 8"),
+    ("model.kind=embedding_mlp", "is scored in BERT4Rec's output layer; model.kind"),
+]
+
+
+@pytest.mark.parametrize(("override", "expected"), TREND_MATRIX, ids=[o for o, _ in TREND_MATRIX])
+def test_every_wrong_trend_feature_value_is_exit_2_and_one_line(
+    capsys: pytest.CaptureFixture[str], override: str, expected: str
+) -> None:
+    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / "ml-1m-temporal.yaml")
+    assert cli.main(["-q", "validate", spec, "--set", override]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1, stderr
+    assert expected in stderr, stderr
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"{", b"[]", b'{"features": {}}', b'{"item_vocab": [1], "features": {"x": {}}}',
