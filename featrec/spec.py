@@ -592,8 +592,8 @@ class Spec(_Frozen):
                 )
             if feature.dim is not None and feature.dim != self.model.dim:
                 raise ValueError(
-                    f"feature {feature.name}: a trend feature ({feature.type}) is compared with the "
-                    f"model's query, so its dim must be model.dim ({self.model.dim}); got "
+                    f"feature {feature.name}: a trend feature ({feature.type}) is compared "
+                    f"with the model's query, so its dim must be model.dim ({self.model.dim}); got "
                     f"{feature.dim} (leave it out)"
                 )
         return self
