@@ -529,17 +529,6 @@ SPEC_MATRIX = [  # (override, text the one line must hold)
 ]
 
 
-@pytest.mark.parametrize(("override", "expected"), SPEC_MATRIX, ids=[o for o, _ in SPEC_MATRIX])
-def test_every_wrong_spec_value_is_exit_2_and_one_line_naming_it(
-    capsys: pytest.CaptureFixture[str], override: str, expected: str
-) -> None:
-    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / "ml-1m.yaml")
-    assert cli.main(["-q", "validate", spec, "--set", override]) == 2
-    stderr = capsys.readouterr().err
-    assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1, stderr
-    assert expected in stderr, stderr
-
-
 TREND_MATRIX = [  # feature_specs/ml-1m-temporal.yaml: features 7-9 popularity, 10 age
     ("features[7].window_days=0", "features[7].window_days: expected greater than or equal to 1"),
     ("features[7].measure=share", "features[7].measure: expected one of 'rank' or 'count'"),
@@ -551,11 +540,16 @@ TREND_MATRIX = [  # feature_specs/ml-1m-temporal.yaml: features 7-9 popularity, 
 ]
 
 
-@pytest.mark.parametrize(("override", "expected"), TREND_MATRIX, ids=[o for o, _ in TREND_MATRIX])
-def test_every_wrong_trend_feature_value_is_exit_2_and_one_line(
-    capsys: pytest.CaptureFixture[str], override: str, expected: str
+@pytest.mark.parametrize(
+    ("spec_file", "override", "expected"),
+    [("ml-1m.yaml", o, e) for o, e in SPEC_MATRIX]
+    + [("ml-1m-temporal.yaml", o, e) for o, e in TREND_MATRIX],
+    ids=[o for o, _ in SPEC_MATRIX] + [f"trend:{o}" for o, _ in TREND_MATRIX],
+)
+def test_every_wrong_spec_value_is_exit_2_and_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], spec_file: str, override: str, expected: str
 ) -> None:
-    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / "ml-1m-temporal.yaml")
+    spec = str(Path(__file__).resolve().parents[1] / "feature_specs" / spec_file)
     assert cli.main(["-q", "validate", spec, "--set", override]) == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("featrec: error: ") and stderr.count("\n") == 1, stderr
