@@ -129,6 +129,7 @@ class BERT4Rec(RecModel):
         self.trend_embedding = NamedModules(
             {name: nn.Embedding(BUCKETS, dim) for name, *_ in self.trends}
         )
+        self.trend_tables = [key for key in item_tables if key.startswith(PREFIX)]
         self.apply(_init_weights)
         init = model.init if model.init != "auto" else ("torch" if self.side_method else "bert")
         if init == "torch":
@@ -195,10 +196,9 @@ class BERT4Rec(RecModel):
             return scores
         if days is None:
             raise ValueError("trend features score items as of a day: pass the request days")
-        tables = {
-            name.removeprefix(f"item_table_{PREFIX}"): buffer
-            for name, buffer in self.named_buffers()
-            if name.startswith(f"item_table_{PREFIX}")
+        tables = {  # the buffers themselves (they follow the model's device)
+            key.removeprefix(PREFIX): getattr(self, f"item_table_{key}")
+            for key in self.trend_tables
         }
         for name, kind, window, measure in self.trends:
             per_bucket = query @ self.trend_embedding[name].weight.T  # (N, 32)
