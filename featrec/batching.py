@@ -389,7 +389,13 @@ def length_aware_batches(
         by_length = pool[torch.argsort(lengths[pool], stable=True)]
         batches += list(torch.split(by_length, batch_size))
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffle]
+    batches = [batches[i] for i in shuffle]
+    # the longest batch first: the heap grows to its size once, and the shorter batches'
+    # temporaries fit in the blocks it freed (ascending sizes would grow it batch by batch)
+    if batches:
+        longest = max(range(len(batches)), key=lambda i: int(lengths[batches[i]].max()))
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
 
 
 def request_batch(

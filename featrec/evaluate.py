@@ -54,7 +54,7 @@ def evaluate_ranking(
     """
     users, positions = data.targets(split)
     # batches of similar history length pad less; ranks are put back in user order below
-    order = torch.argsort(positions, stable=True)
+    order = torch.argsort(positions, stable=True, descending=True)
     users, positions = users[order], positions[order]
     from featrec.metrics import RankingMetrics  # torchmetrics takes ~1.5 s to import
 
@@ -62,6 +62,7 @@ def evaluate_ranking(
     # several ranks (torchrun): each ranks every size()-th user, then all gather the ranks;
     # the metrics are computed from all of them in one order, as by one process
     mine = torch.arange(distributed.rank(), len(users), distributed.size())
+    batch_size = max(1, batch_size // distributed.size())  # a global batch, as in training
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
     generator = torch.Generator().manual_seed(seed)

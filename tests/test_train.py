@@ -99,6 +99,8 @@ def test_length_aware_batching_keeps_every_example_once() -> None:
     assert max(len(b) for b in aware) == 64
     spread = [int(lengths[b].max() - lengths[b].min()) for b in aware if len(b) == 64]
     assert sum(spread) / len(spread) < 0.5 * 199  # similar lengths share a batch
+    # the longest batch comes first (the heap grows to it once)
+    assert int(lengths[aware[0]].max()) == int(lengths[users].max())
 
 
 MALLINFO = """
