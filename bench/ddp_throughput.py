@@ -1,4 +1,4 @@
-"""Data-parallel training speed on one machine: N ranks × 1 thread against 1 rank × N threads.
+"""Data-parallel training speed on one machine: N ranks x 1 thread against 1 rank x N threads.
 
 Each round trains one epoch of the spec twice, from scratch, in fresh processes:
 ``featrec train SPEC --stop-after 1`` with ``OMP_NUM_THREADS=N`` (one rank using every
@@ -55,10 +55,10 @@ def main() -> None:
     for round_ in range(args.rounds):
         one.append(epoch_tokens_per_s(args.spec, args.out / "one", 1, n))
         many.append(epoch_tokens_per_s(args.spec, args.out / "many", n, 1))
-        print(f"round {round_ + 1}: 1 rank × {n} threads {one[-1]:.0f} tokens/s, "
-              f"{n} ranks × 1 thread {many[-1]:.0f}", flush=True)  # fmt: skip
+        print(f"round {round_ + 1}: 1 rank x {n} threads {one[-1]:.0f} tokens/s, "
+              f"{n} ranks x 1 thread {many[-1]:.0f}", flush=True)  # fmt: skip
     a, b = statistics.median(one), statistics.median(many)
-    print(f"median: 1 rank × {n} threads {a:.0f} tokens/s, {n} ranks × 1 thread {b:.0f}; "
+    print(f"median: 1 rank x {n} threads {a:.0f} tokens/s, {n} ranks x 1 thread {b:.0f}; "
           f"ratio {b / a:.2f}")  # fmt: skip
 
 
