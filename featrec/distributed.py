@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def launched() -> bool:
-    """Whether torchrun (or an equivalent launcher) started this process as one of several."""
+    """Whether torchrun (or an equivalent launcher) started this process: as one of several,
+    or as the one process of a group of one (``torchrun --nproc-per-node 1``, which then
+    trains through DistributedDataParallel and the backend, NCCL included, as N would)."""
+    if "WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ:
+        return True
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -99,7 +103,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The module a training step calls: the loss, under ``DistributedDataParallel`` when
     there are several ranks."""
     module = LossModule(model)
-    if size() == 1:
+    if not dist.is_initialized():
         return module
     ids = [device.index] if device.type == "cuda" else None
     # some parameters sit out a step (a feature absent from a share's rows): tolerated; the

@@ -564,13 +564,13 @@ def _metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
 
 
 def _ranks_text(spec: Spec) -> str:
-    """How the batches are split across ranks, when there are several."""
-    world = distributed.size()
-    if world == 1:
+    """How the batches are split across ranks, under torchrun."""
+    if not torch.distributed.is_initialized():
         return ""
-    per_rank = spec.train.batch_size // world
+    world = distributed.size()
+    per_rank, ranks = spec.train.batch_size // world, "ranks" if world > 1 else "rank"
     return (
-        f", {world} ranks: global batch {spec.train.batch_size} sequences, "
+        f", {world} {ranks}: global batch {spec.train.batch_size} sequences, "
         f"~{per_rank} per rank ({torch.distributed.get_backend()})"
     )
 

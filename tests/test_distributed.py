@@ -20,10 +20,10 @@ from tests.conftest import write_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", *args]  # fmt: skip
+               f"--nproc-per-node={nproc}", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
 
@@ -35,12 +35,24 @@ def exact(tiny_spec_body: dict) -> dict:
     return tiny_spec_body
 
 
-def test_two_ranks_train_the_parameters_one_rank_trains(tmp_path: Path, exact: dict) -> None:
+@pytest.mark.parametrize("ranks", [2, 1])
+def test_ranks_train_the_parameters_one_process_trains(
+    tmp_path: Path, exact: dict, ranks: int
+) -> None:
+    """2 ranks, and torchrun's group of one (DistributedDataParallel and the backend in the
+    step, as on one GPU with NCCL), against one plain process."""
     spec_path = write_spec(tmp_path, exact)
     one = train(load_spec(spec_path), tmp_path / "one")
-    done = torchrun("-m", "featrec", "train", str(spec_path), "--out", str(tmp_path / "two"))
+    done = torchrun(
+        "-m", "featrec", "train", str(spec_path), "--out", str(tmp_path / "two"), nproc=ranks
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 ranks: global batch 4 sequences, ~2 per rank (gloo)" in done.stderr
+    text = (
+        "2 ranks: global batch 4 sequences, ~2"
+        if ranks == 2
+        else "1 rank: global batch 4 sequences, ~4"
+    )
+    assert f"{text} per rank (gloo)" in done.stderr
     weights = [load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"]
                for d in ("one", "two")]  # fmt: skip
     for name, value in weights[0].items():
