@@ -397,13 +397,15 @@ class TrainSpec(_Frozen):
     negatives: int = Field(
         100, gt=0, description="sampled_softmax, gbce: negative items drawn per training step."
     )
-    sampler: Literal["uniform", "popularity", "in_batch"] = Field(
-        "uniform",
+    sampler: Literal["auto", "uniform", "popularity", "in_batch"] = Field(
+        "auto",
         description="sampled_softmax: how the shared negatives are drawn. uniform: over the "
         "items. popularity: in proportion to each item's training events (+1). in_batch: the "
         "batch's own targets (train.negatives does not apply). The non-uniform samplers "
         "subtract log q (the item's draw probability) from every score in the loss (Yi et "
-        "al. 2019), so popular items are not over-penalised.",
+        "al. 2019), so popular items are not over-penalised. auto: popularity for "
+        "sampled_softmax (uniform draws rarely meet the popular items a target competes "
+        "with, and training stalled on ML-1M: bench/RESULTS.md), uniform for gbce.",
     )
     gbce_t: float = Field(
         0.75,
@@ -461,9 +463,16 @@ class TrainSpec(_Frozen):
             )
         return self
 
+    @property
+    def negative_sampler(self) -> str:
+        """``sampler`` with ``auto`` resolved: popularity for sampled_softmax, else uniform."""
+        if self.sampler != "auto":
+            return self.sampler
+        return "popularity" if self.loss == "sampled_softmax" else "uniform"
+
     @model_validator(mode="after")
     def _sampler_fits_loss(self) -> TrainSpec:
-        if self.sampler == "uniform" or self.loss == "sampled_softmax":
+        if self.sampler in ("auto", "uniform") or self.loss == "sampled_softmax":
             return self
         if self.loss == "ce":
             raise ValueError(

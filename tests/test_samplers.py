@@ -122,7 +122,7 @@ def test_a_non_uniform_sampler_without_counts_says_what_it_needs() -> None:
          "train.loss: sampled_softmax, but train.loss is ce"),
         (["train.loss=gbce", "train.sampler=in_batch"], "gBCE's calibration assumes uniform"),
         (["train.loss=sampled_softmax", "train.sampler=bayes"],
-         "train.sampler: expected one of 'uniform', 'popularity' or 'in_batch'"),
+         "train.sampler: expected one of 'auto', 'uniform', 'popularity' or 'in_batch'"),
     ],
 )  # fmt: skip
 def test_a_sampler_that_does_not_fit_the_loss_is_one_line(
@@ -144,6 +144,17 @@ def test_training_hands_the_sampler_the_training_popularity(
     counts = popularity(exp.data, exp.model.num_items)
     share = (counts[N_RESERVED:] + 1) / (counts[N_RESERVED:] + 1).sum()
     torch.testing.assert_close(exp.model.objective.log_q[N_RESERVED:], share.log())
+
+
+@pytest.mark.parametrize(
+    ("loss", "drawn_by"), [("sampled_softmax", "popularity"), ("gbce", "uniform")]
+)
+def test_auto_draws_by_popularity_for_sampled_softmax_and_uniformly_for_gbce(
+    tmp_path: Path, tiny_spec_body: dict, loss: str, drawn_by: str
+) -> None:
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body), [f"train.loss={loss}"])
+    assert spec.train.sampler == "auto"
+    assert Experiment.from_spec(spec).model.objective.sampler == drawn_by
 
 
 def test_every_sampler_trains(tmp_path: Path, tiny_spec_body: dict) -> None:

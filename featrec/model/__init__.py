@@ -38,7 +38,7 @@ def build_model(
     t = spec.train
     if t.loss != "ce":
         model.objective = Objective(
-            t.loss, t.negatives, t.gbce_t, t.sampler, item_counts, trained_items
+            t.loss, t.negatives, t.gbce_t, t.negative_sampler, item_counts, trained_items
         )
     return model
 
