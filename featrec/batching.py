@@ -392,8 +392,11 @@ def length_aware_batches(
     batches = [batches[i] for i in shuffle]
     # the longest batch first: the heap grows to its size once, and the shorter batches'
     # temporaries fit in the blocks it freed (ascending sizes would grow it batch by batch)
-    if batches:
-        longest = max(range(len(batches)), key=lambda i: int(lengths[batches[i]].max()))
+    if len(users):  # ties (windows capped at max_len): the fuller batch
+        longest = max(
+            range(len(batches)),
+            key=lambda i: (int(lengths[batches[i]].max()), len(batches[i])),
+        )
         batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 

@@ -62,13 +62,13 @@ def evaluate_ranking(
     # several ranks (torchrun): each ranks every size()-th user, then all gather the ranks;
     # the metrics are computed from all of them in one order, as by one process
     mine = torch.arange(distributed.rank(), len(users), distributed.size())
-    batch_size = max(1, batch_size // distributed.size())  # a global batch, as in training
+    per_rank = max(1, batch_size // distributed.size())  # a global batch, as in training
     sampled = RankingMetrics(ks) if sampled_negatives else None
     pop = popularity(data, num_items) if sampled_negatives else None
     generator = torch.Generator().manual_seed(seed)
     own_ranks, device = [], score_fn.device
-    for start in range(0, len(mine), batch_size):
-        at = mine[start : start + batch_size]
+    for start in range(0, len(mine), per_rank):
+        at = mine[start : start + per_rank]
         batch_users, batch_positions = users[at], positions[at]
         targets = data.item[data.offsets[batch_users] + batch_positions]
         score = score_fn(batch_users, batch_positions)

@@ -758,6 +758,10 @@ def spec_differences(stored: Any, given: Spec, limit: int = 5) -> list[str]:
         except (ValueError, TypeError):
             return ["the stored spec is not a valid spec any more"]
     old, new = _flatten(stored.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
+    # what a run draws from, not how it was written: a spec stored before train.sampler's
+    # `auto` wrote `uniform`, which a ce or gbce spec still resolves to
+    old["train.sampler"] = stored.train.negative_sampler
+    new["train.sampler"] = given.train.negative_sampler
 
     def shown(values: dict[str, Any], key: str) -> str:
         return repr(values[key]) if key in values else "(none)"

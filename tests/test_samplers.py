@@ -17,7 +17,7 @@ from featrec.errors import SpecError
 from featrec.evaluate import popularity
 from featrec.ids import N_RESERVED
 from featrec.model.protocol import Objective
-from featrec.spec import load_spec
+from featrec.spec import load_spec, spec_differences
 from featrec.train import Experiment, train
 from tests.conftest import write_spec
 
@@ -155,6 +155,21 @@ def test_auto_draws_by_popularity_for_sampled_softmax_and_uniformly_for_gbce(
     spec = load_spec(write_spec(tmp_path, tiny_spec_body), [f"train.loss={loss}"])
     assert spec.train.sampler == "auto"
     assert Experiment.from_spec(spec).model.objective.sampler == drawn_by
+
+
+def test_a_spec_stored_with_the_old_uniform_default_resumes_where_it_draws_the_same(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    """Specs stored before `auto` wrote `sampler: uniform`: still the same run for ce and
+    gbce (auto resolves to uniform), another one for sampled_softmax (now popularity)."""
+    path = write_spec(tmp_path, tiny_spec_body)
+    for loss, same in (("ce", True), ("gbce", True), ("sampled_softmax", False)):
+        given = load_spec(path, [f"train.loss={loss}"])
+        stored = given.model_dump(mode="json")
+        stored["train"]["sampler"] = "uniform"
+        differences = spec_differences(stored, given)
+        assert (differences == []) is same, (loss, differences)
+    assert spec_differences(stored, given) == ["train.sampler: 'uniform' → 'popularity'"]
 
 
 def test_every_sampler_trains(tmp_path: Path, tiny_spec_body: dict) -> None:

@@ -92,8 +92,9 @@ def test_sampled_ranks_are_within_the_sample() -> None:
 
 def test_length_aware_batching_keeps_every_example_once() -> None:
     users = torch.arange(3, 1000)
-    lengths = torch.randint(1, 200, (1000,))
-    plain = torch.split(users[torch.randperm(len(users))], 64)
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 200, (1000,), generator=generator)
+    plain = torch.split(users[torch.randperm(len(users), generator=generator)], 64)
     aware = length_aware_batches(users, lengths, 64, torch.Generator().manual_seed(0), 4)
     assert sorted(torch.cat(aware).tolist()) == sorted(torch.cat(plain).tolist())
     assert max(len(b) for b in aware) == 64
@@ -101,6 +102,8 @@ def test_length_aware_batching_keeps_every_example_once() -> None:
     assert sum(spread) / len(spread) < 0.5 * 199  # similar lengths share a batch
     # the longest batch comes first (the heap grows to it once)
     assert int(lengths[aware[0]].max()) == int(lengths[users].max())
+    empty = length_aware_batches(users[:0], lengths, 64, torch.Generator())
+    assert sum(len(batch) for batch in empty) == 0
 
 
 MALLINFO = """
