@@ -16,6 +16,7 @@ forward) for the useful tokens, over wall time, over the matmul peak.
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/throughput.py [--repeats 5]
        [--batches 8] [--device cpu|cuda] [--compile] [--bf16] [--per-token-fusion]
        [--spec SPEC] (a spec with trend features also times the step without them)
+       [--losses sampled_softmax gbce] [--negatives 256]
 """
 
 from __future__ import annotations
@@ -168,6 +169,15 @@ def main() -> None:
         metavar="METHOD",
         help="also time the full model under these fusion.method values (e.g. nova difsr)",
     )
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        default=[],
+        metavar="LOSS",
+        help="also time the full model under these train.loss values (sampled_softmax, gbce; "
+        "negatives drawn by the spec's train.sampler)",
+    )
+    parser.add_argument("--negatives", type=int, default=256, help="for --losses")
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = [f"train.device={args.device}"]
@@ -183,6 +193,9 @@ def main() -> None:
     for method in args.fusions:  # the same data and features, entering elsewhere
         fusion = spec.fusion.model_copy(update={"method": method})
         variants[f"featrec full {method}"] = spec.model_copy(update={"fusion": fusion})
+    for loss in args.losses:  # the same model trained with another train.loss
+        train = spec.train.model_copy(update={"loss": loss, "negatives": args.negatives})
+        variants[f"featrec full {loss}"] = spec.model_copy(update={"train": train})
 
     def bf16_loss(model, batch, labels):
         with torch.autocast(device.type, dtype=torch.bfloat16):

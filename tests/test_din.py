@@ -135,7 +135,7 @@ def test_training_scores_each_target_from_the_events_before_it(
 def test_the_loss_is_the_sampled_softmax_of_those_scores(
     tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    exp = din_experiment(tmp_path, tiny_spec_body)
+    exp = din_experiment(tmp_path, tiny_spec_body, "train.sampler=uniform")  # no log-q
     model = exp.model.eval()
     users = torch.arange(exp.data.num_users)
     batch, labels = next_item_batch(exp.data, users, 7, 1.0, torch.Generator().manual_seed(0))
@@ -154,7 +154,10 @@ def test_sampled_softmax_over_every_other_item_is_the_full_softmax(
     tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = Experiment.from_spec(
-        load_spec(write_spec(tmp_path, tiny_spec_body), ["train.loss=sampled_softmax"])
+        load_spec(
+            write_spec(tmp_path, tiny_spec_body),
+            ["train.loss=sampled_softmax", "train.sampler=uniform"],  # no log-q correction
+        )
     )
     model = exp.model.eval()
     assert model.objective.negatives == 100 and model.objective.kind == "sampled_softmax"
