@@ -12,6 +12,7 @@ computes the same metrics as one process would. Rank 0 alone writes the run dire
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import warnings
@@ -42,9 +43,18 @@ def setup(device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     # gather() and the metric states are CPU tensors: gloo carries them beside NCCL
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    # destroyed before the interpreter exits: a group torn down with the process can abort it
+    # ("terminate called without an active exception"), and torchrun then reports a rank
+    # that finished its work as failed
+    atexit.register(_leave)
     if rank():
         logging.getLogger("featrec").setLevel(logging.WARNING)  # rank 0 speaks for the run
     return device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
