@@ -392,10 +392,10 @@ def length_aware_batches(
     batches = [batches[i] for i in shuffle]
     # the longest batch first: the heap grows to its size once, and the shorter batches'
     # temporaries fit in the blocks it freed (ascending sizes would grow it batch by batch)
-    if len(users):  # ties (windows capped at max_len): the fuller batch
-        longest = max(
+    if len(users):  # a batch is sorted by length: its last user is its longest
+        longest = max(  # ties (windows capped at max_len): the fuller batch
             range(len(batches)),
-            key=lambda i: (int(lengths[batches[i]].max()), len(batches[i])),
+            key=lambda i: (int(lengths[batches[i][-1]]), len(batches[i])),
         )
         batches[0], batches[longest] = batches[longest], batches[0]
     return batches

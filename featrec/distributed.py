@@ -52,8 +52,14 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
+def joined() -> bool:
+    """Whether this process is in a process group (torchrun started it, a group of one
+    included): then the step runs under DistributedDataParallel."""
+    return dist.is_initialized()
+
+
 def _leave() -> None:
-    if dist.is_initialized():
+    if joined():
         dist.destroy_process_group()
 
 
@@ -111,9 +117,9 @@ class LossModule(nn.Module):
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """The module a training step calls: the loss, under ``DistributedDataParallel`` when
-    there are several ranks."""
+    this process is in a process group."""
     module = LossModule(model)
-    if not dist.is_initialized():
+    if not joined():
         return module
     ids = [device.index] if device.type == "cuda" else None
     # some parameters sit out a step (a feature absent from a share's rows): tolerated; the

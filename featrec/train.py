@@ -565,7 +565,7 @@ def _metrics_of(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
 
 def _ranks_text(spec: Spec) -> str:
     """How the batches are split across ranks, under torchrun."""
-    if not torch.distributed.is_initialized():
+    if not distributed.joined():
         return ""
     world = distributed.size()
     per_rank, ranks = spec.train.batch_size // world, "ranks" if world > 1 else "rank"
