@@ -80,32 +80,39 @@ class DIN(LookBackModel):
         The target at position t is the window's own item there: its attention over the
         items before it is causal self-attention with the candidate as the query, one pass
         per window. A negative's attention logits over a window do not depend on the
-        position, so its pooled history at every position is one running sum: exp-weighted
-        values and weights accumulated along the window (B, K, L, D), read at each target's
-        position. Both give the numbers of attending with everything from t on hidden.
+        position, so its pooled history at a target's position is its exp-weights over the
+        window times that target's history (the window's tokens before t, zero from t on):
+        one batched matmul of the weights (B, K, L) with every target's history of the window
+        (B, L, T, D), T the most targets in a window. Both give the numbers of attending with
+        everything from t on hidden.
         """
         rows, ends = labelled.nonzero(as_tuple=True)  # (N,), (N,): window and position
         items = batch.item
         tokens, known, side = self._inputs(batch)
-        length = items.shape[1]
+        count, length, dim = tokens.shape
         earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
         own = self._pool(self._memory(tokens, known.unsqueeze(1) & earlier), items, batch)
         pooled_target = own[rows, ends].unsqueeze(1)  # (N, 1, D)
         target = items[rows, ends].unsqueeze(1)  # (N, 1)
 
         query = self.query(self.item_tokens(negatives, batch))  # (K, D)
-        scale = tokens.shape[-1] ** -0.5
+        scale = dim**-0.5
         logits = torch.einsum("bld,kd->bkl", tokens, query) * scale  # (B, K, L)
         logits = logits.masked_fill(~known.unsqueeze(1), float("-inf"))
-        null = (query @ self.null_key * scale).expand(len(items), -1)  # (B, K)
+        null = (query @ self.null_key * scale).expand(count, -1)  # (B, K)
         top = torch.maximum(logits.amax(dim=2), null).detach()  # (B, K): for exp's range
         weights = torch.exp(logits - top.unsqueeze(2))  # (B, K, L), 0 where not known
-        sums = torch.cumsum(weights.unsqueeze(3) * tokens.unsqueeze(1), dim=2)  # (B, K, L, D)
-        totals = torch.cumsum(weights, dim=2) + torch.exp(null - top).unsqueeze(2)  # (B, K, L)
+        # each target's slot among its window's targets, and its history as slots (B, L, T)
+        slot = (labelled.cumsum(dim=1) - 1)[rows, ends]  # (N,)
+        before = torch.zeros(count, length, int(slot.max()) + 1, device=items.device)
+        positions = torch.arange(length, device=items.device)
         # the history before position t ends at t - 1 (targets have history: t >= 1)
-        pooled_negatives = sums[rows, :, ends - 1] / totals[rows, :, ends - 1].clamp_min(
-            1e-30
-        ).unsqueeze(2)  # (N, K, D)
+        before[rows, :, slot] = (positions < ends.unsqueeze(1)).to(before.dtype)
+        histories = (before.unsqueeze(3) * tokens.unsqueeze(2)).flatten(2)  # (B, L, T * D)
+        sums = torch.bmm(weights, histories).unflatten(2, (-1, dim))  # (B, K, T, D)
+        totals = torch.bmm(weights, before) + torch.exp(null - top).unsqueeze(2)  # (B, K, T)
+        totals = totals[rows, :, slot].clamp_min(1e-30)  # (N, K)
+        pooled_negatives = sums[rows, :, slot] / totals.unsqueeze(2)  # (N, K, D)
 
         pooled = torch.cat([pooled_target, pooled_negatives], dim=1)  # (N, 1 + K, D)
         candidates = torch.cat([target, negatives.expand(len(rows), -1)], dim=1)
