@@ -101,11 +101,14 @@ def test_the_candidate_is_the_query_and_only_the_history_is_read(
     assert torch.allclose(flat[:, 0], flat[:, 1])
 
 
+@pytest.mark.parametrize("block", [2, 3, 16])
 def test_training_scores_each_target_from_the_events_before_it(
-    tmp_path: Path, tiny_spec_body: dict
+    tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
-    """The running-sum scores of training equal inference on the window ending at each
-    target (its item hidden), for the target and every negative."""
+    """The block-sum scores of training equal inference on the window ending at each
+    target (its item hidden), for the target and every negative: with blocks shorter than
+    the window (targets past the first block add the blocks before theirs) and longer."""
+    monkeypatch.setattr(din_module, "BLOCK", block)
     exp = din_experiment(tmp_path, tiny_spec_body)
     model = exp.model.eval()
     with torch.no_grad():

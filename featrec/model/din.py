@@ -37,6 +37,7 @@ from featrec.model.protocol import Objective, draw_negatives
 from featrec.spec import ModelSpec
 
 ITEM_CHUNK = 1024  # candidate items scored at once when ranking every item
+BLOCK = 16  # window slots summed at once for the negatives' pooled histories in training
 
 
 class DIN(LookBackModel):
@@ -80,11 +81,11 @@ class DIN(LookBackModel):
         The target at position t is the window's own item there: its attention over the
         items before it is causal self-attention with the candidate as the query, one pass
         per window. A negative's attention logits over a window do not depend on the
-        position, so its pooled history at a target's position is its exp-weights over the
-        window times that target's history (the window's tokens before t, zero from t on):
-        one batched matmul of the weights (B, K, L) with every target's history of the window
-        (B, L, T, D), T the most targets in a window. Both give the numbers of attending with
-        everything from t on hidden.
+        position, so its pooled history at position t is a prefix sum of exp-weighted tokens
+        up to t - 1: sums over blocks of ``BLOCK`` slots (matmuls), the blocks before t's
+        block accumulated, plus the slots of t's block before it (a matmul per target). Both
+        give the numbers of attending with everything from t on hidden, and nothing of size
+        (B, K, L, D) is built.
         """
         rows, ends = labelled.nonzero(as_tuple=True)  # (N,), (N,): window and position
         items = batch.item
@@ -102,17 +103,25 @@ class DIN(LookBackModel):
         null = (query @ self.null_key * scale).expand(count, -1)  # (B, K)
         top = torch.maximum(logits.amax(dim=2), null).detach()  # (B, K): for exp's range
         weights = torch.exp(logits - top.unsqueeze(2))  # (B, K, L), 0 where not known
-        # each target's slot among its window's targets, and its history as slots (B, L, T)
-        slot = (labelled.cumsum(dim=1) - 1)[rows, ends]  # (N,)
-        before = torch.zeros(count, length, int(slot.max()) + 1, device=items.device)
-        positions = torch.arange(length, device=items.device)
-        # the history before position t ends at t - 1 (targets have history: t >= 1)
-        before[rows, :, slot] = (positions < ends.unsqueeze(1)).to(before.dtype)
-        histories = (before.unsqueeze(3) * tokens.unsqueeze(2)).flatten(2)  # (B, L, T * D)
-        sums = torch.bmm(weights, histories).unflatten(2, (-1, dim))  # (B, K, T, D)
-        totals = torch.bmm(weights, before) + torch.exp(null - top).unsqueeze(2)  # (B, K, T)
-        totals = totals[rows, :, slot].clamp_min(1e-30)  # (N, K)
-        pooled_negatives = sums[rows, :, slot] / totals.unsqueeze(2)  # (N, K, D)
+        # the window in blocks of BLOCK slots: the sums of each block (B, n, K, D), then of
+        # all blocks before each one; a target at t = BLOCK * j + o adds the first o slots
+        # of block j (the history before position t ends at t - 1; targets have t >= 1)
+        blocks = -(-length // BLOCK)
+        pad = blocks * BLOCK - length
+        weights = F.pad(weights, (0, pad)).unflatten(2, (blocks, BLOCK))  # (B, K, n, S)
+        weights = weights.transpose(1, 2)  # (B, n, K, S)
+        values = F.pad(tokens, (0, 0, 0, pad)).unflatten(1, (blocks, BLOCK))  # (B, n, S, D)
+        values = torch.cat([values, torch.ones_like(values[..., :1])], dim=3)  # + weight sum
+        whole = torch.matmul(weights, values)  # (B, n, K, D + 1)
+        # the blocks before each (shifted, not cumsum - whole: no cancellation)
+        earlier_blocks = F.pad(torch.cumsum(whole[:, :-1], dim=1), (0, 0, 0, 0, 1, 0))
+        block, offset = ends // BLOCK, ends % BLOCK  # (N,), (N,)
+        part = weights[rows, block] * (
+            torch.arange(BLOCK, device=items.device) < offset.unsqueeze(1)
+        ).unsqueeze(1)  # (N, K, S): the slots of the target's block before it
+        sums = earlier_blocks[rows, block] + torch.bmm(part, values[rows, block])  # (N, K, D+1)
+        totals = sums[..., -1] + torch.exp(null - top)[rows]  # (N, K), + the null slot
+        pooled_negatives = sums[..., :-1] / totals.clamp_min(1e-30).unsqueeze(2)  # (N, K, D)
 
         pooled = torch.cat([pooled_target, pooled_negatives], dim=1)  # (N, 1 + K, D)
         candidates = torch.cat([target, negatives.expand(len(rows), -1)], dim=1)
