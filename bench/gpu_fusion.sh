@@ -16,5 +16,5 @@ common=(--set train.eval_every=5 --out "$OUT" --jobs "$JOBS")
 featrec -q ablate "$SPEC" --seeds "$SEEDS" --fusions nova difsr nova+event "${common[@]}" \
   --variants behavior-only full full@nova full@difsr full@nova+event
 featrec -q ablate "$SPEC" --seeds 1 --fusions nova difsr nova+event "${common[@]}" \
-  --variants -item -item@nova -item@difsr -item@nova+event most-popular
+  --variants -item -item@nova -item@difsr -item@nova+event din most-popular
 featrec report "$OUT" | head -40
