@@ -101,13 +101,15 @@ def test_the_candidate_is_the_query_and_only_the_history_is_read(
     assert torch.allclose(flat[:, 0], flat[:, 1])
 
 
-@pytest.mark.parametrize("block", [2, 3, 16])
+@pytest.mark.parametrize("block", [1, 2, 3, 16])
 def test_training_scores_each_target_from_the_events_before_it(
     tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch, block: int
 ) -> None:
     """The block-sum scores of training equal inference on the window ending at each
-    target (its item hidden), for the target and every negative: with blocks shorter than
-    the window (targets past the first block add the blocks before theirs) and longer."""
+    target (its item hidden), for the target and every negative. The windows here hold 4
+    slots: blocks of 1 slot give targets up to 3 whole blocks before their own (the
+    prefix over blocks), 2 and 3 a part of a block, 16 one block (``BLOCK`` is read at
+    call time)."""
     monkeypatch.setattr(din_module, "BLOCK", block)
     exp = din_experiment(tmp_path, tiny_spec_body)
     model = exp.model.eval()
