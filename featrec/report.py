@@ -92,6 +92,7 @@ class VariantResult:
     seeds: list[int]
     test: dict[str, list[float]]  # every stored test metric → one value per seed
     per_user: pl.DataFrame  # user_id and one column per full-ranking metric, seed-averaged
+    minutes: list[float]  # each seed's training time (its epochs' seconds summed); [] if none
 
 
 def ablation_spec(ablation_dir: Path) -> Spec:
@@ -115,11 +116,12 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
         finished = sorted(variant_dir.glob("seed*/final_metrics.json"))
         if not finished:
             continue
-        seeds, tests, frames = [], [], []
+        seeds, tests, frames, minutes = [], [], [], []
         for path in finished:
             final = json.loads(path.read_text(encoding="utf-8"))
             seeds.append(int(final["seed"]))
             tests.append(final["test"])
+            minutes += training_minutes(path.parent / "metrics.csv")
             ranks = pl.read_parquet(path.parent / "ranks.parquet").filter(pl.col("split") == "test")
             frames.append(ranks)
         keys = [key for key in tests[0] if all(key in test for test in tests)]
@@ -133,10 +135,22 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
             .sort("user_id")
         )
         test = {key: [t[key] for t in tests] for key in keys}
-        results[variant_dir.name] = VariantResult(variant_dir.name, seeds, test, per_user)
+        results[variant_dir.name] = VariantResult(variant_dir.name, seeds, test, per_user, minutes)
     if not results:
         raise FeatrecError(f"{ablation_dir}: no finished runs to report yet")
     return results
+
+
+def training_minutes(path: Path) -> list[float]:
+    """A run's training time in minutes from its ``metrics.csv`` (the epochs' ``seconds``,
+    the last row of each epoch: a run resumed from checkpoints counts whole), as a one-item
+    list; [] for runs that keep no epochs (most-popular) or an unreadable file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            epochs = {row["epoch"]: float(row["seconds"]) for row in csv.DictReader(handle)}
+    except (OSError, KeyError, ValueError, TypeError):
+        return []
+    return [sum(epochs.values()) / 60.0] if epochs else []
 
 
 def compare(
@@ -202,6 +216,7 @@ def _summarize(spec: Spec, results: dict[str, VariantResult]) -> list[dict]:
     rows = []
     for name, result in results.items():
         row: dict = {"variant": name, "seeds": len(result.seeds)}
+        row["train minutes"] = float(np.median(result.minutes)) if result.minutes else math.nan
         for metric, values in result.test.items():
             row[f"{metric} mean"] = float(np.mean(values))
             row[f"{metric} std"] = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -275,13 +290,15 @@ def write_report(ablation_dir: Path) -> list[Path]:
         f"# Ablation report: {ablation_dir.name}",
         "",
         f"{_protocol(spec)}. Mean ± std over seeds; Δ = paired per-user difference of the "
-        "seed-averaged metric, [95% bootstrap CI over users], paired t-test p. Verdicts on "
+        "seed-averaged metric, [95% bootstrap CI over users], paired t-test p; training minutes: "
+        "the median over seeds of the epochs' training time. Verdicts on "
         f"{label(first)}. `X@method`: variant X with fusion.method = method (the spec's: "
         f'{spec.fusion.method}); its "full" is full@method.',
         "",
         f"| variant | seeds | {label(first)} | {label(second)} | Δ {label(first)} vs "
-        f"behavior-only | Δ {label(first)} vs full | verdict vs behavior-only | verdict vs full |",
-        "|---|---|---|---|---|---|---|---|",
+        f"behavior-only | Δ {label(first)} vs full | verdict vs behavior-only | verdict vs full "
+        "| training min per run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
@@ -293,6 +310,7 @@ def write_report(ablation_dir: Path) -> list[Path]:
             _format_diff(row, first, "full"),
             row.get("vs behavior-only", "-"),
             row.get("vs full", "-"),
+            "-" if math.isnan(row["train minutes"]) else f"{row['train minutes']:.1f}",
         ]
         markdown.append("| " + " | ".join(cells) + " |")
     markdown += _seed_note(rows)

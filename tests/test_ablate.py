@@ -203,6 +203,37 @@ def test_report_follows_the_primary_metric_and_lists_every_metric(
     assert "mrr@20 vs behavior-only ci_low" in header and "hr@5 vs full p" in header
 
 
+def test_report_gives_each_variant_its_median_training_minutes(tmp_path: Path, quick: dict) -> None:
+    """The last column: the median over seeds of each run's epoch seconds (metrics.csv),
+    each epoch once (a resumed run's repeated epoch counts its last row); "-" for a
+    baseline that trains nothing."""
+    spec = load_spec(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    run_ablation(spec, out, 3, ["full"])
+    run_ablation(spec, out, 1, ["most-popular"])
+    minutes = []
+    for seed, seconds in enumerate((60.0, 600.0, 120.0)):
+        path = run_dir(out, "full", spec.train.seed + seed) / "metrics.csv"
+        rows = list(csv.DictReader(path.open()))
+        rows.append(dict(rows[-1]))  # the last epoch again, as a resume would write it
+        for row in rows:
+            row["seconds"] = str(seconds / len(rows))
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        minutes.append(seconds / 60 * (len(rows) - 1) / len(rows))
+    write_report(out)
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[4].endswith("| training min per run |")
+    full = next(line for line in lines if line.startswith("| full |"))
+    assert full.endswith(f"| {sorted(minutes)[1]:.1f} |")
+    popular = next(line for line in lines if line.startswith("| most-popular |"))
+    assert popular.endswith("| - |")
+    rows = {r["variant"]: r for r in csv.DictReader((out / "report.csv").open())}
+    assert float(rows["full"]["train minutes"]) == pytest.approx(sorted(minutes)[1])
+
+
 def test_ablate_list_and_errors(
     tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -307,7 +338,13 @@ def test_two_shards_on_one_directory_make_the_unsharded_report(
     second = run_ablation(spec, tmp_path / "shared", 2, chosen, shard=(2, 2))
     assert not set(first) & set(second) and sorted(first + second) == sorted(whole)
     assert len(first) == len(second) == 4
-    reports = [write_report(tmp_path / d)[1].read_text() for d in ("whole", "shared")]  # csv
+    reports = []
+    for folder in ("whole", "shared"):
+        with write_report(tmp_path / folder)[1].open(newline="") as handle:  # the csv
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            assert row.pop("train minutes")  # wall time: differs from run to run
+        reports.append(rows)
     assert reports[0] == reports[1]
     assert run_ablation(spec, tmp_path / "shared", 2, chosen, shard=(1, 2)) == []
     for bad in ((0, 2), (3, 2), (1, 0)):
