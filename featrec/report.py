@@ -121,7 +121,8 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
             final = json.loads(path.read_text(encoding="utf-8"))
             seeds.append(int(final["seed"]))
             tests.append(final["test"])
-            minutes += training_minutes(path.parent / "metrics.csv")
+            if (spent := training_minutes(path.parent / "metrics.csv")) is not None:
+                minutes.append(spent)
             ranks = pl.read_parquet(path.parent / "ranks.parquet").filter(pl.col("split") == "test")
             frames.append(ranks)
         keys = [key for key in tests[0] if all(key in test for test in tests)]
@@ -141,16 +142,16 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
     return results
 
 
-def training_minutes(path: Path) -> list[float]:
+def training_minutes(path: Path) -> float | None:
     """A run's training time in minutes from its ``metrics.csv`` (the epochs' ``seconds``,
-    the last row of each epoch: a run resumed from checkpoints counts whole), as a one-item
-    list; [] for runs that keep no epochs (most-popular) or an unreadable file."""
+    the last row of each epoch: a run resumed from checkpoints counts whole); None for runs
+    that keep no epochs (most-popular) or an unreadable file."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             epochs = {row["epoch"]: float(row["seconds"]) for row in csv.DictReader(handle)}
     except (OSError, KeyError, ValueError, TypeError):
-        return []
-    return [sum(epochs.values()) / 60.0] if epochs else []
+        return None
+    return sum(epochs.values()) / 60.0 if epochs else None
 
 
 def compare(
