@@ -5,12 +5,14 @@ baseline model), so all variants share the split, item vocabulary, evaluation us
 seeds. Layout of an ablation directory::
 
     spec.yaml                     the spec the variants were made from
+    overrides.yaml                settings of single variants (--set VARIANT:KEY=VALUE)
     runs/<variant>/seed<N>/       one training run each (see featrec.train)
     report.md, report.csv, report.png   written by featrec.report
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,8 +29,15 @@ from featrec.atomic import write_folder, write_text
 from featrec.datasets import has_clock_times
 from featrec.errors import FeatrecError
 from featrec.model.fusion import ATTENTION_FUSIONS
-from featrec.report import DIN, EMBEDDING_MLP, MOST_POPULAR, headline
-from featrec.spec import FusionSpec, Spec, spec_differences
+from featrec.report import (
+    DIN,
+    EMBEDDING_MLP,
+    MOST_POPULAR,
+    OVERRIDES_FILE,
+    headline,
+    variant_overrides,
+)
+from featrec.spec import FusionSpec, Spec, SpecError, spec_differences, with_overrides
 from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
@@ -46,7 +55,9 @@ class Variant:
     days: int | None = None  # an untrained baseline over the days before each request
 
 
-def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
+def variants(
+    spec: Spec, fusions: Sequence[str] = (), overrides: dict[str, list[str]] | None = None
+) -> dict[str, Variant]:
     """Every variant of ``spec``, in report order, keyed by name.
 
     full · behavior-only · -<scope> · behavior+<scope> · -<feature> · then, for each of
@@ -55,6 +66,8 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     baseline with the same features) · din (DIN: target attention, the same features). A
     name whose features equal an earlier variant's (``-gender`` where gender is the only
     user feature) maps to that variant: it is trained once, under the first name.
+    ``overrides`` maps a variant's name to ``KEY=VALUE`` settings of that variant alone
+    (``{"din": ["train.lr=3e-4"]}``: a baseline tuned apart from the rest).
     """
     features = list(spec.features)
     scopes = [s for s in SCOPES if any(f.scope == s for f in features)]
@@ -139,7 +152,49 @@ def variants(spec: Spec, fusions: Sequence[str] = ()) -> dict[str, Variant]:
     out[DIN] = Variant(
         DIN, din, description="target attention over the history, candidate as query, + features"
     )
+    for name, texts in (overrides or {}).items():
+        _override(out, name, texts)
     return out
+
+
+def _override(out: dict[str, Variant], name: str, texts: list[str]) -> None:
+    """Apply ``texts`` (``KEY=VALUE``) to the variant ``name`` of ``out``, in place."""
+    first = f"--set {name}:{texts[0]}"
+    if name not in out:
+        raise FeatrecError(f"{first}: unknown variant '{name}'; this spec has: {', '.join(out)}")
+    variant = out[name]
+    if variant.name != name:
+        raise FeatrecError(
+            f"{first}: {name} has the same features as {variant.name} and is trained as "
+            f"{variant.name}; set {variant.name}:KEY=VALUE"
+        )
+    try:
+        spec = with_overrides(variant.spec, texts)
+    except SpecError as err:
+        raise SpecError(f"variant {name}: {err}") from None
+    changed = dataclasses.replace(
+        variant, spec=spec, description=f"{variant.description}; {', '.join(texts)}"
+    )
+    for key, value in out.items():  # its aliases follow
+        if value is variant:
+            out[key] = changed
+
+
+def split_overrides(texts: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--set`` values → (the spec's ``KEY=VALUE``, ``{variant: [KEY=VALUE, ...]}`` from
+    ``VARIANT:KEY=VALUE``)."""
+    plain: list[str] = []
+    scoped: dict[str, list[str]] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        name, colon, field = key.partition(":")
+        if not sep or not colon:
+            plain.append(text)
+        elif not name.strip() or not field.strip():
+            raise FeatrecError(f"--set {text}: expected VARIANT:KEY=VALUE, e.g. din:train.lr=3e-4")
+        else:
+            scoped.setdefault(name.strip(), []).append(f"{field.strip()}={value}")
+    return plain, scoped
 
 
 def fusion_setting(value: str) -> dict:
@@ -202,6 +257,7 @@ def run_ablation(
     fusions: Sequence[str] = (),
     jobs: int = 1,
     shard: tuple[int, int] = (1, 1),
+    overrides: dict[str, list[str]] | None = None,
 ) -> list[tuple[str, int]]:
     """Train every (variant, seed) not yet finished; return the pairs trained now.
 
@@ -211,14 +267,18 @@ def run_ablation(
     by them: small models leave most of it idle). ``shard`` (i, n) takes the pairs numbered
     i, i + n, i + 2n, ... of the ablation's ordered list, so n machines writing to one shared
     directory finish one ablation between them (a run directory has one writer at a time).
+    ``overrides``: settings of single variants (see :func:`variants`), recorded in the
+    directory; a variant with runs keeps the settings it was trained with.
     """
     if jobs < 1:
         raise FeatrecError(f"--jobs: expected at least 1; got {jobs}")
     index, count = shard
     if count < 1 or not 1 <= index <= count:
         raise FeatrecError(f"--shard: expected i/n with 1 <= i <= n; got {index}/{count}")
-    chosen = select(variants(spec, fusions), names)
+    overrides = overrides or {}
+    chosen = select(variants(spec, fusions, overrides), names)
     _check_same_spec(spec, ablation_dir)
+    _check_same_overrides(ablation_dir, chosen, overrides)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
     todo = []
     for number, (variant, seed) in enumerate(pairs, start=1):
@@ -301,6 +361,38 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     ablation_dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     write_text(path, text)  # shards may start together: whole or not at all
+
+
+def _check_same_overrides(
+    ablation_dir: Path, chosen: list[Variant], overrides: dict[str, list[str]]
+) -> None:
+    """A variant's settings (``--set VARIANT:KEY=VALUE``) are those its runs were trained
+    with: new ones are recorded while it has no runs, different ones are refused after."""
+    recorded = variant_overrides(ablation_dir)
+    updated = dict(recorded)
+    for variant in chosen:
+        given, before = overrides.get(variant.name, []), recorded.get(variant.name, [])
+        if given == before:
+            continue
+        if (ablation_dir / "runs" / variant.name).exists():
+            raise FeatrecError(
+                f"{ablation_dir}: {variant.name} was trained here with "
+                f"{_shown(variant.name, before)} ({ablation_dir / OVERRIDES_FILE}); this run "
+                f"gives {_shown(variant.name, given)}. Give the same, or choose another --out"
+            )
+        if given:
+            updated[variant.name] = given
+        else:
+            del updated[variant.name]
+    named = {v.name for v in chosen}
+    for name in overrides.keys() - named:
+        log.warning("--set %s:...: %s is not among the variants trained now", name, name)
+    if updated != recorded:
+        write_text(ablation_dir / OVERRIDES_FILE, yaml.safe_dump(updated, sort_keys=False))
+
+
+def _shown(name: str, texts: list[str]) -> str:
+    return " ".join(f"--set {name}:{t}" for t in texts) or f"no --set {name}:..."
 
 
 def _most_popular(spec: Spec, directory: Path, variant: Variant) -> dict:

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def spec_command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def spec_command(name: str, help_text: str, set_help: str = "") -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument("spec", help="spec file (YAML)")
         command.add_argument(
@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a spec field, e.g. --set train.epochs=5 (repeatable)",
+            help="override a spec field, e.g. --set train.epochs=5 (repeatable)" + set_help,
         )
         command.add_argument(
             "--behavior-only", action="store_true", help="drop every side feature (ids only)"
@@ -165,7 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(run=_evaluate)
 
-    ablate = spec_command("ablate", "train behavior-only, per-scope and per-feature variants")
+    ablate = spec_command(
+        "ablate", "train behavior-only, per-scope and per-feature variants",
+        "; VARIANT:KEY=VALUE sets one variant only, e.g. --set din:train.lr=3e-4",
+    )  # fmt: skip
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     ablate.add_argument(
         "--variants", nargs="+", action="extend", metavar="NAME",
@@ -368,13 +371,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from featrec.ablate import run_ablation, variants
+    from featrec.ablate import run_ablation, split_overrides, variants
 
     if args.behavior_only:
         raise FeatrecError("ablate makes the behavior-only variant itself; drop --behavior-only")
+    args.overrides, scoped = split_overrides(args.overrides)
     spec = _load(args)
     if args.list:
-        for name, variant in variants(spec, args.fusions).items():
+        for name, variant in variants(spec, args.fusions, scoped).items():
             what = variant.description if name == variant.name else f"same as {variant.name}"
             print(f"{name:24s} {what}")
         return 0
@@ -383,7 +387,7 @@ def _ablate(args: argparse.Namespace) -> int:
     out = args.out or Path("ablations") / spec.name
     run_ablation(
         spec, out, args.seeds, args.variants, progress=sys.stderr.isatty() and args.jobs == 1,
-        fusions=args.fusions, jobs=args.jobs, shard=args.shard,
+        fusions=args.fusions, jobs=args.jobs, shard=args.shard, overrides=scoped,
     )  # fmt: skip
     from featrec import distributed
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import yaml
 
 from featrec.errors import FeatrecError
 from featrec.formulas import per_user_metric
@@ -28,6 +29,7 @@ MOST_POPULAR = "most-popular"
 EMBEDDING_MLP = "embedding-mlp"
 DIN = "din"
 BASELINES = (MOST_POPULAR, EMBEDDING_MLP, DIN)
+OVERRIDES_FILE = "overrides.yaml"  # settings of single variants: {variant: [KEY=VALUE, ...]}
 
 
 def is_baseline(name: str) -> bool:
@@ -101,6 +103,27 @@ def ablation_spec(ablation_dir: Path) -> Spec:
     if not path.is_file():
         raise FeatrecError(f"{ablation_dir}: no spec.yaml; not an ablation directory")
     return load_spec(path)
+
+
+def variant_overrides(ablation_dir: Path) -> dict[str, list[str]]:
+    """The settings of single variants recorded in ``ablation_dir`` ({} when none)."""
+    path = ablation_dir / OVERRIDES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise FeatrecError(f"{path}: cannot read ({err})") from None
+    valid = isinstance(recorded, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(t, str) for t in v)
+        for k, v in recorded.items()
+    )
+    if not valid:
+        raise FeatrecError(
+            f"{path}: expected a mapping of variant names to lists of KEY=VALUE settings "
+            "(featrec ablate writes it)"
+        )
+    return recorded
 
 
 def rank_metrics(spec: Spec) -> list[str]:
@@ -315,6 +338,10 @@ def write_report(ablation_dir: Path) -> list[Path]:
         ]
         markdown.append("| " + " | ".join(cells) + " |")
     markdown += _seed_note(rows)
+    overrides = variant_overrides(ablation_dir)
+    if overrides:
+        settings = "; ".join(f"{name}: {', '.join(texts)}" for name, texts in overrides.items())
+        markdown += ["", f"Settings of single variants (`--set VARIANT:KEY=VALUE`): {settings}."]
     metrics = list(
         dict.fromkeys(k.removesuffix(" mean") for row in rows for k in row if k.endswith(" mean"))
     )

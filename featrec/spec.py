@@ -800,6 +800,11 @@ def apply_override(raw: dict, text: str) -> tuple[tuple[str | int, ...], str]:
     key, sep, value_text = text.partition("=")
     if not sep or not key.strip():
         raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    if ":" in key:
+        raise SpecError(
+            f"--set {text}: VARIANT:KEY=VALUE sets one variant of featrec ablate; "
+            "elsewhere give KEY=VALUE"
+        )
     tokens = _path_tokens(key.strip(), text)
     value = _parse_value(value_text.strip(), text)
     node: Any = raw

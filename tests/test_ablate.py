@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from featrec.ablate import aliases, run_ablation, run_dir, select, variants
+from featrec.ablate import aliases, run_ablation, run_dir, select, split_overrides, variants
 from featrec.cli import main
 from featrec.errors import FeatrecError
 from featrec.report import bootstrap_ci, label, paired_p_value, verdict, write_report
@@ -354,3 +354,72 @@ def test_two_shards_on_one_directory_make_the_unsharded_report(
     with pytest.raises(SystemExit) as exit_:
         main(["ablate", path, "--shard", "half", "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "expected I/N, e.g. 1/2; got 'half'" in capsys.readouterr().err
+
+
+def test_a_variant_can_have_settings_of_its_own(tmp_path: Path, quick: dict) -> None:
+    quick["features"] = [f for f in quick["features"] if f["name"] != "age"]  # user: job only
+    spec = load_spec(write_spec(tmp_path, quick))
+    found = variants(spec, overrides={"din": ["train.lr=3e-4"], "-user": ["model.dropout=0.5"]})
+    assert found["din"].spec.train.lr == 3e-4 and "train.lr=3e-4" in found["din"].description
+    assert found["din"].spec.model.kind == "din"  # the variant's own changes stay
+    assert found["full"].spec.train.lr == spec.train.lr == variants(spec)["din"].spec.train.lr
+    assert found["-user"].spec.model.dropout == 0.5 and found["-job"] is found["-user"]
+    assert found["full"].spec.model.dropout == spec.model.dropout
+    with pytest.raises(FeatrecError, match=r"--set -job:model.dropout=0.5: -job has the same "
+                       r"features as -user .* set -user:KEY=VALUE"):  # fmt: skip
+        variants(spec, overrides={"-job": ["model.dropout=0.5"]})
+    with pytest.raises(FeatrecError, match=r"unknown variant 'dim'; this spec has: full"):
+        variants(spec, overrides={"dim": ["train.lr=1"]})
+    with pytest.raises(FeatrecError, match=r"variant din: .*train.lr"):
+        variants(spec, overrides={"din": ["train.lr=-1"]})
+
+
+def test_variant_settings_on_the_command_line(
+    tmp_path: Path, quick: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert split_overrides(["train.epochs=3", "din:train.lr=3e-4", "din:model.dim=8"]) == (
+        ["train.epochs=3"],
+        {"din": ["train.lr=3e-4", "model.dim=8"]},
+    )
+    spec = str(write_spec(tmp_path, quick))
+    assert main(["-q", "ablate", spec, "--list", "--set", "din:train.lr=3e-4"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("din ")]
+    assert listed and listed[0].endswith("; train.lr=3e-4")
+    for bad, says in [
+        ([":train.lr=1"], "expected VARIANT:KEY=VALUE"),
+        (["din:=1"], "expected VARIANT:KEY=VALUE"),
+        (["din:train.lr=abc"], "variant din: "),
+    ]:
+        assert main(["-q", "ablate", spec, "--list", "--set", *bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "run"
+    assert main(["-q", "train", spec, "--set", "din:train.lr=1", "--out", str(out)]) == 2
+    assert "VARIANT:KEY=VALUE sets one variant of featrec ablate" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_ablation_records_each_variants_settings(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    tuned = {"behavior-only": ["train.lr=0.003"]}
+    run_ablation(spec, out, 1, ["behavior-only", "most-popular"], overrides=tuned)
+    stored = load_spec(run_dir(out, "behavior-only", 0) / "spec.yaml")
+    assert stored.train.lr == 0.003 and spec.train.lr != 0.003
+    assert yaml.safe_load((out / "overrides.yaml").read_text()) == tuned
+    write_report(out)
+    assert "behavior-only: train.lr=0.003" in (out / "report.md").read_text()
+    # the same settings resume; other settings, or none, for a variant with runs are refused
+    assert run_ablation(spec, out, 1, ["behavior-only"], overrides=tuned) == []
+    for other in [{"behavior-only": ["train.lr=0.001"]}, {}]:
+        with pytest.raises(FeatrecError, match=r"behavior-only was trained here with --set "
+                           r"behavior-only:train.lr=0.003 .*choose another --out"):  # fmt: skip
+            run_ablation(spec, out, 1, ["behavior-only"], overrides=other)
+    # a variant without runs takes new settings; variants not trained now keep theirs
+    run_ablation(spec, out, 1, ["most-popular"])  # no settings for it, as before
+    run_ablation(spec, out, 1, ["-rating"], overrides={"-rating": ["train.lr=0.002"]})
+    assert yaml.safe_load((out / "overrides.yaml").read_text()) == {
+        **tuned,
+        "-rating": ["train.lr=0.002"],
+    }
+    assert load_spec(run_dir(out, "-rating", 0) / "spec.yaml").train.lr == 0.002
