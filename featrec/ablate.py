@@ -375,10 +375,12 @@ def _check_same_overrides(
         if given == before:
             continue
         if (ablation_dir / "runs" / variant.name).exists():
+            record = ablation_dir / OVERRIDES_FILE
             raise FeatrecError(
                 f"{ablation_dir}: {variant.name} was trained here with "
-                f"{_shown(variant.name, before)} ({ablation_dir / OVERRIDES_FILE}); this run "
-                f"gives {_shown(variant.name, given)}. Give the same, or choose another --out"
+                f"{_shown(variant.name, before)}{f' ({record})' if record.is_file() else ''}; "
+                f"this run gives {_shown(variant.name, given)}. Give the same, or choose "
+                "another --out"
             )
         if given:
             updated[variant.name] = given
