@@ -312,7 +312,10 @@ class FusionSpec(_Frozen):
         description="Item features also enter where items are scored: each candidate is "
         "its id embedding plus a projection of its item features, so the items of the "
         "items table that never occur in the interactions (cold items) join the catalog "
-        "and are ranked by their attributes. BERT4Rec only; needs item features.",
+        "and are ranked by their attributes (BERT4Rec with item features). Without item "
+        "features, or under model.kind embedding_mlp / din (an ablation's behavior-only, "
+        "-item and baselines), the cold items stay in the catalog, so every variant ranks "
+        "the same items, but only their untrained id embeddings score them.",
     )
 
     @model_validator(mode="after")
@@ -579,19 +582,6 @@ class Spec(_Frozen):
         return features
 
     @model_validator(mode="after")
-    def _output_items_fit(self) -> Spec:
-        if not self.fusion.output_items:
-            return self
-        if self.model.kind != "bert4rec":
-            raise ValueError(
-                f"fusion.output_items scores items with their features in BERT4Rec's output "
-                f"layer; model.kind {self.model.kind} has its own (use bert4rec)"
-            )
-        if not self.features_in("item"):
-            raise ValueError("fusion.output_items needs item features (none declared)")
-        return self
-
-    @model_validator(mode="after")
     def _trends_fit(self) -> Spec:
         for feature in self.trend_features:
             if self.model.kind != "bert4rec":
@@ -615,6 +605,15 @@ class Spec(_Frozen):
                 "trains with train.loss: sampled_softmax (got ce: a full softmax per target)"
             )
         return self
+
+    @property
+    def scores_item_features(self) -> bool:
+        """fusion.output_items takes effect: BERT4Rec scores candidates by their item
+        features (else cold items are in the catalog with their id embeddings only)."""
+        return (
+            self.fusion.output_items and self.model.kind == "bert4rec"
+            and bool(self.features_in("item"))
+        )  # fmt: skip
 
     def behavior_only(self) -> Spec:
         """The same experiment with item ids only: same data, split, seed and model size."""

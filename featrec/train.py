@@ -411,6 +411,12 @@ def _train(
     trackers = make_trackers(list(log_to)) if main else []
     experiment = Experiment.from_spec(spec, prepared, device=device)
     log.info("training on %s%s", device, _ranks_text(spec))
+    if spec.fusion.output_items and not spec.scores_item_features:
+        log.warning(
+            "fusion.output_items: model.kind %s with %d item features scores no item "
+            "features; the items without events are ranked by untrained id embeddings",
+            spec.model.kind, len(spec.features_in("item")),
+        )  # fmt: skip
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _write_run_files(run_dir, spec, experiment)

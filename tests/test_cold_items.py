@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import featrec
-from featrec.errors import SpecError
 from featrec.sequences import prepare
 from featrec.spec import load_spec
 from tests.conftest import write_spec
@@ -65,11 +64,25 @@ def test_cold_items_rank_where_their_attributes_say(planted: Path, tmp_path: Pat
     assert right >= 54  # 90% of users: the cold item of their kind first
 
 
-def test_output_items_needs_bert4rec_and_item_features(tmp_path: Path, planted: Path) -> None:
-    with pytest.raises(SpecError, match="needs item features"):
-        load_spec(planted, ["features=[]"])
-    with pytest.raises(SpecError, match=r"model\.kind embedding_mlp has its own"):
-        load_spec(planted, ["model.kind=embedding_mlp"])
+def test_every_ablation_variant_of_an_output_items_spec_ranks_the_same_catalog(
+    tmp_path: Path, planted: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from featrec.ablate import run_ablation, run_dir
+    from featrec.cli import main
+
+    spec = load_spec(planted, ["train.epochs=1", "train.min_epochs=1"])
+    out = tmp_path / "abl"
+    names = ["full", "behavior-only", "embedding-mlp", "din", "most-popular"]
+    run_ablation(spec, out, 1, names)
+    assert "din with 1 item features scores no item features" in caplog.text
+    for name in names[:-1]:  # most-popular keeps no spec or model
+        directory = run_dir(out, name, 0)
+        stored = load_spec(directory / "spec.yaml")  # valid again (resume, evaluate read it)
+        assert stored.fusion.output_items
+        assert stored.scores_item_features == (name == "full")
+        vocab = json.loads((directory / "encoders.json").read_text())["item_vocab"]
+        assert vocab[-2:] == [100, 101]  # the cold items are in every variant's catalog
+        assert main(["-q", "evaluate", str(directory)]) == 0
 
 
 def test_held_out_items_only_come_back_as_test_targets(planted: Path) -> None:
