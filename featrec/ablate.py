@@ -43,6 +43,7 @@ from featrec.train import Experiment, train, write_ranks
 log = logging.getLogger(__name__)
 
 SCOPES = ("item", "user", "event")
+VARIANT_SECTIONS = ("train", "model", "fusion")  # what --set VARIANT:KEY=VALUE may change
 FUSION_METHODS = typing.get_args(FusionSpec.model_fields["method"].annotation)
 
 
@@ -168,6 +169,14 @@ def _override(out: dict[str, Variant], name: str, texts: list[str]) -> None:
             f"{first}: {name} has the same features as {variant.name} and is trained as "
             f"{variant.name}; set {variant.name}:KEY=VALUE"
         )
+    for text in texts:
+        key = text.partition("=")[0].strip()
+        if key.split(".")[0] not in VARIANT_SECTIONS or key == "train.seed":
+            raise FeatrecError(
+                f"--set {name}:{text}: a variant's own settings are in "
+                f"{', '.join(f'{s}.*' for s in VARIANT_SECTIONS)} but train.seed; the data, "
+                "features, evaluation and seeds are the ablation's, the same for every variant"
+            )
     try:
         spec = with_overrides(variant.spec, texts)
     except SpecError as err:
@@ -193,7 +202,7 @@ def split_overrides(texts: Sequence[str]) -> tuple[list[str], dict[str, list[str
         elif not name.strip() or not field.strip():
             raise FeatrecError(f"--set {text}: expected VARIANT:KEY=VALUE, e.g. din:train.lr=3e-4")
         else:
-            scoped.setdefault(name.strip(), []).append(f"{field.strip()}={value}")
+            scoped.setdefault(name.strip(), []).append(f"{field.strip()}={value.strip()}")
     return plain, scoped
 
 
@@ -278,8 +287,9 @@ def run_ablation(
     overrides = overrides or {}
     chosen = select(variants(spec, fusions, overrides), names)
     _check_same_spec(spec, ablation_dir)
-    _check_same_overrides(ablation_dir, chosen, overrides)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
+    _check_runs_match(ablation_dir, pairs)
+    _record_overrides(ablation_dir, chosen, overrides)
     todo = []
     for number, (variant, seed) in enumerate(pairs, start=1):
         if (number - 1) % count != index - 1:
@@ -337,9 +347,7 @@ def _run_pair(
             level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
         )
     directory = run_dir(ablation_dir, variant.name, seed)
-    seeded = variant.spec.model_copy(
-        update={"train": variant.spec.train.model_copy(update={"seed": seed})}
-    )
+    seeded = _seeded(variant.spec, seed)
     if not variant.trained:
         return _most_popular(seeded, directory, variant)
     resume = (directory / "checkpoints" / "last.pt").is_file()
@@ -363,38 +371,47 @@ def _check_same_spec(spec: Spec, ablation_dir: Path) -> None:
     write_text(path, text)  # shards may start together: whole or not at all
 
 
-def _check_same_overrides(
+def _check_runs_match(ablation_dir: Path, pairs: list[tuple[Variant, int]]) -> None:
+    """A (variant, seed) that has a run keeps the spec it was trained with: a variant's
+    settings (``--set VARIANT:KEY=VALUE``) changed, or left out, after it trained are refused."""
+    for variant, seed in pairs:
+        path = run_dir(ablation_dir, variant.name, seed) / "spec.yaml"
+        if not path.is_file():
+            continue  # not started, or an untrained baseline
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changed = spec_differences(stored, _seeded(variant.spec, seed))
+        if changed:
+            raise FeatrecError(
+                f"{path.parent}: trained with another spec than variant {variant.name} has "
+                f"now: {'; '.join(changed)}. Give the --set {variant.name}:KEY=VALUE settings "
+                f"it was trained with ({ablation_dir / OVERRIDES_FILE}), or choose another --out"
+            )
+
+
+def _record_overrides(
     ablation_dir: Path, chosen: list[Variant], overrides: dict[str, list[str]]
 ) -> None:
-    """A variant's settings (``--set VARIANT:KEY=VALUE``) are those its runs were trained
-    with: new ones are recorded while it has no runs, different ones are refused after."""
+    """Record the settings of the variants trained now in ``overrides.yaml`` (the report
+    lists them)."""
     recorded = variant_overrides(ablation_dir)
     updated = dict(recorded)
     for variant in chosen:
-        given, before = overrides.get(variant.name, []), recorded.get(variant.name, [])
-        if given == before:
-            continue
-        if (ablation_dir / "runs" / variant.name).exists():
-            record = ablation_dir / OVERRIDES_FILE
-            raise FeatrecError(
-                f"{ablation_dir}: {variant.name} was trained here with "
-                f"{_shown(variant.name, before)}{f' ({record})' if record.is_file() else ''}; "
-                f"this run gives {_shown(variant.name, given)}. Give the same, or choose "
-                "another --out"
-            )
+        given = overrides.get(variant.name, [])
         if given:
             updated[variant.name] = given
-        else:
-            del updated[variant.name]
-    named = {v.name for v in chosen}
-    for name in overrides.keys() - named:
+        elif variant.name in updated:
+            log.warning(
+                "%s: trained now without its recorded settings (%s)",
+                variant.name, ", ".join(updated.pop(variant.name)),
+            )  # fmt: skip
+    for name in overrides.keys() - {v.name for v in chosen}:
         log.warning("--set %s:...: %s is not among the variants trained now", name, name)
-    if updated != recorded:
+    if updated != recorded and distributed.is_main():
         write_text(ablation_dir / OVERRIDES_FILE, yaml.safe_dump(updated, sort_keys=False))
 
 
-def _shown(name: str, texts: list[str]) -> str:
-    return " ".join(f"--set {name}:{t}" for t in texts) or f"no --set {name}:..."
+def _seeded(spec: Spec, seed: int) -> Spec:
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
 
 
 def _most_popular(spec: Spec, directory: Path, variant: Variant) -> dict:

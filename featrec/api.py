@@ -49,6 +49,7 @@ def resolve_spec(
             f"spec: expected a featrec.Spec, a path to a YAML file or YAML text; "
             f"got {type(spec).__name__}"
         )
+    resolved.check_output_items()
     return resolved.behavior_only() if behavior_only else resolved
 
 

@@ -34,7 +34,7 @@ DEVICE_HELP = "auto (default: CUDA where torch sees it), cpu, cuda or cuda:N"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    tokens = _variant_values(sys.argv[1:] if argv is None else list(argv))
+    tokens = _set_values(_variant_values(sys.argv[1:] if argv is None else list(argv)))
     args = parser.parse_args(tokens)
     args.tokens = tokens  # train --nproc starts the same command under torch's launcher
     logging.basicConfig(
@@ -74,6 +74,18 @@ def one_line(message: str, limit: int = 400) -> str:
     """A message on one line, cut to ``limit`` characters (a long value stays readable)."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _set_values(argv: list[str]) -> list[str]:
+    """``--set -item:train.lr=1e-3`` → ``--set=-item:...``: a variant's name may start with a
+    dash, which argparse takes for an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--set" and token.startswith("-") and ":" in token.split("=")[0]:
+            out[-1] = f"--set={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _variant_values(argv: list[str]) -> list[str]:
@@ -241,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> Spec:
     spec = load_spec(args.spec, args.overrides)
     spec.require_source()
+    spec.check_output_items()
     return spec.behavior_only() if args.behavior_only else spec
 
 

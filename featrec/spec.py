@@ -312,10 +312,9 @@ class FusionSpec(_Frozen):
         description="Item features also enter where items are scored: each candidate is "
         "its id embedding plus a projection of its item features, so the items of the "
         "items table that never occur in the interactions (cold items) join the catalog "
-        "and are ranked by their attributes (BERT4Rec with item features). Without item "
-        "features, or under model.kind embedding_mlp / din (an ablation's behavior-only, "
-        "-item and baselines), the cold items stay in the catalog, so every variant ranks "
-        "the same items, but only their untrained id embeddings score them.",
+        "and are ranked by their attributes. BERT4Rec with item features only; an "
+        "ablation's variants without them (behavior-only, -item, the baselines) keep the "
+        "cold items in their catalog, so every variant ranks the same items.",
     )
 
     @model_validator(mode="after")
@@ -605,6 +604,22 @@ class Spec(_Frozen):
                 "trains with train.loss: sampled_softmax (got ce: a full softmax per target)"
             )
         return self
+
+    def check_output_items(self) -> None:
+        """A spec written for a run (not an ablation's variant of one) refuses
+        fusion.output_items where it cannot score item features."""
+        if not self.fusion.output_items:
+            return
+        if self.model.kind != "bert4rec":
+            raise SpecError(
+                f"{self.source}: fusion.output_items scores items with their features in "
+                f"BERT4Rec's output layer; model.kind {self.model.kind} has its own (use "
+                "bert4rec, or fusion.output_items: false)"
+            )
+        if not self.features_in("item"):
+            raise SpecError(
+                f"{self.source}: fusion.output_items needs item features (none declared)"
+            )
 
     @property
     def scores_item_features(self) -> bool:

@@ -372,6 +372,10 @@ def test_a_variant_can_have_settings_of_its_own(tmp_path: Path, quick: dict) -> 
         variants(spec, overrides={"dim": ["train.lr=1"]})
     with pytest.raises(FeatrecError, match=r"variant din: .*train.lr"):
         variants(spec, overrides={"din": ["train.lr=-1"]})
+    for text in ["eval.ks=[5]", "train.seed=3", "data.items=other.parquet", "features=[]"]:
+        with pytest.raises(FeatrecError, match=r"a variant's own settings are in train\.\*, "
+                           r"model\.\*, fusion\.\* but train.seed"):  # fmt: skip
+            variants(spec, overrides={"din": [text]})
 
 
 def test_variant_settings_on_the_command_line(
@@ -393,6 +397,13 @@ def test_variant_settings_on_the_command_line(
         assert main(["-q", "ablate", spec, "--list", "--set", *bad]) == 2
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1
+    # a dash-named variant, and the settings reach the run
+    assert main(["-q", "ablate", spec, "--list", "--set", "-rating:train.lr=3e-4"]) == 0
+    assert "without rating; train.lr=3e-4" in capsys.readouterr().out
+    abl = tmp_path / "abl"
+    code = main(["-q", "ablate", spec, "--seeds", "1", "--variants", "-rating", "--set",
+                 "-rating:train.lr=0.004", "--out", str(abl)])  # fmt: skip
+    assert code == 0 and load_spec(run_dir(abl, "-rating", 0) / "spec.yaml").train.lr == 0.004
     out = tmp_path / "run"
     assert main(["-q", "train", spec, "--set", "din:train.lr=1", "--out", str(out)]) == 2
     assert "VARIANT:KEY=VALUE sets one variant of featrec ablate" in capsys.readouterr().err
@@ -411,15 +422,18 @@ def test_an_ablation_records_each_variants_settings(tmp_path: Path, quick: dict)
     assert "behavior-only: train.lr=0.003" in (out / "report.md").read_text()
     # the same settings resume; other settings, or none, for a variant with runs are refused
     assert run_ablation(spec, out, 1, ["behavior-only"], overrides=tuned) == []
-    for other in [{"behavior-only": ["train.lr=0.001"]}, {}]:
-        with pytest.raises(FeatrecError, match=r"behavior-only was trained here with --set "
-                           r"behavior-only:train.lr=0.003 .*choose another --out"):  # fmt: skip
+    same = {"behavior-only": ["train.lr=3e-3"]}  # the same value, written otherwise
+    assert run_ablation(spec, out, 1, ["behavior-only"], overrides=same) == []
+    for other in [{"behavior-only": ["train.lr=0.002"]}, {}]:
+        with pytest.raises(FeatrecError, match=r"behavior-only/seed0: trained with another spec "
+                           r"than variant behavior-only has now: train.lr: 0.003 → 0.00[12]\. "
+                           r"Give the --set behavior-only:KEY=VALUE settings"):  # fmt: skip
             run_ablation(spec, out, 1, ["behavior-only"], overrides=other)
     # a variant without runs takes new settings; variants not trained now keep theirs
     run_ablation(spec, out, 1, ["most-popular"])  # no settings for it, as before
     run_ablation(spec, out, 1, ["-rating"], overrides={"-rating": ["train.lr=0.002"]})
     assert yaml.safe_load((out / "overrides.yaml").read_text()) == {
-        **tuned,
+        **same,
         "-rating": ["train.lr=0.002"],
     }
     assert load_spec(run_dir(out, "-rating", 0) / "spec.yaml").train.lr == 0.002

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import featrec
+from featrec.errors import SpecError
 from featrec.sequences import prepare
 from featrec.spec import load_spec
 from tests.conftest import write_spec
@@ -62,6 +63,23 @@ def test_cold_items_rank_where_their_attributes_say(planted: Path, tmp_path: Pat
         liked, other = (100, 101) if user < 30 else (101, 100)
         right += position[liked] < position[other]
     assert right >= 54  # 90% of users: the cold item of their kind first
+
+
+def test_a_spec_that_cannot_score_item_features_refuses_output_items(
+    planted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from featrec.api import resolve_spec
+    from featrec.cli import main
+
+    for sets, says in [
+        (["features=[]"], "fusion.output_items needs item features"),
+        (["model.kind=embedding_mlp"], "model.kind embedding_mlp has its own"),
+    ]:
+        with pytest.raises(SpecError, match=says):
+            resolve_spec(planted, sets)
+        assert main(["-q", "validate", str(planted), *(f"--set={s}" for s in sets)]) == 2
+        assert says in capsys.readouterr().err
+    assert main(["-q", "validate", str(planted), "--behavior-only"]) == 0  # derived: fine
 
 
 def test_every_ablation_variant_of_an_output_items_spec_ranks_the_same_catalog(
