@@ -608,7 +608,7 @@ class Spec(_Frozen):
     def check_output_items(self) -> None:
         """A spec written for a run (not an ablation's variant of one) refuses
         fusion.output_items where it cannot score item features."""
-        if not self.fusion.output_items:
+        if not self.fusion.output_items or self.scores_item_features:
             return
         if self.model.kind != "bert4rec":
             raise SpecError(
@@ -616,10 +616,7 @@ class Spec(_Frozen):
                 f"BERT4Rec's output layer; model.kind {self.model.kind} has its own (use "
                 "bert4rec, or fusion.output_items: false)"
             )
-        if not self.features_in("item"):
-            raise SpecError(
-                f"{self.source}: fusion.output_items needs item features (none declared)"
-            )
+        raise SpecError(f"{self.source}: fusion.output_items needs item features (none declared)")
 
     @property
     def scores_item_features(self) -> bool:
