@@ -437,3 +437,15 @@ def test_an_ablation_records_each_variants_settings(tmp_path: Path, quick: dict)
         "-rating": ["train.lr=0.002"],
     }
     assert load_spec(run_dir(out, "-rating", 0) / "spec.yaml").train.lr == 0.002
+
+
+def test_a_broken_overrides_file_is_named(tmp_path: Path, quick: dict) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    out = tmp_path / "abl"
+    run_ablation(spec, out, 1, ["most-popular"])
+    for text in ["din: 3\n", "[unclosed\n"]:
+        (out / "overrides.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(FeatrecError, match=r"overrides.yaml: (expected a mapping|cannot read)"):
+            write_report(out)
+        with pytest.raises(FeatrecError, match=r"overrides.yaml: "):
+            run_ablation(spec, out, 1, ["most-popular"])
