@@ -13,8 +13,12 @@ Each part runs in its own process (so its peak RSS is its own), in this order:
 * ``recommend``: single ``recommend`` requests (50-event histories, a request time) against
   a run trained on a synthetic spec (``--run``): p50 / p99.
 
+With ``--device cuda`` the train and evaluate parts run there, and train also reports
+model-FLOP utilization (MFU) against the device's fp32 matmul peak.
+
 Usage: FEATREC_DATA_DIR=../shared/datasets python bench/scale.py --synth bench/out/synth-1m
        [--steps 20] [--rounds 3] [--eval-users 10000] [--parts prepare train evaluate]
+       [--device cpu|cuda]
        [--parts recommend --run RUN_DIR --requests 200]
 
 Make the data first: featrec synth bench/out/synth-1m --users 1000000 --items 1000000
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput's timing helpers
 
 
 def peak_rss_gib() -> float:
@@ -53,31 +58,43 @@ def part_prepare(args: argparse.Namespace) -> dict:
     }
 
 
-def _steps(experiment, optimizer, users, generator) -> tuple[int, float]:
-    """Useful tokens and seconds of training steps on the batches ``users``."""
+def _steps(experiment, optimizer, users, generator) -> tuple[int, int, float, float]:
+    """Useful tokens, masked positions, mean length and seconds of training steps on the
+    batches ``users``."""
+    from throughput import sync
+
     from featrec.batching import training_batch
     from featrec.ids import PAD
     from featrec.optim import clip_gradients
 
-    spec, model, data = experiment.spec, experiment.model, experiment.data
+    spec, model, data, device = (
+        experiment.spec, experiment.model, experiment.data, experiment.device,
+    )  # fmt: skip
     model.train()
-    tokens, start = 0, time.perf_counter()
+    tokens = masked = 0
+    lengths = []
+    sync(device)
+    start = time.perf_counter()
     for batch_users in users:
         batch, labels = training_batch(
             data, batch_users, spec.model.max_len, spec.train.mask_prob,
             spec.train.last_item_share, generator, spec.train.crop_prob,
         )  # fmt: skip
-        loss = model.loss(batch, labels)
+        loss = model.loss(batch.to(device), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(model.parameters(), spec.train.grad_clip)
         optimizer.step()
         tokens += int((batch.item != PAD).sum())
-    return tokens, time.perf_counter() - start
+        masked += int((labels != PAD).sum())
+        lengths.append(batch.item.shape[1])
+    sync(device)
+    return tokens, masked, statistics.mean(lengths), time.perf_counter() - start
 
 
 def part_train(args: argparse.Namespace) -> dict:
     import torch
+    from throughput import matmul_peak, model_flops
 
     from featrec.batching import length_aware_batches
     from featrec.optim import build_optimizer, row_updates
@@ -93,9 +110,10 @@ def part_train(args: argparse.Namespace) -> dict:
         "synthetic, train.optimizer adamw": synth.model_copy(update={"train": dense_train}),
         "ML-1M, same model and loss": ml1m,
     }
+    device = torch.device(args.device)
     runs = {}
     for name, spec in specs.items():
-        experiment = Experiment.from_spec(spec)
+        experiment = Experiment.from_spec(spec, device=device)
         optimizer = build_optimizer(experiment.model, spec, experiment.model.num_items)
         data = experiment.data
         trainable = torch.nonzero(data.train_len > 0).squeeze(1)
@@ -106,20 +124,34 @@ def part_train(args: argparse.Namespace) -> dict:
         )  # fmt: skip
         runs[name] = (experiment, optimizer, batches, generator)
     rates: dict[str, list[float]] = {name: [] for name in runs}
+    mfu: dict[str, list[float]] = {name: [] for name in runs}
+    peak = matmul_peak(device)
     for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
         for name, (experiment, optimizer, batches, generator) in runs.items():
             steps = range(round_ * args.steps, (round_ + 1) * args.steps)
             chosen = [batches[i % len(batches)] for i in steps]  # ML-1M: 24 steps an epoch
-            tokens, seconds = _steps(experiment, optimizer, chosen, generator)
+            tokens, masked, mean_len, seconds = _steps(experiment, optimizer, chosen, generator)
             if round_:
                 rates[name].append(tokens / seconds)
+                model_cfg, train_cfg = experiment.spec.model, experiment.spec.train
+                # the output head scores the shared negatives (and the target), not the catalog
+                scored = experiment.model.num_items
+                if train_cfg.loss != "ce":
+                    scored = train_cfg.negatives + 1
+                flops = model_flops(
+                    tokens, masked, mean_len, model_cfg.dim, model_cfg.layers, scored
+                )
+                mfu[name].append(flops / seconds / peak)
     medians = {name: statistics.median(r) for name, r in rates.items()}
     base = medians["ML-1M, same model and loss"]
     auto = runs["synthetic, train.optimizer auto"][0]
     return {
-        "auto_chose": "row_adamw" if row_updates(synth, auto.model.num_items) else "adamw",
+        "auto_chose": "row_adamw" if row_updates(synth, auto.model.num_items, device) else "adamw",
         "tokens_per_s": medians,
         "ratio_to_ml1m": {name: m / base for name, m in medians.items()},
+        "mfu": {name: statistics.median(m) for name, m in mfu.items()},
+        "fp32_matmul_peak_gflops": peak / 1e9,
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "peak_rss_gib": peak_rss_gib(),
     }
@@ -132,7 +164,7 @@ def part_evaluate(args: argparse.Namespace) -> dict:
     from featrec.train import Experiment
 
     spec = load_spec(args.synth / "spec.yaml", [f"eval.max_users={args.eval_users}"])
-    experiment = Experiment.from_spec(spec)
+    experiment = Experiment.from_spec(spec, device=torch.device(args.device))
     start = time.perf_counter()
     metrics, ranks = experiment.evaluate("test")
     return {
@@ -140,6 +172,7 @@ def part_evaluate(args: argparse.Namespace) -> dict:
         "items": experiment.model.num_items,
         "seconds": time.perf_counter() - start,
         "ndcg@10_untrained": metrics["ndcg@10"],
+        "device": args.device,
         "threads": torch.get_num_threads(),
         "peak_rss_gib": peak_rss_gib(),
     }
@@ -199,6 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--parts", nargs="+", choices=list(PARTS), default=["prepare", "train", "evaluate"]
     )
+    parser.add_argument("--device", default="cpu", help="train and evaluate parts: cpu|cuda")
     parser.add_argument("--one", choices=list(PARTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # a child: one part, its result as JSON on the last line
@@ -208,6 +242,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--synth", str(args.synth), "--one", part,
                    "--steps", str(args.steps), "--rounds", str(args.rounds),
                    "--eval-users", str(args.eval_users), "--requests", str(args.requests),
+                   "--device", args.device,
                    *(["--run", str(args.run)] if args.run else [])]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:

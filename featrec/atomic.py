@@ -28,20 +28,36 @@ def write_text(path: Path, text: str) -> None:
     write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_folder(folder: Path, fill: Callable[[Path], None]) -> None:
-    """``fill(staging folder)`` beside ``folder``, then swap it in for ``folder``."""
+def write_folder(folder: Path, fill: Callable[[Path], None], keep_existing: bool = False) -> None:
+    """``fill(staging folder)`` beside ``folder``, then swap it in for ``folder``.
+
+    The old folder is renamed aside before the new one is renamed in, so a reader never
+    finds ``folder`` missing for longer than between two renames. ``keep_existing``: for a
+    content-addressed folder (a cache entry) that another process finished meanwhile, that
+    one is kept and this one dropped, so a reader of the first is never pulled from under.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a data set from others
+    old = None
     try:
         fill(staging)
         if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+            if keep_existing:
+                return
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process swapped its own in between: same content
+            if not (keep_existing and folder.is_dir()):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:

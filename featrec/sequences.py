@@ -157,7 +157,9 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
         prepared.save(directory)
         write_sequence_tensors(directory, prepared, spec)
 
-    write_folder(folder, fill)  # a failure never leaves a half-written cache
+    # a failure never leaves a half-written cache; an entry another process wrote meanwhile
+    # (same key, same content) is kept, since that process may be reading it already
+    write_folder(folder, fill, keep_existing=not refresh)
     prepared.folder = folder
     return prepared, folder
 

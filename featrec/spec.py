@@ -420,13 +420,15 @@ class TrainSpec(_Frozen):
         "auto",
         description="adamw: every parameter, every step. row_adamw: AdamW on only the item "
         "rows a step uses (sparse gradients of the item embedding; needs a sampled "
-        "train.loss). auto: row_adamw from 100,000 items with a sampled loss, else adamw.",
+        "train.loss). auto: row_adamw from 100,000 items with a sampled loss off CUDA, else "
+        "adamw (on a GPU the fused dense step is faster).",
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="bf16: the training step's forward under bf16 autocast (weights, "
-        "optimizer and evaluation stay fp32). For GPUs; on the CPUs measured here at dim 64 "
-        "the casts cost more than they save (bench/RESULTS.md).",
+        "optimizer and evaluation stay fp32). For GPUs with wider models: at dim 64 the "
+        "casts cost more than they save on the CPUs measured here, and it was no faster "
+        "than fp32 on an H200 (bench/RESULTS.md).",
     )
     compile: bool = Field(
         False,

@@ -7,13 +7,16 @@ has none; bench/RESULTS.md says where they last ran).
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from featrec.devices import resolve_device
 from featrec.errors import FeatrecError, SpecError
 from featrec.export import export_run
+from featrec.model.protocol import attention, avoids_cudnn
 from featrec.recommend import load
 from featrec.spec import load_spec
 from featrec.train import evaluate_run, train
@@ -97,3 +100,37 @@ def test_a_bad_device_on_the_command_line_is_one_line_and_exit_2(
     assert err == "featrec: error: device: expected auto, cpu, cuda or cuda:N; got 'gpu'"
     assert main(["-q", "recommend", str(trained_run), "--user", "u4", "--device", "tpu"]) == 2
     assert "device: expected auto, cpu, cuda or cuda:N; got 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("is_cuda", "dtype", "avoided"),
+    [
+        (True, torch.bfloat16, True),
+        (True, torch.float16, True),
+        (True, torch.float32, False),
+        (False, torch.bfloat16, False),
+    ],
+)
+def test_cudnn_attention_is_kept_out_for_half_precision_on_cuda(is_cuda, dtype, avoided) -> None:
+    query = SimpleNamespace(is_cuda=is_cuda, dtype=dtype)
+    assert avoids_cudnn(query) is avoided
+
+
+def test_attention_passes_mask_dropout_and_scale_through() -> None:
+    q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
+    mask = torch.rand(2, 4, 5, 5) > 0.3
+    mask[..., 0] = True  # every query sees something
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
+    torch.testing.assert_close(attention(q, k, v, attn_mask=mask, scale=0.5), expected)
+    assert not torch.allclose(attention(q, k, v, attn_mask=mask), expected)  # scale reached it
+
+
+@cuda
+def test_bf16_attention_on_cuda_runs_no_cudnn_kernel() -> None:
+    q, k, v = torch.randn(3, 64, 2, 37, 32, device="cuda", dtype=torch.bfloat16).unbind(0)
+    mask = torch.ones(64, 1, 37, 37, dtype=torch.bool, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        attention(q, k, v, attn_mask=mask)
+        torch.cuda.synchronize()
+    names = [event.key.lower() for event in prof.key_averages()]
+    assert names and not any("cudnn" in name for name in names)

@@ -83,6 +83,8 @@ def test_auto_picks_row_updates_for_a_sampled_loss_on_a_large_catalog(
 
     sampled = spec("train.loss=sampled_softmax")
     assert row_updates(sampled, ROW_UPDATE_ITEMS) and not row_updates(sampled, 3706)
+    assert row_updates(sampled, ROW_UPDATE_ITEMS, torch.device("cpu"))
+    assert not row_updates(sampled, ROW_UPDATE_ITEMS, torch.device("cuda"))  # fused dense wins
     assert not row_updates(spec(), ROW_UPDATE_ITEMS)  # ce: every row, every step
     assert row_updates(spec("train.loss=gbce", "train.optimizer=row_adamw"), 10)
     assert not row_updates(spec("train.loss=gbce", "train.optimizer=adamw"), 10**6)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from featrec.ids import IGNORE, N_RESERVED
 from featrec.ranking import as_index
@@ -22,6 +23,25 @@ if TYPE_CHECKING:
     from featrec.batching import Batch, SequenceData
     from featrec.model.embeddings import FeatureConfig
     from featrec.spec import Spec
+
+
+# Every attention backend but cuDNN's. torch prefers cuDNN's for bf16 on Hopper GPUs, and
+# there it made featrec's bf16 training step 4-7x slower than fp32 (an H200, ML-1M's masked,
+# varying-length batches); without it bf16 runs at fp32's speed (bench/RESULTS.md).
+NOT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def avoids_cudnn(query: torch.Tensor) -> bool:
+    """Whether :func:`attention` keeps cuDNN's backend out for this query."""
+    return query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs):
+    """``scaled_dot_product_attention``, without cuDNN's backend for half precision on CUDA."""
+    if avoids_cudnn(query):
+        with sdpa_kernel(NOT_CUDNN):
+            return F.scaled_dot_product_attention(query, key, value, **kwargs)
+    return F.scaled_dot_product_attention(query, key, value, **kwargs)
 
 
 class RecModel(nn.Module):
