@@ -4,9 +4,8 @@ On an H200, bf16 autocast made featrec's step 4-8x slower than fp32 (bench/throu
 this probe found the cause: torch's preference for cuDNN's attention on Hopper. It times the
 ML-1M behavior-only step (8 batches of 64 a pass, medians of 3 passes after one warm-up) in
 four modes, each on new batch shapes (a reshuffle per pass) and on the same shapes again.
-Note: featrec now keeps cuDNN's backend out for half precision on CUDA
-(featrec.model.protocol.attention), so on a current checkout the "bf16" row shows the fix;
-toggling `enable_cudnn_sdp` only matters for attention outside that helper.
+"bf16" is torch's default choice of backends; "bf16 no-cudnn-sdp" is what featrec's training
+step does since (featrec.model.protocol.half_precision_attention).
 
 Usage (on a machine with CUDA): FEATREC_DATA_DIR=../shared/datasets python
 bench/sdpa_backends.py [--device cuda]

@@ -35,6 +35,7 @@ from reference_bert4rec import PlainBERT4Rec, plain_batch, plain_step
 
 from featrec.batching import length_aware_batches, training_batch
 from featrec.encoders import PAD
+from featrec.model.protocol import half_precision_attention
 from featrec.optim import build_optimizer
 from featrec.sequences import prepare
 from featrec.spec import load_spec
@@ -197,8 +198,11 @@ def main() -> None:
         train = spec.train.model_copy(update={"loss": loss, "negatives": args.negatives})
         variants[f"featrec full {loss}"] = spec.model_copy(update={"train": train})
 
-    def bf16_loss(model, batch, labels):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+    def bf16_loss(model, batch, labels):  # as featrec's training step runs it
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16),
+            half_precision_attention(device, True),
+        ):
             return training_loss(model, batch, labels)
 
     # each way of running the step: a suffix of the trainer's name and its loss function

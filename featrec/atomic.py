@@ -6,6 +6,7 @@ can load, a cache entry, a dataset file), never a truncated one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -28,36 +29,42 @@ def write_text(path: Path, text: str) -> None:
     write_file(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_folder(folder: Path, fill: Callable[[Path], None], keep_existing: bool = False) -> None:
+def write_folder(
+    folder: Path, fill: Callable[[Path], None], keep: Callable[[Path], bool] | None = None
+) -> None:
     """``fill(staging folder)`` beside ``folder``, then swap it in for ``folder``.
 
     The old folder is renamed aside before the new one is renamed in, so a reader never
-    finds ``folder`` missing for longer than between two renames. ``keep_existing``: for a
-    content-addressed folder (a cache entry) that another process finished meanwhile, that
-    one is kept and this one dropped, so a reader of the first is never pulled from under.
+    finds ``folder`` missing for longer than between two renames, and a failed swap puts the
+    old one back. ``keep``: for a content-addressed folder (a cache entry), an existing
+    ``folder`` for which ``keep(folder)`` holds (complete: another process finished it
+    meanwhile) is kept and this one dropped, so a reader of it is never pulled from under.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a data set from others
-    old = None
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    old = aside / folder.name
     try:
         fill(staging)
-        if folder.exists():
-            if keep_existing:
-                return
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
+        if keep is not None and folder.exists() and keep(folder):
+            return
+        # none there, or another writer moved it aside first
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(folder, old)
         try:
             os.replace(staging, folder)
-        except OSError:  # another process swapped its own in between: same content
-            if not (keep_existing and folder.is_dir()):
-                raise
+        except OSError:  # another writer swapped its own in between the two renames
+            if keep is not None and keep(folder):
+                return
+            if old.exists() and not folder.exists():
+                os.replace(old, folder)  # the old one back: a failure keeps it whole
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:

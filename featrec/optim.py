@@ -38,9 +38,20 @@ def row_updates(spec, num_items: int, device: torch.device | None = None) -> boo
     return choice == "row_adamw"
 
 
-def build_optimizer(model: nn.Module, spec, num_items: int) -> torch.optim.Optimizer:
+def optimizer_kind(optimizer: torch.optim.Optimizer | dict) -> str:
+    """``row_adamw`` or ``adamw``: of an optimizer, or of its saved state dict (fused AdamW
+    records ``fused`` in its groups; RowAdamW does not)."""
+    if isinstance(optimizer, dict):
+        return "adamw" if "fused" in optimizer["param_groups"][0] else "row_adamw"
+    return "row_adamw" if isinstance(optimizer, RowAdamW) else "adamw"
+
+
+def build_optimizer(
+    model: nn.Module, spec, num_items: int, rows: bool | None = None
+) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices (not on biases and norms), fused; or
-    :class:`RowAdamW` with the item embedding's gradients sparse."""
+    :class:`RowAdamW` with the item embedding's gradients sparse. ``rows`` overrides
+    ``train.optimizer`` (a resumed run keeps the kind it started with)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
@@ -48,8 +59,11 @@ def build_optimizer(model: nn.Module, spec, num_items: int) -> torch.optim.Optim
         {"params": decay, "weight_decay": spec.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if row_updates(spec, num_items, next(model.parameters()).device):
-        model.item_embedding.sparse = True  # F.embedding reads it at every call
+    if rows is None:
+        rows = row_updates(spec, num_items, next(model.parameters()).device)
+    if hasattr(model, "item_embedding"):
+        model.item_embedding.sparse = rows  # F.embedding reads it at every call
+    if rows:
         log.info("optimizer: AdamW on the item rows each step uses (%s items)", f"{num_items:,}")
         return RowAdamW(groups, lr=spec.train.lr)
     return torch.optim.AdamW(groups, lr=spec.train.lr, fused=True)  # one kernel, CPU or GPU

@@ -125,6 +125,11 @@ def cache_key(spec: Spec) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def complete_entry(folder: Path) -> bool:
+    """Whether a cache entry is whole: ``stats.json`` is written with the rest."""
+    return (folder / "stats.json").is_file()
+
+
 def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prepared, Path | None]:
     """Load the prepared data for ``spec`` from the cache, or build it (and cache it).
 
@@ -132,7 +137,7 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
     (None with ``cache=False``).
     """
     folder = cache_dir() / "prepared" / f"{spec.name}-{cache_key(spec)}"
-    if cache and not refresh and (folder / "stats.json").is_file():
+    if cache and not refresh and complete_entry(folder):
         log.info("prepared data from cache %s", folder)
         return Prepared.load(folder), folder
     started = time.perf_counter()
@@ -157,9 +162,10 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
         prepared.save(directory)
         write_sequence_tensors(directory, prepared, spec)
 
-    # a failure never leaves a half-written cache; an entry another process wrote meanwhile
-    # (same key, same content) is kept, since that process may be reading it already
-    write_folder(folder, fill, keep_existing=not refresh)
+    # a failure never leaves a half-written cache; a complete entry another process wrote
+    # meanwhile (same key, same content) is kept, since that process may be reading it
+    # already (--force replaces it all the same)
+    write_folder(folder, fill, keep=None if refresh else complete_entry)
     prepared.folder = folder
     return prepared, folder
 

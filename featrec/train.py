@@ -59,7 +59,8 @@ from featrec.evaluate import (
 from featrec.ids import IGNORE, N_RESERVED, PAD
 from featrec.memory import peak_rss_gib, release_free_memory, tune_allocator
 from featrec.model import RecModel, build_model, feature_configs
-from featrec.optim import build_optimizer, clip_gradients
+from featrec.model.protocol import half_precision_attention
+from featrec.optim import build_optimizer, clip_gradients, optimizer_kind
 from featrec.rundir import (
     DATA_SUMS,
     check_data_sums,
@@ -293,6 +294,24 @@ class Training:
         # the optimizer's moments to the model's device
         saved = load_checkpoint(self.last_path)
         self.experiment.model.load_state_dict(saved["model"])
+        kind = optimizer_kind(saved["optimizer"])
+        if kind != optimizer_kind(self.optimizer):
+            # train.optimizer auto decides by the device too: a run started on a CPU and
+            # resumed on a GPU (or back) goes on with the optimizer it started with
+            log.warning(
+                "resuming with %s, the optimizer %s started with (train.optimizer: %s would "
+                "pick %s here)",
+                kind, self.run_dir, self.experiment.spec.train.optimizer,
+                optimizer_kind(self.optimizer),
+            )  # fmt: skip
+            model, cfg = self.experiment.model, self.experiment.spec.train
+            self.optimizer = build_optimizer(
+                model, self.experiment.spec, model.num_items, rows=kind == "row_adamw"
+            )
+            steps_per_epoch = math.ceil(len(self.trainable) / cfg.batch_size)
+            self.scheduler = _schedule(
+                self.optimizer, cfg.warmup_steps, cfg.epochs * steps_per_epoch
+            )
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
@@ -516,7 +535,10 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
             labelled = labels != IGNORE
             weight = labelled[rows].sum() * distributed.size() / labelled.sum()
             batch, labels = batch.take(rows), labels[rows]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            half_precision_attention(device, bf16),
+        ):
             loss = training.loss_fn(batch.to(device), labels.to(device))
         if distributed.size() > 1 and len(rows) < len(batch_users):
             loss = loss * weight.item()

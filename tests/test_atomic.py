@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import featrec.atomic as atomic
 import featrec.sequences as sequences
 from featrec.atomic import write_folder
 from featrec.spec import load_spec
@@ -42,16 +43,69 @@ def test_a_failed_fill_keeps_the_old_folder(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
 
-@pytest.mark.parametrize("keep_existing", [True, False])
-def test_an_entry_finished_meanwhile(tmp_path: Path, keep_existing: bool) -> None:
+def has_data(folder: Path) -> bool:
+    return (folder / "data.txt").is_file()
+
+
+@pytest.mark.parametrize("keep", [has_data, None])
+def test_an_entry_finished_meanwhile(tmp_path: Path, keep) -> None:
     target = tmp_path / "entry"
 
     def slow_fill(directory: Path) -> None:  # another writer finishes while this one fills
         write_folder(target, fill_with("first"))
         (directory / "data.txt").write_text("second")
 
-    write_folder(target, slow_fill, keep_existing=keep_existing)
-    assert (target / "data.txt").read_text() == ("first" if keep_existing else "second")
+    write_folder(target, slow_fill, keep=keep)
+    assert (target / "data.txt").read_text() == ("first" if keep else "second")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_an_incomplete_entry_is_replaced_even_when_complete_ones_are_kept(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "stray.txt").write_text("a folder without its data: half of an old write")
+    write_folder(target, fill_with("whole"), keep=has_data)
+    assert sorted(p.name for p in target.iterdir()) == ["data.txt"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "entry"
+    write_folder(target, fill_with("one"))
+    replace = atomic.os.replace
+
+    def failing(source, destination):
+        if Path(source).name.startswith(".entry.staging"):
+            raise OSError("the disk went away")
+        return replace(source, destination)
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="went away"):
+        patch.setattr(atomic.os, "replace", failing)
+        write_folder(target, fill_with("two"))
+    assert (target / "data.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_a_writer_that_loses_the_race_keeps_the_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between this writer's two renames another one swaps its folder in."""
+    target = tmp_path / "entry"
+    replace = atomic.os.replace
+
+    def racing(source, destination):
+        if Path(destination) == target and not target.exists():
+            target.mkdir()
+            (target / "data.txt").write_text("winner")
+        return replace(source, destination)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(atomic.os, "replace", racing)
+        write_folder(target, fill_with("loser"), keep=has_data)
+    assert (target / "data.txt").read_text() == "winner"
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
 
@@ -71,8 +125,8 @@ def test_prepare_keeps_a_cache_entry_another_process_wrote(
             state["first"] = (folder / "stats.json").stat().st_ino
         return build(spec_, tables)
 
-    monkeypatch.setattr(sequences, "build", racing_build)
-    prepared, folder = sequences.prepare(spec)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undo() would also undo the isolated cache
+        patch.setattr(sequences, "build", racing_build)
+        prepared, folder = sequences.prepare(spec)
     assert (folder / "stats.json").stat().st_ino == state["first"]  # the first entry stayed
     assert len(prepared.sequences) == len(sequences.prepare(spec)[0].sequences)

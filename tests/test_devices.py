@@ -6,8 +6,8 @@ has none; bench/RESULTS.md says where they last ran).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from featrec.devices import resolve_device
 from featrec.errors import FeatrecError, SpecError
 from featrec.export import export_run
-from featrec.model.protocol import attention, avoids_cudnn
+from featrec.model.protocol import half_precision_attention
 from featrec.recommend import load
 from featrec.spec import load_spec
 from featrec.train import evaluate_run, train
@@ -102,35 +102,54 @@ def test_a_bad_device_on_the_command_line_is_one_line_and_exit_2(
     assert "device: expected auto, cpu, cuda or cuda:N; got 'tpu'" in capsys.readouterr().err
 
 
+def sdp_flags() -> tuple[bool, bool, bool]:
+    cuda = torch.backends.cuda
+    return cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled()
+
+
 @pytest.mark.parametrize(
-    ("is_cuda", "dtype", "avoided"),
-    [
-        (True, torch.bfloat16, True),
-        (True, torch.float16, True),
-        (True, torch.float32, False),
-        (False, torch.bfloat16, False),
-    ],
+    ("device", "bf16", "kept_out"),
+    [("cuda", True, True), ("cuda", False, False), ("cpu", True, False)],
 )
-def test_cudnn_attention_is_kept_out_for_half_precision_on_cuda(is_cuda, dtype, avoided) -> None:
-    query = SimpleNamespace(is_cuda=is_cuda, dtype=dtype)
-    assert avoids_cudnn(query) is avoided
+def test_a_bf16_step_on_cuda_keeps_cudnn_attention_out(device, bf16, kept_out) -> None:
+    before = sdp_flags()
+    with half_precision_attention(torch.device(device), bf16):
+        inside = sdp_flags()
+    assert sdp_flags() == before  # restored after the step
+    assert inside == ((False, True, True) if kept_out else before)
 
 
-def test_attention_passes_mask_dropout_and_scale_through() -> None:
-    q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
-    mask = torch.rand(2, 4, 5, 5) > 0.3
-    mask[..., 0] = True  # every query sees something
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
-    torch.testing.assert_close(attention(q, k, v, attn_mask=mask, scale=0.5), expected)
-    assert not torch.allclose(attention(q, k, v, attn_mask=mask), expected)  # scale reached it
+def test_the_training_step_runs_in_that_context(
+    tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featrec.train
+
+    calls = []
+
+    def recorded(device, enabled):
+        calls.append((device.type, enabled))
+        return half_precision_attention(device, enabled)
+
+    monkeypatch.setattr(featrec.train, "half_precision_attention", recorded)
+    tiny_spec_body |= {"train": {"epochs": 1, "batch_size": 3, "min_epochs": 1}}
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body), ["train.precision=bf16"])
+    train(spec, tmp_path / "run")
+    assert calls and set(calls) == {("cpu", True)}  # every step, with bf16 on
 
 
 @cuda
 def test_bf16_attention_on_cuda_runs_no_cudnn_kernel() -> None:
     q, k, v = torch.randn(3, 64, 2, 37, 32, device="cuda", dtype=torch.bfloat16).unbind(0)
     mask = torch.ones(64, 1, 37, 37, dtype=torch.bool, device="cuda")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        attention(q, k, v, attn_mask=mask)
-        torch.cuda.synchronize()
-    names = [event.key.lower() for event in prof.key_averages()]
+
+    def kernels(context) -> list[str]:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            with context:
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            torch.cuda.synchronize()
+        return [event.key.lower() for event in prof.key_averages()]
+
+    if not any("cudnn" in name for name in kernels(contextlib.nullcontext())):
+        pytest.skip("torch does not pick cuDNN's attention here: nothing to keep out")
+    names = kernels(half_precision_attention(torch.device("cuda"), True))
     assert names and not any("cudnn" in name for name in names)

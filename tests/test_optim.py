@@ -148,3 +148,31 @@ def test_compile_wraps_the_training_loss(
     tiny_spec_body |= {"train": {"epochs": 1, "batch_size": 3}}
     train(load_spec(write_spec(tmp_path, tiny_spec_body), ["train.compile=true"]), tmp_path / "c")
     assert compiled == [("LossModule", True)] and calls  # the model's loss as a module
+
+
+def test_a_resumed_run_keeps_the_optimizer_it_started_with(
+    tmp_path: Path, tiny_spec_body: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.optimizer auto decides by the device too: a run started where it picks row
+    updates and resumed where it picks dense AdamW goes on with row updates, as if whole."""
+    import featrec.optim
+
+    tiny_spec_body |= {"train": {"epochs": 4, "batch_size": 3, "min_epochs": 4}}
+    overrides = ["train.loss=sampled_softmax", "train.negatives=5"]
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body), overrides)
+    monkeypatch.setattr(featrec.optim, "ROW_UPDATE_ITEMS", 1)  # auto: row updates here
+    whole = train(spec, tmp_path / "whole")
+
+    def interrupt(at: int, row: dict) -> None:
+        if at == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "cut", on_epoch_end=interrupt)
+    monkeypatch.setattr(featrec.optim, "ROW_UPDATE_ITEMS", 10**9)  # there: dense AdamW
+    assert train(spec, tmp_path / "cut", resume=True)["test"] == whole["test"]
+    losses = {
+        name: [json.loads(row)["loss"] for row in (tmp_path / name / "metrics.jsonl").open()]
+        for name in ("whole", "cut")
+    }
+    assert losses["cut"] == losses["whole"]

@@ -22,7 +22,7 @@ from featrec.batching import Batch, SequenceData, training_batch
 from featrec.ids import IGNORE, PAD
 from featrec.model.embeddings import FeatureConfig, NamedModules
 from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
-from featrec.model.protocol import RecModel, attention, target_loss
+from featrec.model.protocol import RecModel, target_loss
 from featrec.spec import AgeFeature, FusionSpec, ModelSpec, PopularityFeature, Spec
 from featrec.trends import BUCKETS, DAY, PREFIX, trend_buckets
 
@@ -410,7 +410,9 @@ class EncoderLayer(nn.Module):
         on x (B, M, D)."""
         batch, length, dim = x.shape
         p = self.attention_dropout if self.training else 0.0
-        attended = attention(q, k, v, attn_mask=attend, dropout_p=p, scale=scale)
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=p, scale=scale
+        )
         if width is not None:
             attended = attended[..., :width]
         attended = attended.transpose(1, 2).reshape(batch, length, dim)  # (B, M, D)

@@ -33,7 +33,7 @@ from torch import nn
 from featrec.batching import Batch
 from featrec.ids import IGNORE, MASK, N_RESERVED, PAD
 from featrec.model.embedding_mlp import LookBackModel
-from featrec.model.protocol import Objective, attention, draw_negatives
+from featrec.model.protocol import Objective, draw_negatives
 from featrec.spec import ModelSpec
 
 ITEM_CHUNK = 1024  # candidate items scored at once when ranking every item
@@ -185,7 +185,7 @@ class DIN(LookBackModel):
         """The history pooled by attention with each candidate as the query: (N, C, D)."""
         keys, values, visible = memory
         query = self.query(self.item_tokens(candidates, batch)).expand(keys.shape[0], -1, -1)
-        return attention(query, keys, values, attn_mask=visible)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
 
     def _head(
         self, pooled: torch.Tensor, side: torch.Tensor | None, candidates: torch.Tensor

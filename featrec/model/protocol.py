@@ -7,6 +7,7 @@ candidate items.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -26,22 +27,19 @@ if TYPE_CHECKING:
 
 
 # Every attention backend but cuDNN's. torch prefers cuDNN's for bf16 on Hopper GPUs, and
-# there it made featrec's bf16 training step 4-7x slower than fp32 (an H200, ML-1M's masked,
-# varying-length batches); without it bf16 runs at fp32's speed (bench/RESULTS.md).
+# there it made featrec's bf16 training step 4-8x slower than fp32 (an H200, ML-1M's masked,
+# varying-length batches); without it bf16 runs at about fp32's speed (bench/RESULTS.md).
 NOT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def avoids_cudnn(query: torch.Tensor) -> bool:
-    """Whether :func:`attention` keeps cuDNN's backend out for this query."""
-    return query.is_cuda and query.dtype in (torch.bfloat16, torch.float16)
-
-
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs):
-    """``scaled_dot_product_attention``, without cuDNN's backend for half precision on CUDA."""
-    if avoids_cudnn(query):
-        with sdpa_kernel(NOT_CUDNN):
-            return F.scaled_dot_product_attention(query, key, value, **kwargs)
-    return F.scaled_dot_product_attention(query, key, value, **kwargs)
+def half_precision_attention(device: torch.device, enabled: bool):
+    """The context of a training step under bf16 autocast (``enabled``) on ``device``: on
+    CUDA, every attention backend but cuDNN's (it replaces a caller's own choice of
+    backends for the step); elsewhere nothing. Entered around the step, outside a compiled
+    loss, so ``torch.compile`` traces with the same backends."""
+    if enabled and device.type == "cuda":
+        return sdpa_kernel(NOT_CUDNN)
+    return contextlib.nullcontext()
 
 
 class RecModel(nn.Module):
