@@ -3,6 +3,7 @@
 # seed) pair of the ablation side by side on one GPU (`featrec ablate --jobs`), resumable.
 #
 #   OUT=ablations/ml-1m bench/gpu_fusion.sh       # JOBS (default 8), SEEDS (default 3)
+#   VARIANTS="full@nova full@difsr" SEEDS=3 ...   # only these pairs (what fits one call)
 #   PACK=$OUT_OF_THE_DEVICE_TOOL/ablation.tgz ... # also pack the runs, checkpoints left out
 #
 # The budget of the headline rows (bench/RESULTS.md): warmup 1000 steps, 300 epochs; BUDGET
@@ -25,6 +26,13 @@ pack() {
 trap pack EXIT
 # shellcheck disable=SC2086
 common=(--set train.eval_every=5 $BUDGET --out "$OUT" --jobs "$JOBS")
+if [ -n "${VARIANTS:-}" ]; then
+  # shellcheck disable=SC2086
+  $FEATREC -q ablate "$SPEC" --seeds "$SEEDS" --fusions nova difsr nova+event "${common[@]}" \
+    --variants $VARIANTS
+  $FEATREC report "$OUT" | head -40
+  exit
+fi
 $FEATREC -q ablate "$SPEC" --seeds "$SEEDS" --fusions nova difsr nova+event "${common[@]}" \
   --variants behavior-only full full@nova full@difsr full@nova+event
 $FEATREC -q ablate "$SPEC" --seeds 1 --fusions nova difsr nova+event "${common[@]}" \
