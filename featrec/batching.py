@@ -370,6 +370,40 @@ def next_item_batch(
     return batch, torch.where(has_history, batch.item, IGNORE)
 
 
+def causal_view(batch: Batch, after: frozenset[str]) -> Batch:
+    """A window of L slots → L - 1 positions for causal next-item prediction: the items
+    and after-the-fact event columns (``after``) of slots 0 … L - 2, each with the
+    request-known event columns of the slot after it. Position t predicts the item of slot
+    t + 1 from slots ≤ t and from when (and where) that next event is requested, which is
+    known at its request; what it is, is not. An evaluation window ends with the predicted
+    slot, so its newest position carries the request's features (train.objective
+    next_item)."""
+    event = {k: (v[:, :-1] if k in after else v[:, 1:]) for k, v in batch.event.items()}
+    return Batch(batch.item[:, :-1], event, batch.user)
+
+
+def causal_batch(
+    data: SequenceData,
+    users: torch.Tensor,
+    max_len: int,
+    target_prob: float,
+    generator: torch.Generator | None = None,
+    crop_prob: float = 0.0,
+) -> tuple[Batch, torch.Tensor]:
+    """Windows as in :func:`training_batch` (``max_len`` events), seen through
+    :func:`causal_view`: (inputs (B, L - 1), labels (B, L - 1)), the label of position t
+    the item after it. Each position followed by an event is a target with
+    ``target_prob`` (at least one per window)."""
+    ends = training_window_ends(data, users, max_len, crop_prob, generator)
+    window = gather_window(data, users, ends, max_len)
+    batch = causal_view(window, data.hidden_event)
+    following = window.item[:, 1:]
+    eligible = (batch.item != PAD) & (following != PAD)
+    if target_prob < 1.0:
+        eligible = draw_targets(eligible, target_prob, generator)
+    return batch, torch.where(eligible, following, IGNORE)
+
+
 def length_aware_batches(
     users: torch.Tensor,
     lengths: torch.Tensor,

@@ -370,12 +370,21 @@ class ModelSpec(_Frozen):
 
 
 class TrainSpec(_Frozen):
+    objective: Literal["cloze", "next_item"] = Field(
+        "cloze",
+        description="bert4rec's task. cloze: BERT4Rec's, bidirectional attention, masked "
+        "items predicted from both sides (train.mask_prob). next_item: SASRec's, causal "
+        "attention, each position predicts the item after it (train.next_item_share of "
+        "them); each position carries the request-known event features of the event it "
+        "predicts, so a request's time still reaches the prediction.",
+    )
     mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
     next_item_share: float = Field(
         1.0,
         gt=0.0,
         le=1.0,
-        description="embedding_mlp: share of the positions with history that are next-item "
+        description="embedding_mlp, din, bert4rec with train.objective next_item: share of "
+        "the positions with history that are next-item "
         "targets in a step (drawn like Cloze masks, at least one per window). 1 trains on "
         "every position, the baseline as published; less is cheaper per step but trained "
         "ML-100K's baseline to a lower validation NDCG@10 (bench/RESULTS.md).",
@@ -596,6 +605,15 @@ class Spec(_Frozen):
                     f"with the model's query, so its dim must be model.dim ({self.model.dim}); got "
                     f"{feature.dim} (leave it out)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits_model(self) -> Spec:
+        if self.train.objective == "next_item" and self.model.kind != "bert4rec":
+            raise ValueError(
+                f"train.objective next_item is for model.kind bert4rec; {self.model.kind} "
+                "always predicts the next item (leave train.objective out)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featrec.batching import Batch, SequenceData, training_batch
+from featrec.batching import Batch, SequenceData, causal_batch, causal_view, training_batch
 from featrec.ids import IGNORE, PAD
 from featrec.model.embeddings import FeatureConfig, NamedModules
 from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
@@ -35,9 +35,11 @@ class EncoderOutput:
 
 
 class BERT4Rec(RecModel):
-    """Bidirectional transformer trained with the Cloze task (masked items)."""
+    """Bidirectional transformer trained with the Cloze task (masked items); or, with
+    ``causal`` (train.objective next_item), SASRec's: causal attention, each position
+    predicting the next item (see :func:`featrec.batching.causal_view`)."""
 
-    min_train_events = 1  # one training event to mask
+    min_train_events = 1  # one training event to mask (two with causal: one to predict)
 
     def __init__(
         self,
@@ -47,9 +49,14 @@ class BERT4Rec(RecModel):
         features: list[FeatureConfig],
         item_tables: dict[str, torch.Tensor],
         trends: Sequence[PopularityFeature | AgeFeature] = (),
+        causal: bool = False,
+        after: frozenset[str] = frozenset(),  # event columns known after the event only
     ) -> None:
         super().__init__()
         dim = model.dim
+        self.causal, self.after = causal, after
+        if causal:
+            self.min_train_events = 2
         self.user_token = fusion.user == "token" and any(f.scope == "user" for f in features)
         self.token_features = [f for f in features if not (self.user_token and f.scope == "user")]
         self.user_features = [f for f in features if self.user_token and f.scope == "user"]
@@ -140,12 +147,21 @@ class BERT4Rec(RecModel):
     def from_spec(
         cls, spec: Spec, num_items: int, features: list[FeatureConfig], item_tables: dict
     ) -> BERT4Rec:
-        return cls(spec.model, spec.fusion, num_items, features, item_tables, spec.trend_features)
+        known_after = {f.name for f in spec.features_in("event") if f.hidden_at_target}
+        after = frozenset(c.name for f in features if f.name in known_after for c in f.columns)
+        return cls(
+            spec.model, spec.fusion, num_items, features, item_tables, spec.trend_features,
+            causal=spec.train.objective == "next_item", after=after,
+        )  # fmt: skip
 
     def training_batch(
         self, data: SequenceData, users: torch.Tensor, spec: Spec, generator: torch.Generator
     ) -> tuple[Batch, torch.Tensor]:
         t = spec.train
+        if self.causal:
+            return causal_batch(
+                data, users, spec.model.max_len, t.next_item_share, generator, t.crop_prob
+            )
         return training_batch(
             data, users, spec.model.max_len, t.mask_prob, t.last_item_share, generator,
             t.crop_prob,
@@ -272,6 +288,10 @@ class BERT4Rec(RecModel):
         positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
         hidden = self.dropout(self.norm(tokens + self.position_embedding(positions)))
         attend = ~padding[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
+        if self.causal:  # (B, 1, L, L): and none after it; each sees itself (a padding
+            # slot before the first event would otherwise see no key, NaN in some kernels)
+            before = torch.ones(total, total, dtype=torch.bool, device=items.device).tril()
+            attend = (attend & before) | torch.eye(total, dtype=torch.bool, device=items.device)
         select, valid = None, None
         if last_only:
             select = torch.full((batch_size, 1), total - 1, device=items.device)
@@ -283,14 +303,24 @@ class BERT4Rec(RecModel):
             select = select + int(bool(self.user_features))  # past the user token
             valid = torch.arange(width, device=items.device) < counts[:, None]
         last = len(self.layers) - 1  # (enumerate's start= does not trace in torch 2.4's export)
+        attend_last = attend  # the last layer's: the selected queries' rows of a causal mask
+        if self.causal and select is not None:
+            rows = select[:, None, :, None].expand(-1, 1, -1, total)
+            attend_last = attend.expand(batch_size, 1, total, total).gather(2, rows)
         for number, layer in enumerate(self.layers):
-            hidden = layer(hidden, attend, select if number == last else None, side)
+            if number == last:
+                hidden = layer(hidden, attend_last, select, side)
+            else:
+                hidden = layer(hidden, attend, None, side)
         if self.user_features and select is None:
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
 
     def last_hidden(self, batch: Batch) -> torch.Tensor:
-        """(B, D) hidden state of each sequence's newest slot: the slot inference predicts."""
+        """(B, D) hidden state of each sequence's newest slot: the slot inference predicts
+        (causal: the newest event before it, carrying the request's features)."""
+        if self.causal:
+            batch = causal_view(batch, self.after)
         return self(batch, last_only=True).hidden[:, -1]
 
     def _side_sources(self, batch: Batch) -> list[torch.Tensor | None]:
