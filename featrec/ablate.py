@@ -133,10 +133,12 @@ def variants(
                 description=f"popularity in the {days} days before each request",
             )  # fmt: skip
     # the baselines take the features they can read (trend features are BERT4Rec's output)
-    inputs = spec.input_features
+    # (they always predict the next item: train.objective is BERT4Rec's choice)
+    inputs, cloze = spec.input_features, {"objective": "cloze"}
     baseline = spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"kind": "embedding_mlp"}),
+            "train": spec.train.model_copy(update=cloze),
             "features": inputs,
         }
     )
@@ -146,7 +148,7 @@ def variants(
     din = spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"kind": "din"}),
-            "train": spec.train.model_copy(update={"loss": "sampled_softmax"}),
+            "train": spec.train.model_copy(update={"loss": "sampled_softmax", **cloze}),
             "features": inputs,
         }
     )

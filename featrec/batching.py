@@ -371,15 +371,22 @@ def next_item_batch(
 
 
 def causal_view(batch: Batch, after: frozenset[str]) -> Batch:
-    """A window of L slots → L - 1 positions for causal next-item prediction: the items
-    and after-the-fact event columns (``after``) of slots 0 … L - 2, each with the
-    request-known event columns of the slot after it. Position t predicts the item of slot
-    t + 1 from slots ≤ t and from when (and where) that next event is requested, which is
-    known at its request; what it is, is not. An evaluation window ends with the predicted
-    slot, so its newest position carries the request's features (train.objective
-    next_item)."""
-    event = {k: (v[:, :-1] if k in after else v[:, 1:]) for k, v in batch.event.items()}
-    return Batch(batch.item[:, :-1], event, batch.user)
+    """A window of L slots seen for causal next-item prediction, still L wide: position t
+    holds the item and after-the-fact event columns (``after``) of slot t - 1 (position 0
+    is padding) and the request-known event columns of slot t. Position t predicts the item
+    of slot t from the slots before it and from when (and where) slot t is requested, which
+    is known at its request; what it is, is not. A request window ends with the predicted
+    slot, so its newest position holds the newest event and the request's features
+    (train.objective next_item). Shifted by a roll, not a slice: the width (and with it the
+    user token's position and an exported program's dynamic length) stays the window's."""
+    first = torch.arange(batch.item.shape[1], device=batch.item.device) == 0
+
+    def shifted(values: torch.Tensor) -> torch.Tensor:
+        fill = 0.0 if values.is_floating_point() else PAD
+        return values.roll(1, dims=1).masked_fill(first, fill)
+
+    event = {k: (shifted(v) if k in after else v) for k, v in batch.event.items()}
+    return Batch(shifted(batch.item), event, batch.user)
 
 
 def causal_batch(
@@ -387,21 +394,20 @@ def causal_batch(
     users: torch.Tensor,
     max_len: int,
     target_prob: float,
+    after: frozenset[str],
     generator: torch.Generator | None = None,
     crop_prob: float = 0.0,
 ) -> tuple[Batch, torch.Tensor]:
-    """Windows as in :func:`training_batch` (``max_len`` events), seen through
-    :func:`causal_view`: (inputs (B, L - 1), labels (B, L - 1)), the label of position t
-    the item after it. Each position followed by an event is a target with
-    ``target_prob`` (at least one per window)."""
+    """Windows as in :func:`training_batch` seen through :func:`causal_view`: (inputs,
+    labels), both (B, L), the label of position t the item of slot t. Each position with
+    an event before it is a target with ``target_prob`` (at least one per window)."""
     ends = training_window_ends(data, users, max_len, crop_prob, generator)
     window = gather_window(data, users, ends, max_len)
-    batch = causal_view(window, data.hidden_event)
-    following = window.item[:, 1:]
-    eligible = (batch.item != PAD) & (following != PAD)
+    batch = causal_view(window, after)
+    eligible = (batch.item != PAD) & (window.item != PAD)
     if target_prob < 1.0:
         eligible = draw_targets(eligible, target_prob, generator)
-    return batch, torch.where(eligible, following, IGNORE)
+    return batch, torch.where(eligible, window.item, IGNORE)
 
 
 def length_aware_batches(

@@ -205,6 +205,7 @@ class Experiment:
                 self.data, users[start : start + batch_size],
                 positions[start : start + batch_size], self.spec.model.max_len,
             )  # fmt: skip
+            batch = self.model.request_inputs(batch)  # as the model reads it
             weights = self.model(batch.to(self.device)).fusion_weights  # (B, L, S)
             valid = (batch.item != PAD).to(weights.device)
             totals += weights[valid].sum(dim=0).double().cpu()

@@ -12,13 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from featrec.batching import IGNORE, Batch, causal_batch, causal_view, request_batch
+from featrec.ablate import variants
+from featrec.batching import (
+    IGNORE,
+    Batch,
+    causal_batch,
+    causal_view,
+    gather_window,
+    request_batch,
+)
 from featrec.datasets import load_tables
 from featrec.encoders import PAD
 from featrec.errors import SpecError
+from featrec.export import export_run
 from featrec.model.protocol import labelled_loss
 from featrec.recommend import load
-from featrec.spec import load_spec
+from featrec.spec import Spec, load_spec
 from featrec.train import Experiment, train
 from tests.conftest import interrupted_and_resumed, write_spec
 from tests.test_recommend import _evaluation_top_k, _recommend_top_k
@@ -31,26 +40,29 @@ def causal_experiment(tmp_path: Path, body: dict, *overrides: str) -> Experiment
     return Experiment.from_spec(spec)
 
 
-def test_the_view_shifts_request_features_and_keeps_after_features() -> None:
+def test_the_view_shifts_items_and_after_features_and_keeps_request_features() -> None:
     window = Batch(
         item=torch.tensor([[PAD, 11, 12, 13]]),
         event={"hour": torch.tensor([[0, 1, 2, 3]]), "rating": torch.tensor([[0, 5, 6, 7]])},
         user={"job": torch.tensor([4])},
     )
     view = causal_view(window, frozenset({"rating"}))
-    assert view.item.tolist() == [[PAD, 11, 12]]
-    assert view.event["hour"].tolist() == [[1, 2, 3]]  # when the next event is requested
-    assert view.event["rating"].tolist() == [[0, 5, 6]]  # its own, known after it
+    assert view.item.tolist() == [[PAD, PAD, 11, 12]]  # position t: the item before slot t
+    assert view.event["rating"].tolist() == [[0, 0, 5, 6]]  # known after that item
+    assert view.event["hour"].tolist() == [[0, 1, 2, 3]]  # when slot t is requested
     assert view.user["job"].tolist() == [4]
 
 
-def test_training_labels_are_the_next_items(tmp_path: Path, tiny_spec_body: dict) -> None:
+def test_training_positions_hold_the_past_and_predict_the_next_item(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
     exp = causal_experiment(tmp_path, tiny_spec_body)
+    assert exp.model.after == exp.data.hidden_event == {"rating"}
     users = torch.arange(exp.data.num_users)
     ends = exp.data.train_len[users]
-    batch, labels = causal_batch(exp.data, users, 7, 1.0)
-    width = min(7, int(ends.max())) - 1  # the window less its newest slot
-    assert batch.item.shape == labels.shape == (len(users), width)
+    window = gather_window(exp.data, users, ends, 7)
+    batch, labels = causal_batch(exp.data, users, 7, 1.0, exp.model.after)
+    assert batch.item.shape == labels.shape == window.item.shape
     for row, user in enumerate(users.tolist()):
         start = int(exp.data.offsets[user])
         events = exp.data.item[start : start + int(ends[row])].tolist()[-7:]
@@ -58,6 +70,12 @@ def test_training_labels_are_the_next_items(tmp_path: Path, tiny_spec_body: dict
         assert inputs == events[:-1]
         targets = [i for i in labels[row].tolist() if i != IGNORE]
         assert targets == events[1:]  # every position with a next event, at share 1
+    labelled = labels != IGNORE
+    rating = window.event["rating"]  # the target's own rating is nowhere in its position
+    assert torch.equal(batch.event["rating"][:, 1:], rating[:, :-1])
+    hours = [k for k in window.event if k.startswith("time.")] + ["device"]
+    for column in hours:  # the target's request: its time and device, at its position
+        assert torch.equal(batch.event[column][labelled], window.event[column][labelled])
 
 
 @pytest.mark.parametrize("user_mode", ["add", "token"])
@@ -71,7 +89,7 @@ def test_a_position_sees_nothing_after_it(
     )  # fmt: skip
     exp.model.eval()
     users = torch.arange(exp.data.num_users)
-    batch, _ = causal_batch(exp.data, users, 7, 1.0)
+    batch, _ = causal_batch(exp.data, users, 7, 1.0, exp.model.after)
     changed = Batch(batch.item.clone(), dict(batch.event), dict(batch.user))
     changed.item[:, -1] = torch.where(batch.item[:, -1] == 3, 4, 3)  # the newest item only
     with torch.no_grad():
@@ -81,13 +99,19 @@ def test_a_position_sees_nothing_after_it(
     assert not torch.allclose(before[:, -1], after[:, -1])  # the newest: it sees its item
 
 
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_the_selected_slots_give_the_full_forward_numbers(
-    tmp_path: Path, tiny_spec_body: dict
+    tmp_path: Path, tiny_spec_body: dict, fusion: str, user_mode: str
 ) -> None:
-    exp = causal_experiment(tmp_path, tiny_spec_body, "model.layers=3", "fusion.method=nova")
+    exp = causal_experiment(
+        tmp_path, tiny_spec_body, "model.layers=3", f"fusion.method={fusion}",
+        f"fusion.user={user_mode}",
+    )  # fmt: skip
     exp.model.eval()
     users = torch.arange(exp.data.num_users)
-    batch, labels = causal_batch(exp.data, users, 7, 0.5, torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    batch, labels = causal_batch(exp.data, users, 7, 0.5, exp.model.after, generator)
     masked = labels != IGNORE
     with torch.no_grad():
         full = exp.model(batch).hidden
@@ -136,6 +160,20 @@ def test_a_causal_run_trains_resumes_and_serves(tmp_path: Path, tiny_spec_body: 
     expected = _evaluation_top_k(experiment, 5)
     assert _recommend_top_k(recommender, tables, experiment, 5) == expected
     assert _recommend_top_k(recommender, tables, experiment, 5, single=True) == expected
+    empty = recommender.recommend([], k=3)  # no history: popularity, as under cloze
+    assert len(empty.items) == 3 and empty.fallback is not None
+    export_run(tmp_path / "whole", tmp_path / "exported")  # a causal run exports too
+    assert any((tmp_path / "exported").iterdir())
+
+
+def test_an_ablation_of_a_causal_spec_keeps_its_baselines_valid(
+    tmp_path: Path, tiny_spec_body: dict
+) -> None:
+    spec = load_spec(write_spec(tmp_path, tiny_spec_body), ["train.objective=next_item"])
+    found = variants(spec, overrides={"din": ["train.lr=3e-4"]})
+    assert found["full"].spec.train.objective == "next_item"
+    for variant in found.values():  # each stored spec reads back (resume, report, serve)
+        Spec.model_validate(variant.spec.model_dump())
 
 
 @pytest.mark.parametrize("kind", ["embedding_mlp", "din"])

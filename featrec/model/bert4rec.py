@@ -160,8 +160,9 @@ class BERT4Rec(RecModel):
         t = spec.train
         if self.causal:
             return causal_batch(
-                data, users, spec.model.max_len, t.next_item_share, generator, t.crop_prob
-            )
+                data, users, spec.model.max_len, t.next_item_share, self.after, generator,
+                t.crop_prob,
+            )  # fmt: skip
         return training_batch(
             data, users, spec.model.max_len, t.mask_prob, t.last_item_share, generator,
             t.crop_prob,
@@ -316,12 +317,15 @@ class BERT4Rec(RecModel):
             hidden = hidden[:, 1:]
         return EncoderOutput(hidden=hidden, fusion_weights=weights, query_valid=valid)
 
+    def request_inputs(self, batch: Batch) -> Batch:
+        """What the model reads of a request window (history + predicted slot): the window,
+        or (causal) its :func:`causal_view`."""
+        return causal_view(batch, self.after) if self.causal else batch
+
     def last_hidden(self, batch: Batch) -> torch.Tensor:
-        """(B, D) hidden state of each sequence's newest slot: the slot inference predicts
-        (causal: the newest event before it, carrying the request's features)."""
-        if self.causal:
-            batch = causal_view(batch, self.after)
-        return self(batch, last_only=True).hidden[:, -1]
+        """(B, D) hidden state of each request window's newest position: the predicted slot
+        (causal: the newest event, carrying the request's features)."""
+        return self(self.request_inputs(batch), last_only=True).hidden[:, -1]
 
     def _side_sources(self, batch: Batch) -> list[torch.Tensor | None]:
         """The features as side sources of attention-level fusion: ``[steer]`` or

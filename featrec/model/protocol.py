@@ -192,6 +192,10 @@ class RecModel(nn.Module):
         fusion); empty when it returns none."""
         return []
 
+    def request_inputs(self, batch: Batch) -> Batch:
+        """What ``forward`` reads of a request window (history + predicted slot)."""
+        return batch
+
     def static_fusion_weights(self) -> dict[str, float] | None:
         """Per-source weights that do not depend on the input (concat fusion), or None."""
         return None
