@@ -21,7 +21,6 @@ from featrec.batching import (
     gather_window,
     request_batch,
 )
-from featrec.datasets import load_tables
 from featrec.encoders import PAD
 from featrec.errors import SpecError
 from featrec.export import export_run
@@ -30,7 +29,7 @@ from featrec.recommend import load
 from featrec.spec import Spec, load_spec
 from featrec.train import Experiment, train
 from tests.conftest import interrupted_and_resumed, write_spec
-from tests.test_recommend import _evaluation_top_k, _recommend_top_k
+from tests.test_recommend import assert_recommend_ranks_as_evaluation
 
 FUSIONS = ["gate", "nova", "difsr"]
 
@@ -153,13 +152,7 @@ def test_a_causal_run_trains_resumes_and_serves(tmp_path: Path, tiny_spec_body: 
     recommender = load(tmp_path / "whole")
     assert recommender.model.causal
     assert len(recommender.recommend([10, 11], k=3).items) == 3
-    # serving ranks as evaluation does, request by request and in batches
-    experiment = Experiment.from_spec(recommender.spec)
-    experiment.model.load_state_dict(recommender.model.state_dict())
-    tables = load_tables(recommender.spec.data)
-    expected = _evaluation_top_k(experiment, 5)
-    assert _recommend_top_k(recommender, tables, experiment, 5) == expected
-    assert _recommend_top_k(recommender, tables, experiment, 5, single=True) == expected
+    assert_recommend_ranks_as_evaluation(recommender)
     empty = recommender.recommend([], k=3)  # no history: popularity, as under cloze
     assert len(empty.items) == 3 and empty.fallback is not None
     export_run(tmp_path / "whole", tmp_path / "exported")  # a causal run exports too

@@ -164,15 +164,20 @@ def test_recommend_equals_the_evaluation_path_on_tiny_data(
 ) -> None:
     if chunk:  # recommend ranks the items 3 at a time; the expectation is one product
         monkeypatch.setattr(ranking, "ITEM_CHUNK", chunk)
-    recommender = featrec.load(run)
-    experiment = Experiment.from_spec(recommender.spec)
-    experiment.model.load_state_dict(recommender.model.state_dict())
+    assert_recommend_ranks_as_evaluation(featrec.load(run))
+
+
+def assert_recommend_ranks_as_evaluation(recommender, k: int = 5) -> None:
+    """``recommend`` (in batches and request by request) gives every user's evaluation
+    top ``k``, from the same weights."""
     from featrec.datasets import load_tables
 
+    experiment = Experiment.from_spec(recommender.spec)
+    experiment.model.load_state_dict(recommender.model.state_dict())
     tables = load_tables(recommender.spec.data)
-    expected = _evaluation_top_k(experiment, 5)
-    assert _recommend_top_k(recommender, tables, experiment, 5) == expected
-    assert _recommend_top_k(recommender, tables, experiment, 5, single=True) == expected
+    expected = _evaluation_top_k(experiment, k)
+    assert _recommend_top_k(recommender, tables, experiment, k) == expected
+    assert _recommend_top_k(recommender, tables, experiment, k, single=True) == expected
 
 
 @pytest.mark.real_data
