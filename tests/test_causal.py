@@ -177,3 +177,18 @@ def test_other_model_kinds_refuse_it(tmp_path: Path, tiny_spec_body: dict, kind:
     with pytest.raises(SpecError, match=r"train\.objective next_item is for model\.kind") as error:
         load_spec(write_spec(tmp_path, tiny_spec_body), overrides)
     assert "\n" not in str(error.value)
+
+
+def test_a_wrong_objective_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path, tiny_spec_body: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_cli import run
+
+    spec = write_spec(tmp_path, tiny_spec_body)
+    with pytest.raises(SpecError, match=r"train\.objective") as error:
+        load_spec(spec, ["train.objective=sasrec"])
+    assert "\n" not in str(error.value) and "next_item" in str(error.value)
+    code, _, err = run(capsys, "train", str(spec), "--set", "train.objective=sasrec",
+                       "--out", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2 and "train.objective" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing written
