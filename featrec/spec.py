@@ -776,12 +776,17 @@ def with_overrides(spec: Spec, overrides: Sequence[str]) -> Spec:
     return _validate(spec.model_dump(mode="json"), spec.source, None, overrides)
 
 
+# Fields that say where a run executes, not what it computes: a run started on a GPU
+# resumes on a CPU (and an ablation mixes pairs trained on either) as the same run.
+PLACEMENT_FIELDS = frozenset({"train.device"})
+
+
 def spec_differences(stored: Any, given: Spec, limit: int = 5) -> list[str]:
     """Where ``given`` differs from a stored spec (a raw YAML mapping, or a Spec):
     ``"train.epochs: 200 → 300"`` per field, at most ``limit`` (then a count of the rest).
 
     A spec stored before a field was added compares with that field's default; one that is
-    no valid spec any more differs as a whole.
+    no valid spec any more differs as a whole. ``PLACEMENT_FIELDS`` are not compared.
     """
     if not isinstance(stored, Spec):
         try:
@@ -799,7 +804,7 @@ def spec_differences(stored: Any, given: Spec, limit: int = 5) -> list[str]:
 
     changed = [
         f"{key}: {shown(old, key)} → {shown(new, key)}"
-        for key in sorted(old.keys() | new.keys())
+        for key in sorted((old.keys() | new.keys()) - PLACEMENT_FIELDS)
         if key not in old or key not in new or old[key] != new[key]
     ]
     if len(changed) > limit:

@@ -365,7 +365,8 @@ class Paused(Exception):
 def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
     """The spec the run in ``run_dir`` trains with: ``spec`` for a new run; for ``resume``
     the one it was started with, which ``spec`` must equal (a run resumed under a changed
-    spec would be neither the old run nor a new one)."""
+    spec would be neither the old run nor a new one), placed where ``spec`` says
+    (``train.device``: a run started on a GPU goes on on the CPU)."""
     if not resume:
         check_new_run_dir(run_dir)
         return spec
@@ -380,7 +381,10 @@ def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
             f"({run_dir / 'spec.yaml'}); the spec given differs at {'; '.join(changed)}. "
             "Resume with that spec, or train into another --out"
         )
-    return stored
+    if stored.train.device == spec.train.device:
+        return stored
+    train_spec = stored.train.model_copy(update={"device": spec.train.device})
+    return stored.model_copy(update={"train": train_spec})
 
 
 def train(

@@ -131,7 +131,7 @@ def test_the_training_step_runs_in_that_context(
         return half_precision_attention(device, enabled)
 
     monkeypatch.setattr(featrec.train, "half_precision_attention", recorded)
-    tiny_spec_body |= {"train": {"epochs": 1, "batch_size": 3, "min_epochs": 1}}
+    tiny_spec_body |= {"train": {"epochs": 1, "batch_size": 3, "min_epochs": 1, "device": "cpu"}}
     spec = load_spec(write_spec(tmp_path, tiny_spec_body), ["train.precision=bf16"])
     train(spec, tmp_path / "run")
     assert calls and set(calls) == {("cpu", True)}  # every step, with bf16 on

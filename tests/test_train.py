@@ -20,8 +20,8 @@ from featrec.evaluate import popularity
 from featrec.ids import N_RESERVED
 from featrec.metrics import RankingMetrics
 from featrec.ranking import Excluded, sampled_ranks, target_ranks, top_k
-from featrec.spec import load_spec
-from featrec.train import Experiment, evaluate_run, train
+from featrec.spec import load_spec, spec_differences
+from featrec.train import Experiment, evaluate_run, open_run, train
 from tests.conftest import interrupted_and_resumed, write_spec
 
 
@@ -260,6 +260,27 @@ def test_resume_with_a_changed_spec_is_refused_and_says_where(
     assert checkpoint["epoch"] == 1  # refused before anything was touched
     final = train(spec, tmp_path / "run", resume=True)  # the same spec resumes
     assert final["epochs_run"] >= 2
+
+
+def test_a_run_resumes_on_another_device_as_the_same_run(tmp_path: Path, small_body: dict) -> None:
+    """train.device says where a run executes, not what it computes: a run started with
+    one device setting (on a GPU, say) resumes under another as the run it was."""
+    path = write_spec(tmp_path, small_body)
+    whole = train(load_spec(path, ["train.device=auto"]), tmp_path / "whole")
+
+    def interrupt(epoch: int, row: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load_spec(path, ["train.device=cpu"]), tmp_path / "run", on_epoch_end=interrupt)
+    elsewhere = load_spec(path, ["train.device=auto"])
+    assert spec_differences(load_spec(tmp_path / "run" / "spec.yaml"), elsewhere) == []
+    assert open_run(elsewhere, tmp_path / "run", resume=True).train.device == "auto"
+    assert train(elsewhere, tmp_path / "run", resume=True)["test"] == whole["test"]
+    changed = load_spec(path, ["train.device=auto", "train.lr=0.5"])
+    assert spec_differences(load_spec(tmp_path / "run" / "spec.yaml"), changed) == [
+        f"train.lr: {load_spec(path).train.lr} → 0.5"
+    ]  # the rest is still compared
 
 
 def test_a_run_killed_while_writing_a_checkpoint_still_resumes(
