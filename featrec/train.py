@@ -249,6 +249,9 @@ class TrainingState:
     best_epoch: int = 0
     bad_evals: int = 0  # evaluations since the best one
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    # wall seconds the run had spent at this checkpoint, over all the processes it took
+    # (a resumed run's train_seconds counts the time before the interruption too)
+    elapsed: float = 0.0
 
     def stops_early(self, cfg: TrainSpec) -> bool:
         return self.bad_evals >= cfg.patience and self.epoch >= cfg.min_epochs
@@ -268,9 +271,16 @@ class Training:
     # the loss as a module (under DistributedDataParallel with several ranks), or its
     # compiled form (train.compile)
     loss_fn: Callable[..., torch.Tensor]
+    started: float  # time.perf_counter() when this process began the run
+    earlier: float = 0.0  # wall seconds of the processes before this one (a resumed run)
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds the run has taken so far, over all its processes."""
+        return self.earlier + time.perf_counter() - self.started
 
     @classmethod
-    def start(cls, experiment: Experiment, run_dir: Path) -> Training:
+    def start(cls, experiment: Experiment, run_dir: Path, started: float) -> Training:
         model, data, cfg = experiment.model, experiment.data, experiment.spec.train
         # a batch of users without a training target would make the loss NaN
         trainable = torch.nonzero(data.train_len >= model.min_train_events).squeeze(1)
@@ -283,7 +293,7 @@ class Training:
             loss_fn = torch.compile(loss_fn, dynamic=True)
         return cls(
             experiment, run_dir, optimizer, scheduler, generator, trainable, TrainingState(),
-            loss_fn,
+            loss_fn, started,
         )  # fmt: skip
 
     @property
@@ -320,7 +330,10 @@ class Training:
         device = self.experiment.device
         if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks drawn on the GPU
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        self.state = TrainingState(**{f.name: saved[f.name] for f in fields(TrainingState)})
+        # a checkpoint written before a field was added takes its default
+        names = [f.name for f in fields(TrainingState) if f.name in saved]
+        self.state = TrainingState(**{name: saved[name] for name in names})
+        self.earlier = self.state.elapsed
         log.info("resuming %s after epoch %d", self.run_dir, self.state.epoch)
 
     def validate(self, epoch: int, row: dict[str, Any]) -> None:
@@ -340,6 +353,7 @@ class Training:
         if not distributed.is_main():
             return
         device = self.experiment.device
+        self.state.elapsed = self.elapsed
         save_checkpoint(
             {
                 **asdict(self.state),
@@ -444,7 +458,7 @@ def _train(
     if main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         _write_run_files(run_dir, spec, experiment)
-    training = Training.start(experiment, run_dir)
+    training = Training.start(experiment, run_dir, started)
     if resume:
         training.resume()
     for tracker in trackers:
@@ -455,8 +469,7 @@ def _train(
         distributed.barrier()  # rank 0 has written best.pt
         best = run_dir / "checkpoints" / "best.pt"
         experiment.model.load_state_dict(load_checkpoint(best))
-        seconds = time.perf_counter() - started
-        final = _final_metrics(experiment, run_dir, training.state, seconds, variant)
+        final = _final_metrics(experiment, run_dir, training.state, training.elapsed, variant)
         if main:
             _plot(run_dir, training.state.history, spec.eval.primary)
         for tracker in trackers:

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -281,6 +282,30 @@ def test_a_run_resumes_on_another_device_as_the_same_run(tmp_path: Path, small_b
     assert spec_differences(load_spec(tmp_path / "run" / "spec.yaml"), changed) == [
         f"train.lr: {load_spec(path).train.lr} → 0.5"
     ]  # the rest is still compared
+
+
+def test_a_resumed_run_counts_the_time_before_its_interruption(
+    tmp_path: Path, small_body: dict
+) -> None:
+    """train_seconds is the run's, not the last process's: a run interrupted after two
+    epochs (one of them made 2 s slower) and resumed reports those seconds too."""
+    spec = load_spec(write_spec(tmp_path, small_body))
+
+    def slow_then_interrupted(epoch: int, row: dict) -> None:
+        if epoch == 1:
+            time.sleep(2.0)
+        else:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, tmp_path / "run", on_epoch_end=slow_then_interrupted)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["elapsed"] >= 2.0
+    started = time.perf_counter()
+    final = train(spec, tmp_path / "run", resume=True)
+    this_process = time.perf_counter() - started
+    assert saved["elapsed"] < final["train_seconds"] <= saved["elapsed"] + this_process
+    assert final["train_seconds"] > this_process + 1.0  # the earlier process's time counted
 
 
 def test_a_run_killed_while_writing_a_checkpoint_still_resumes(
