@@ -101,7 +101,11 @@ def top_k(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best items of each of ``rows`` requests: (values, item ids), (rows, k'),
     k' = min(k, real items), best first; slots beyond the rankable items hold -inf.
-    ``allowed`` (items,) bool limits the candidates (a candidate list)."""
+    ``allowed`` (items,) bool limits the candidates (a candidate list).
+
+    Equal scores rank by item id, lower first, also where a tie straddles the k-th place:
+    the same items in the same order on every device and chunk size (``torch.topk`` orders
+    ties as its kernel happens to, differently on a CPU and a GPU)."""
     excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
     chunk = chunk or ITEM_CHUNK
     width = min(k, num_items - N_RESERVED)
@@ -112,13 +116,41 @@ def top_k(
         scores = excluded.fill(score(range(start, stop)), start, -math.inf)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[start:stop], float("-inf"))
-        top = torch.topk(scores, min(width, stop - start), dim=1)
-        best = torch.cat([best, top.values], dim=1)
-        best_items = torch.cat([best_items, top.indices + start], dim=1)
-        if best.shape[1] > width:
-            keep = torch.topk(best, width, dim=1)
-            best, best_items = keep.values, best_items.gather(1, keep.indices)
+        values, indices = _chunk_top(scores, min(width, stop - start))
+        best, best_items = _by_score_then_id(
+            torch.cat([best, values], dim=1), torch.cat([best_items, indices + start], dim=1)
+        )
+        best, best_items = best[:, :width], best_items[:, :width]
     return best, best_items
+
+
+def _chunk_top(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk`` of one chunk, except in the rows where more items tie with the k-th
+    score than fit: there a stable sort keeps the lowest ids (ties are rare in a model's
+    scores, common in popularity's counts)."""
+    top = torch.topk(scores, width, dim=1)
+    if width == 0:
+        return top.values, top.indices
+    kth = top.values[:, -1:]
+    finite = torch.isfinite(kth).squeeze(1)  # -inf: fewer rankable items than width
+    tied = (scores == kth).sum(1) > (top.values == kth).sum(1)
+    rows = torch.nonzero(tied & finite).squeeze(1)
+    values, indices = top.values, top.indices
+    if len(rows):
+        exact = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        values, indices = values.clone(), indices.clone()
+        values[rows], indices[rows] = exact.values[:, :width], exact.indices[:, :width]
+    return values, indices
+
+
+def _by_score_then_id(
+    values: torch.Tensor, items: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's (value, item) pairs ordered by value, higher first, then by item id."""
+    by_id = torch.sort(items, dim=1, stable=True).indices
+    values, items = values.gather(1, by_id), items.gather(1, by_id)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return values.gather(1, order), items.gather(1, order)
 
 
 @torch.inference_mode()

@@ -81,6 +81,24 @@ def test_chunked_ranks_and_top_k_equal_one_dense_product(chunk: int) -> None:
     assert set(items[torch.isfinite(values)].tolist()) <= {5, 9, 11}
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_top_k_ranks_ties_by_item_id_whatever_the_chunks(chunk: int) -> None:
+    """Equal scores (popularity counts, rounded scores) rank by id, lower first, also where
+    a tie straddles the k-th place: one answer on every device, not torch.topk's order."""
+    torch.manual_seed(1)
+    scores = torch.randint(0, 4, (8, 40)).float()  # many ties in every row
+    scores[:, 30:] = -math.inf  # items 30.. not rankable
+    seen = Excluded(torch.randint(0, 8, (20,)), torch.randint(N_RESERVED, 40, (20,)))
+    excluded = scores.masked_fill(seen.mask(8, 0, 40), -math.inf)
+    for k in (1, 5, 12):
+        values, items = top_k(dense(scores), 40, 8, k, seen, chunk=chunk)
+        for row in range(8):
+            finite = [i for i in range(N_RESERVED, 40) if math.isfinite(excluded[row, i])]
+            expected = sorted(finite, key=lambda i: (-excluded[row, i].item(), i))[:k]
+            assert items[row, : len(expected)].tolist() == expected
+            assert values[row, : len(expected)].tolist() == excluded[row, expected].tolist()
+
+
 def test_sampled_ranks_are_within_the_sample() -> None:
     scores = torch.randn(5, 300)
     targets = torch.randint(4, 300, (5,))
