@@ -89,6 +89,31 @@ def test_last_hidden_equals_the_full_forward_at_the_last_slot(
     assert not torch.equal(full[0], full[1])  # not a degenerate constant output
 
 
+@pytest.mark.parametrize("objective", ["cloze", "next_item"])
+@pytest.mark.parametrize("user_mode", ["add", "token"])
+def test_a_request_scores_the_same_whatever_else_is_in_its_batch(
+    tmp_path: Path, odd_dims: dict, user_mode: str, objective: str
+) -> None:
+    """A short history is left-padded to the batch's widest window; padding is masked and
+    positions count back from the predicted slot, so a user's scores do not depend on who
+    shares the batch (the user token too: it has a position of its own)."""
+    overrides = {"fusion.user": user_mode, "train.objective": objective}
+    exp = experiment(tmp_path, odd_dims, **{"model.layers": 2, **overrides})
+    exp.model.eval()
+    users = torch.arange(exp.data.num_users)
+    targets = exp.data.test_idx[users]
+    together = request_batch(exp.data, users, targets, 50)
+    widths = (together.item != PAD).sum(1)
+    assert widths.unique().numel() > 1  # some windows are padded in the joint batch
+    with torch.no_grad():
+        joint = exp.model.last_hidden(together)
+        for user in users[(targets >= 0) & (widths < together.item.shape[1])]:
+            alone = request_batch(exp.data, user[None], targets[user][None], 50)
+            assert alone.item.shape[1] < together.item.shape[1]
+            own = exp.model.last_hidden(alone)[0]
+            torch.testing.assert_close(own, joint[user], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("user_mode", ["add", "token"])
 def test_training_scores_masked_slots_as_the_full_forward_does(
     tmp_path: Path, odd_dims: dict, user_mode: str

@@ -284,9 +284,13 @@ class BERT4Rec(RecModel):
                 if steer is not None:
                     steer = F.pad(steer.expand(-1, items.shape[1], -1), (0, 0, 1, 0))
                 side = [steer, *(F.pad(s, (0, 0, 1, 0)) for s in side[1:])]  # (S, B, 1 + L, D)
-        # positions count back from the newest event, so the predicted slot is always 0
+        # positions count back from the newest event, so the predicted slot is always 0;
+        # the user token has the last row (max_len) whatever the batch's width
         total = tokens.shape[1]
-        positions = torch.arange(total - 1, -1, -1, device=items.device)  # (L,)
+        positions = torch.arange(items.shape[1] - 1, -1, -1, device=items.device)  # (L,)
+        if self.user_features:
+            own = torch.full((1,), self.position_embedding.num_embeddings - 1, device=items.device)
+            positions = torch.cat([own, positions])  # (1 + L,)
         hidden = self.dropout(self.norm(tokens + self.position_embedding(positions)))
         attend = ~padding[:, None, None, :]  # (B, 1, 1, L): keys each query may attend to
         if self.causal:  # (B, 1, L, L): and none after it; each sees itself (a padding
