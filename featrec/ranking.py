@@ -109,33 +109,32 @@ def top_k(
     excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
     chunk = chunk or ITEM_CHUNK
     width = min(k, num_items - N_RESERVED)
-    best = torch.full((rows, 0), float("-inf"), device=device)
-    best_items = torch.zeros((rows, 0), dtype=torch.long, device=device)
+    # each chunk's best ``width`` in the order (score, then id) holds the overall best:
+    # one ordering of their union at the end (rows × width × chunks values, small)
+    best = [torch.full((rows, 0), float("-inf"), device=device)]
+    best_items = [torch.zeros((rows, 0), dtype=torch.long, device=device)]
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
         scores = excluded.fill(score(range(start, stop)), start, -math.inf)
         if allowed is not None:
             scores = scores.masked_fill(~allowed[start:stop], float("-inf"))
         values, indices = _chunk_top(scores, min(width, stop - start))
-        best, best_items = _by_score_then_id(
-            torch.cat([best, values], dim=1), torch.cat([best_items, indices + start], dim=1)
-        )
-        best, best_items = best[:, :width], best_items[:, :width]
-    return best, best_items
+        best.append(values)
+        best_items.append(indices + start)
+    values, items = _by_score_then_id(torch.cat(best, dim=1), torch.cat(best_items, dim=1))
+    return values[:, :width], items[:, :width]
 
 
 def _chunk_top(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk`` of one chunk, except in the rows where more items tie with the k-th
-    score than fit: there a stable sort keeps the lowest ids (ties are rare in a model's
-    scores, common in popularity's counts)."""
-    top = torch.topk(scores, width, dim=1)
-    if width == 0:
-        return top.values, top.indices
-    kth = top.values[:, -1:]
-    finite = torch.isfinite(kth).squeeze(1)  # -inf: fewer rankable items than width
-    tied = (scores == kth).sum(1) > (top.values == kth).sum(1)
-    rows = torch.nonzero(tied & finite).squeeze(1)
-    values, indices = top.values, top.indices
+    """``torch.topk`` of one chunk, except in the rows where the item after the k-th ties
+    with it: there a stable sort keeps the lowest ids (ties are rare in a model's scores,
+    common in popularity's counts). One more item from topk costs no extra pass."""
+    if width == 0 or width >= scores.shape[1]:  # no k-th place to straddle
+        return torch.topk(scores, width, dim=1)
+    top = torch.topk(scores, width + 1, dim=1)
+    values, indices = top.values[:, :width], top.indices[:, :width]
+    kth, after = top.values[:, width - 1], top.values[:, width]
+    rows = torch.nonzero((after == kth) & torch.isfinite(kth)).squeeze(1)
     if len(rows):
         exact = torch.sort(scores[rows], dim=1, descending=True, stable=True)
         values, indices = values.clone(), indices.clone()
