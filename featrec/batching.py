@@ -377,8 +377,8 @@ def causal_view(batch: Batch, after: frozenset[str]) -> Batch:
     of slot t from the slots before it and from when (and where) slot t is requested, which
     is known at its request; what it is, is not. A request window ends with the predicted
     slot, so its newest position holds the newest event and the request's features
-    (train.objective next_item). Shifted by a roll, not a slice: the width (and with it the
-    user token's position and an exported program's dynamic length) stays the window's."""
+    (train.objective next_item). Shifted by a roll, not a slice: the width (and with it an
+    exported program's dynamic length) stays the window's."""
     first = torch.arange(batch.item.shape[1], device=batch.item.device) == 0
 
     def shifted(values: torch.Tensor) -> torch.Tensor:

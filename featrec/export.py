@@ -24,6 +24,7 @@ from torch import nn
 from featrec import ranking
 from featrec.batching import Batch, request_batch
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
+from featrec.ranking import best_by_score_then_id, score_then_id_keys
 from featrec.recommend import Recommender
 
 
@@ -52,15 +53,17 @@ class TopKLastSlot(nn.Module):
             inside = (at >= 0) & (at < stop - start) & (history >= N_RESERVED)
             fill = torch.where(inside, float("-inf"), float("inf")).to(scores.dtype)
             scores = scores.scatter_reduce(1, at.clamp(0, stop - start - 1), fill, "amin")
-            top = torch.topk(scores, min(width, stop - start), dim=1)
-            found = items[top.indices]
+            # ranked by (score, then id) as featrec.ranking.top_k does: ties come back in
+            # one order wherever the program runs (torch.topk's own order is per kernel)
+            keys = score_then_id_keys(scores, items.expand_as(scores))
+            top = torch.topk(keys, min(width, stop - start), dim=1).indices
+            values, found = scores.gather(1, top), items[top]
             if best is None:
-                best, best_items = top.values, found
+                best, best_items = values, found
             else:
-                values = torch.cat([best, top.values], dim=1)
-                keep = torch.topk(values, width, dim=1)
-                best = keep.values
-                best_items = torch.cat([best_items, found], dim=1).gather(1, keep.indices)
+                best, best_items = best_by_score_then_id(
+                    torch.cat([best, values], dim=1), torch.cat([best_items, found], dim=1), width
+                )
         return best, best_items
 
 

@@ -109,10 +109,11 @@ def top_k(
     excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
     chunk = chunk or ITEM_CHUNK
     width = min(k, num_items - N_RESERVED)
-    # each chunk's best ``width`` in the order (score, then id) holds the overall best:
-    # one ordering of their union at the end (rows × width × chunks values, small)
+    # each chunk's best ``width`` in the order (score, then id) holds the overall best;
+    # they are merged when they outgrow a chunk (a large k), else once at the end
     best = [torch.full((rows, 0), float("-inf"), device=device)]
     best_items = [torch.zeros((rows, 0), dtype=torch.long, device=device)]
+    held = 0
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
         scores = excluded.fill(score(range(start, stop)), start, -math.inf)
@@ -121,8 +122,11 @@ def top_k(
         values, indices = _chunk_top(scores, min(width, stop - start))
         best.append(values)
         best_items.append(indices + start)
-    values, items = _by_score_then_id(torch.cat(best, dim=1), torch.cat(best_items, dim=1))
-    return values[:, :width], items[:, :width]
+        held += values.shape[1]
+        if held > chunk:
+            merged = best_by_score_then_id(torch.cat(best, 1), torch.cat(best_items, 1), width)
+            best, best_items, held = [merged[0]], [merged[1]], width
+    return best_by_score_then_id(torch.cat(best, dim=1), torch.cat(best_items, dim=1), width)
 
 
 def _chunk_top(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +138,8 @@ def _chunk_top(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Te
     top = torch.topk(scores, width + 1, dim=1)
     values, indices = top.values[:, :width], top.indices[:, :width]
     kth, after = top.values[:, width - 1], top.values[:, width]
-    rows = torch.nonzero((after == kth) & torch.isfinite(kth)).squeeze(1)
+    tied = (after == kth) | (torch.isnan(after) & torch.isnan(kth))
+    rows = torch.nonzero(tied & (kth != float("-inf"))).squeeze(1)
     if len(rows):
         exact = torch.sort(scores[rows], dim=1, descending=True, stable=True)
         values, indices = values.clone(), indices.clone()
@@ -142,13 +147,22 @@ def _chunk_top(scores: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Te
     return values, indices
 
 
-def _by_score_then_id(
-    values: torch.Tensor, items: torch.Tensor
+def score_then_id_keys(values: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order (value, higher first; then item id, lower first): the float32
+    value's bits mapped to an order-preserving int32 (negative floats' magnitude bits
+    flipped; -0.0 read as 0.0) above the id's complement. Branch-free, so an exported
+    program can rank with them too."""
+    bits = (values.float() + 0.0).contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    return ordered * 2**32 + (2**32 - 1 - items)
+
+
+def best_by_score_then_id(
+    values: torch.Tensor, items: torch.Tensor, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's (value, item) pairs ordered by value, higher first, then by item id."""
-    by_id = torch.sort(items, dim=1, stable=True).indices
-    values, items = values.gather(1, by_id), items.gather(1, by_id)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    """Each row's ``width`` best (value, item) pairs, by value, higher first, then by id."""
+    keys = score_then_id_keys(values, items)
+    order = torch.topk(keys, min(width, keys.shape[1]), dim=1).indices
     return values.gather(1, order), items.gather(1, order)
 
 

@@ -330,9 +330,10 @@ class Training:
         device = self.experiment.device
         if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks drawn on the GPU
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        # a checkpoint written before a field was added takes its default
-        names = [f.name for f in fields(TrainingState) if f.name in saved]
-        self.state = TrainingState(**{name: saved[name] for name in names})
+        # a checkpoint written before `elapsed` was added has spent 0 seconds; every
+        # other field must be there
+        state = {f.name: saved[f.name] for f in fields(TrainingState) if f.name != "elapsed"}
+        self.state = TrainingState(**state, elapsed=saved.get("elapsed", 0.0))
         self.earlier = self.state.elapsed
         log.info("resuming %s after epoch %d", self.run_dir, self.state.epoch)
 
@@ -395,10 +396,14 @@ def open_run(spec: Spec, run_dir: Path, resume: bool) -> Spec:
             f"({run_dir / 'spec.yaml'}); the spec given differs at {'; '.join(changed)}. "
             "Resume with that spec, or train into another --out"
         )
-    if stored.train.device == spec.train.device:
-        return stored
-    train_spec = stored.train.model_copy(update={"device": spec.train.device})
-    return stored.model_copy(update={"train": train_spec})
+    return placed(stored, spec.train.device)
+
+
+def placed(spec: Spec, device: str) -> Spec:
+    """``spec`` with ``train.device`` set to ``device`` (where a resumed run goes on)."""
+    if spec.train.device == device:
+        return spec
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"device": device})})
 
 
 def train(
@@ -444,7 +449,7 @@ def _train(
         prepared, _ = prepare(spec)
     distributed.barrier()
     if not main:
-        spec = load_spec(run_dir / "spec.yaml") if resume else spec
+        spec = placed(load_spec(run_dir / "spec.yaml"), spec.train.device) if resume else spec
         prepared, _ = prepare(spec)
     trackers = make_trackers(list(log_to)) if main else []
     experiment = Experiment.from_spec(spec, prepared, device=device)
@@ -589,7 +594,8 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
 def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
     """What recommending needs without the data: spec, encoders, item popularity."""
     resolved = spec.model_dump(mode="json")
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    # whole or not at all: on a resume the other ranks read it while rank 0 writes it
+    write_text(run_dir / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
     if not (run_dir / DATA_SUMS).is_file():  # a resumed run keeps the sums it started with
         write_data_sums(run_dir, spec.data)
     prepared = experiment.prepared

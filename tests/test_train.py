@@ -20,7 +20,14 @@ from featrec.errors import FeatrecError, SpecError
 from featrec.evaluate import popularity
 from featrec.ids import N_RESERVED
 from featrec.metrics import RankingMetrics
-from featrec.ranking import Excluded, sampled_ranks, target_ranks, top_k
+from featrec.ranking import (
+    Excluded,
+    best_by_score_then_id,
+    sampled_ranks,
+    score_then_id_keys,
+    target_ranks,
+    top_k,
+)
 from featrec.spec import load_spec, spec_differences
 from featrec.train import Experiment, evaluate_run, open_run, train
 from tests.conftest import interrupted_and_resumed, write_spec
@@ -88,15 +95,50 @@ def test_top_k_ranks_ties_by_item_id_whatever_the_chunks(chunk: int) -> None:
     torch.manual_seed(1)
     scores = torch.randint(0, 4, (8, 40)).float()  # many ties in every row
     scores[:, 30:] = -math.inf  # items 30.. not rankable
+    scores[:2, 10:20] = math.inf  # ties at +inf too
     seen = Excluded(torch.randint(0, 8, (20,)), torch.randint(N_RESERVED, 40, (20,)))
     excluded = scores.masked_fill(seen.mask(8, 0, 40), -math.inf)
     for k in (1, 5, 12):
         values, items = top_k(dense(scores), 40, 8, k, seen, chunk=chunk)
         for row in range(8):
-            finite = [i for i in range(N_RESERVED, 40) if math.isfinite(excluded[row, i])]
+            finite = [i for i in range(N_RESERVED, 40) if excluded[row, i] > -math.inf]
             expected = sorted(finite, key=lambda i: (-excluded[row, i].item(), i))[:k]
             assert items[row, : len(expected)].tolist() == expected
             assert values[row, : len(expected)].tolist() == excluded[row, expected].tolist()
+
+
+def test_score_then_id_keys_order_as_value_then_id() -> None:
+    values = torch.tensor([0.5, -0.0, 0.0, -1.5, math.inf, -math.inf, 0.5, -2.0, 1e-30, -1e-30])
+    values = values.repeat(3)
+    items = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
+    order = torch.argsort(score_then_id_keys(values, items), descending=True)
+    expected = sorted(range(len(values)), key=lambda i: (-values[i].item(), items[i].item()))
+    assert items[order].tolist() == items[expected].tolist()
+    values, got = best_by_score_then_id(values[None], items[None], 5)
+    assert got[0].tolist() == items[expected[:5]].tolist()
+
+
+@pytest.mark.parametrize("chunk", [3, 1000])
+def test_an_exported_top_k_ranks_ties_as_top_k(chunk: int) -> None:
+    """The exported program's top-k (featrec.export.TopKLastSlot) orders equal scores as
+    featrec.ranking.top_k does, history items excluded."""
+    from featrec.export import TopKLastSlot
+
+    torch.manual_seed(2)
+    table = torch.randint(0, 3, (4, 30)).float()  # 4 requests, ids 0..29, many ties
+
+    class Tied(torch.nn.Module):
+        num_items = 30
+
+        def item_scorer(self, batch):
+            return lambda items: table[:, items]
+
+    history = torch.tensor([[0, 5, 6], [0, 0, 7], [9, 10, 11], [0, 0, 0]])
+    values, items = TopKLastSlot(Tied(), ["item"], 6, chunk)(history)
+    seen = Excluded(*torch.nonzero(history >= N_RESERVED, as_tuple=True))
+    seen = Excluded(seen.rows, history[seen.rows, seen.items])
+    want_values, want_items = top_k(dense(table), 30, 4, 6, seen, chunk=chunk)
+    assert torch.equal(items, want_items) and torch.equal(values, want_values)
 
 
 def test_sampled_ranks_are_within_the_sample() -> None:
