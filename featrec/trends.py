@@ -129,12 +129,10 @@ def trend_buckets(
     days: torch.Tensor,
     items: torch.Tensor | range | None,
     measure: str = "rank",
-    shared_days: bool = False,
 ) -> torch.Tensor:
     """(N, C) bucket ids of ``items`` (None: every item id; a range of ids; (C,) ids for
     every row; or (N, C)) for requests on (N,) unix ``days``: the popularity
-    (``measure``) in the ``window`` days before, or the age. ``shared_days``: many rows
-    share a day (training's masked slots), so ages are computed once per distinct day."""
+    (``measure``) in the ``window`` days before, or the age."""
     relative = days.to(torch.int64) - tables["day0"]  # (N,)
     if kind == "popularity":
         table = tables[f"popularity{window}{measure}"]  # (rows, I) buckets
@@ -152,9 +150,36 @@ def trend_buckets(
         first = first[items.start : items.stop].unsqueeze(0)
     else:
         first = first[items.unsqueeze(0) if items.dim() == 1 else items]  # (1, C) or (N, C)
-    if shared_days and first.shape[0] == 1:
-        unique, inverse = torch.unique(relative, return_inverse=True)
-        age = unique.unsqueeze(1) - first  # (U, C) days since the first event
-        return log2_bucket(age.clamp_(min=0)).index_select(0, inverse)
     age = relative.unsqueeze(1) - first  # (N, C) days since the first event
     return log2_bucket(age.clamp_(min=0))  # 0: first seen on the request's day or later
+
+
+def grouped_terms(
+    per_bucket: list[torch.Tensor], buckets: list[torch.Tensor], inverse: torch.Tensor
+) -> torch.Tensor:
+    """(N, C) trend terms ``sum_f per_bucket[f][n, buckets[f][inverse[n], c]]`` of N rows
+    whose requests fall on U distinct days (``inverse``: each row's day, 0..U-1), from F
+    (N, 32) per-bucket products and F (U, C) bucket ids of those days.
+
+    Training's case: thousands of target slots share a few hundred days, so the rows are
+    grouped by day and each group reads the F features' buckets through one shared index:
+    U x F x C ids instead of F (N, C) int64 index matrices for ``gather`` (and its backward
+    scatter), which made a full-catalog step with four trend features ~5x the plain step
+    (``bench/trend_step.py``)."""
+    rows, days = inverse.shape[0], buckets[0].shape[0]
+    features, columns = len(buckets), buckets[0].shape[1]
+    offsets = torch.arange(0, features * BUCKETS, BUCKETS, device=inverse.device)
+    index = torch.stack(buckets).to(torch.int64) + offsets.view(features, 1, 1)  # (F, U, C)
+    index = index.transpose(0, 1).reshape(days, features * columns)  # (U, F * C)
+    order = torch.argsort(inverse, stable=True)  # the rows, grouped by day
+    products = torch.cat(per_bucket, dim=1).index_select(0, order)  # (N, F * 32)
+    sizes = torch.bincount(inverse, minlength=days).tolist()
+    groups, start = [], 0
+    for day, size in enumerate(sizes):
+        if size:
+            group = products[start : start + size].index_select(1, index[day])
+            groups.append(group.view(size, features, columns).sum(1))  # (size, C)
+            start += size
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(rows, device=order.device)
+    return torch.cat(groups).index_select(0, rank)  # back to the rows' order

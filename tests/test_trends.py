@@ -80,11 +80,6 @@ def test_buckets_equal_counting_by_hand(tmp_path: Path) -> None:
     pairs = list(zip(times.tolist(), items.tolist(), strict=True))
     first = {i: min((t // DAY for t, j in pairs if j == i), default=None) for i in range(num_items)}
     ages = trend_buckets("age", 0, tables, days, ids)
-    repeated = days.repeat_interleave(3)  # training's case: many slots share a day
-    assert torch.equal(
-        trend_buckets("age", 0, tables, repeated, None, shared_days=True),
-        ages.repeat_interleave(3, dim=0),
-    )
     assert torch.equal(trend_buckets("age", 0, tables, days, range(2, 6)), ages[:, 2:6])
     assert torch.equal(
         trend_buckets("popularity", 3, tables, days, range(2, 6), "rank"), ranks[:, 2:6]
@@ -171,6 +166,19 @@ def test_model_scores_add_the_trend_terms_and_chunks_agree(tmp_path: Path) -> No
     )
     with pytest.raises(ValueError, match="request days"):
         model.score_query(query)
+    # training groups its target slots by day: the same scores and gradients as row by row
+    many = torch.randn(40, 8, requires_grad=True)
+    shared = days[torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(1))]
+    for items in (None, range(r, r + 5), torch.tensor([9, 4, 4, 7])):
+        model.eval()
+        row_by_row = model.score_query(many, items, shared)
+        (want,) = torch.autograd.grad(row_by_row[row_by_row.isfinite()].square().sum(), many)
+        model.train()
+        grouped = model.score_query(many, items, shared)
+        (got,) = torch.autograd.grad(grouped[grouped.isfinite()].square().sum(), many)
+        torch.testing.assert_close(grouped, row_by_row)
+        torch.testing.assert_close(got, want)
+    model.eval()
 
 
 def test_request_time_decides_the_trend(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from featrec.model.embeddings import FeatureConfig, NamedModules
 from featrec.model.fusion import ATTENTION_FUSIONS, FUSIONS, ConcatFusion, GateFusion
 from featrec.model.protocol import RecModel, target_loss
 from featrec.spec import AgeFeature, FusionSpec, ModelSpec, PopularityFeature, Spec
-from featrec.trends import BUCKETS, DAY, PREFIX, trend_buckets
+from featrec.trends import BUCKETS, DAY, PREFIX, grouped_terms, trend_buckets
 
 
 @dataclass
@@ -217,12 +217,18 @@ class BERT4Rec(RecModel):
             key.removeprefix(PREFIX): getattr(self, f"item_table_{key}")
             for key in self.trend_tables
         }
-        for name, kind, window, measure in self.trends:
-            per_bucket = query @ self.trend_embedding[name].weight.T  # (N, 32)
-            buckets = trend_buckets(  # (N, C); training: many masked slots share a day
-                kind, window, tables, days, items, measure, shared_days=self.training
-            )
-            scores += per_bucket.gather(1, buckets)
+        per_bucket = [query @ self.trend_embedding[name].weight.T for name, *_ in self.trends]
+        shared = items is None or isinstance(items, range) or items.dim() == 1
+        if self.training and shared and query.shape[0] > 1:  # many target slots share a day
+            unique, inverse = torch.unique(days, return_inverse=True)
+            buckets = [
+                trend_buckets(kind, window, tables, unique, items, measure)  # (U, C)
+                for _, kind, window, measure in self.trends
+            ]
+            return scores + grouped_terms(per_bucket, buckets, inverse)
+        for products, (_, kind, window, measure) in zip(per_bucket, self.trends, strict=True):
+            buckets = trend_buckets(kind, window, tables, days, items, measure)  # (N, C)
+            scores += products.gather(1, buckets)  # (N, 32) products, one per bucket
         return scores
 
     def item_vectors(self, items: torch.Tensor | slice | None = None) -> torch.Tensor:
