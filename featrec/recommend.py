@@ -238,6 +238,7 @@ class Recommender:
         contexts: list[dict[str, Any] | None],
     ) -> tuple[SequenceData, list[int]]:
         """Model input of raw requests (one polars query), and each one's dropped items."""
+        contexts = [self._context(c) for c in contexts]
         events, dropped = self.request_events(histories, contexts)
         user_rows = [{**(u or {}), "request": i} for i, u in enumerate(users)]
         return self._encode(events, pl.DataFrame(user_rows, infer_schema_length=None)), dropped
@@ -247,6 +248,7 @@ class Recommender:
     ) -> tuple[SequenceData, list[int]]:
         """Model input of one request: without polars where the request allows
         (:mod:`featrec.fastpath`, tested equal), else as :meth:`encode_many`."""
+        context = self._context(context)
         fast = request_data(
             self.spec, self.encoders, self._item_index, self._item_type, history, user, context,
             to_seconds,
@@ -254,6 +256,25 @@ class Recommender:
         if fast is None:  # something in the request needs polars' conversion rules
             return self.encode_many([history], [user], [context])
         return fast[0], [fast[1]]
+
+    def _context(self, context: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A request's context with its time as ``timestamp``, also where it is given by the
+        data's time column (``data.columns.time``, e.g. ``ts``), as histories may give it."""
+        time_column = self.spec.data.columns.time
+        if not isinstance(context, Mapping) or time_column == "timestamp":
+            return context  # not a mapping: refused where it is read
+        if time_column not in context:
+            return context
+        context = dict(context)
+        named, stamp = context.pop(time_column), context.get("timestamp")
+        if stamp is not None and named is not None and to_seconds(named) != to_seconds(stamp):
+            raise FeatrecError(
+                f"context: timestamp {stamp!r} and {time_column} {named!r} are two different "
+                "request times; give one"
+            )
+        if stamp is None:
+            context["timestamp"] = named
+        return context
 
     def _encode(self, events: pl.DataFrame, user_frame: pl.DataFrame) -> SequenceData:
         """The requests' raw events and users → model input (see :func:`encode_requests`)."""
@@ -435,18 +456,20 @@ class Recommender:
         interactions, users = self.known_users()
         if user_ids is None:
             user_ids = interactions.get_column("user_id").unique().sort().to_list()
+        user_ids = list(user_ids)
         dtype = interactions.schema["user_id"]
-        wanted = pl.Series("user_id", user_ids).cast(dtype, strict=False)
-        missing = [u for u, w in zip(user_ids, wanted.to_list(), strict=True) if w is None]
+        wanted = as_ids(user_ids, dtype)
+        if not user_ids:  # no users, no rows (typed as a table with rows)
+            return _rows(wanted, [], self._item_dtype)
         present = set(
             interactions.filter(pl.col("user_id").is_in(wanted.drop_nulls().to_list()))["user_id"]
         )
-        missing += [u for u in wanted.drop_nulls().to_list() if u not in present]
+        missing = [u for u, w in zip(user_ids, wanted.to_list(), strict=True) if w not in present]
         if missing:
             source = self.spec.data.dataset or self.spec.data.interactions
-            raise FeatrecError(f"--user: {', '.join(map(str, missing[:5]))} not in {source}")
+            shown = ", ".join(map(repr, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise FeatrecError(f"users not in {source}: {shown}")
         stamp = to_seconds(at) if at is not None else int(time.time())
-        wanted = wanted.drop_nulls()
         requests = pl.DataFrame({"user_id": wanted, "request": range(len(wanted))})
         history = interactions.join(requests, on="user_id").select(
             pl.exclude("user_id"), pl.lit(False).alias("slot")
@@ -470,6 +493,28 @@ class Recommender:
             )
         recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
         return _rows(wanted, recs, self._item_dtype)
+
+
+def as_ids(values: list[Any], dtype: pl.DataType) -> pl.Series:
+    """``values`` as ids of ``dtype`` (the run's id column), null where a value is no such
+    id: 2.5, True or "2x" are not user 2 of an integer column (a plain cast makes 2.5 and
+    True users 2 and 1); 2.0, numpy integers and the text "2" are. Text ids take integers
+    as their text (user "7" for 7)."""
+    exact: list[Any] = []
+    for value in values:
+        if value is None or isinstance(value, bool):
+            exact.append(None)
+        elif dtype.is_integer():
+            whole = isinstance(value, numbers.Integral) or (
+                isinstance(value, numbers.Real) and float(value).is_integer()
+            )
+            digits = isinstance(value, str) and value.strip().removeprefix("-").isdigit()
+            exact.append(int(value) if whole or digits else None)
+        elif dtype == pl.String:
+            exact.append(str(value) if isinstance(value, (str, numbers.Integral)) else None)
+        else:
+            exact.append(value)
+    return pl.Series("user_id", exact, dtype=dtype, strict=False)
 
 
 def _with_fallback(score: Scorer, empty: torch.Tensor, popular: torch.Tensor | None) -> Scorer:
@@ -636,22 +681,26 @@ def recommend_requests(
     histories = _parse_histories(recommender, requests, source)
     stamps = _parse_times(requests, source)
     known_rows = [i for i, h in enumerate(histories) if h is None]
-    if known_rows:
-        if "user_id" not in requests.columns:
-            raise FeatrecError(
-                f"{source}: row {known_rows[0] + 1}, column history: empty, and no user_id"
-            )
-        interactions, _ = recommender.known_users()
-        by_user = interactions.sort("user_id", "timestamp", maintain_order=True).partition_by(
-            "user_id", as_dict=True, maintain_order=True
+    if known_rows and "user_id" not in requests.columns:
+        raise FeatrecError(
+            f"{source}: row {known_rows[0] + 1}, column history: empty, and no user_id"
         )
-        for i in known_rows:
-            user = requests["user_id"][i]
-            histories[i] = by_user.get((user,), pl.DataFrame({"item_id": []}))
     attribute_columns = [c for c in recommender.user_columns if c in requests.columns]
     users = [
-        {c: row[c] for c in attribute_columns} or None for row in requests.iter_rows(named=True)
+        {c: row[c] for c in attribute_columns if row[c] is not None} or None
+        for row in requests.iter_rows(named=True)
     ]
+    # a known user's history and stored attributes fill what the request leaves out
+    incomplete = [u is None or len(u) < len(recommender.user_columns) for u in users]
+    if known_rows or ("user_id" in requests.columns and any(incomplete)):
+        stored = _stored_users(recommender, requests["user_id"].to_list(), bool(known_rows))
+        if stored is not None:
+            by_user, attributes = stored
+            for i in known_rows:
+                histories[i] = by_user[i]
+            for i, found in enumerate(attributes):
+                if found and incomplete[i]:
+                    users[i] = {**found, **(users[i] or {})}
     context_columns = [
         c for c in recommender.event_columns if c in requests.columns and c != "timestamp"
     ]
@@ -666,6 +715,39 @@ def recommend_requests(
         else pl.Series(range(1, len(recs) + 1), dtype=pl.Int64)
     )
     return _rows(ids, recs, recommender._item_dtype)
+
+
+def _stored_users(
+    recommender: Recommender, user_ids: list[Any], need_histories: bool
+) -> tuple[list[pl.DataFrame], list[dict[str, Any]]] | None:
+    """Each requested user's history in the run's data (time order; empty for a user it
+    does not hold) and stored attributes (empty without), or None where only attributes
+    were wanted and the run's data is not at hand (they are then left out, logged)."""
+    try:
+        interactions, users = recommender.known_users()
+    except FeatrecError as err:
+        if need_histories:
+            raise
+        log.warning("known users' stored attributes not used: %s", first_line(err))
+        return None
+    keys = as_ids(user_ids, interactions.schema["user_id"])
+    requests = pl.DataFrame({"user_id": keys, "request": range(len(keys))})
+    events = interactions.join(requests, on="user_id").sort(
+        "request", "timestamp", maintain_order=True
+    )
+    by_request = events.partition_by("request", as_dict=True, include_key=False)
+    empty = pl.DataFrame({"item_id": []}, schema={"item_id": interactions.schema["item_id"]})
+    histories = [by_request.get((i,), empty) for i in range(len(keys))]
+    attributes: list[dict[str, Any]] = [{}] * len(keys)
+    columns = [c for c in recommender.user_columns if users is not None and c in users.columns]
+    if columns:
+        first = users.unique("user_id", keep="first", maintain_order=True)
+        found = requests.join(first, on="user_id", how="left").sort("request")
+        attributes = [
+            {c: row[c] for c in columns if row[c] is not None}
+            for row in found.select(columns).iter_rows(named=True)
+        ]
+    return histories, attributes
 
 
 def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: str) -> list:

@@ -148,12 +148,27 @@ def own_data_files(data: Any) -> dict[str, Path]:
     }
 
 
+def run_relative(run_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A dumped ``data`` section with the files inside ``run_dir`` (the tables
+    ``featrec.fit`` stored in ``data/``) relative to it: the run's spec.yaml reads them
+    relative to itself, so a run that is moved or copied reads its own tables, not those of
+    the folder it was made in."""
+    inside = run_dir.resolve()
+    relative = dict(data)
+    for table in ("interactions", "users", "items"):
+        path = data.get(table)
+        if path is not None and Path(path).is_relative_to(inside):
+            relative[table] = Path(path).relative_to(inside).as_posix()
+    return relative
+
+
 def write_data_sums(run_dir: Path, data: Any) -> None:
     """The sha256 of the user's own data files the run trains on, so that a later use of
-    the data (resume, evaluate, known users) notices a changed file."""
-    sums = {
-        table: {"path": str(p), "sha256": sha256(p)} for table, p in own_data_files(data).items()
-    }
+    the data (resume, evaluate, known users) notices a changed file (a path inside the
+    run directory is recorded relative to it)."""
+    files = own_data_files(data)
+    named = run_relative(run_dir, {table: str(path) for table, path in files.items()})
+    sums = {table: {"path": named[table], "sha256": sha256(p)} for table, p in files.items()}
     write_text(run_dir / DATA_SUMS, json.dumps(sums, indent=1, allow_nan=False))
 
 

@@ -13,7 +13,8 @@ Run directory (docs/design.md §6)::
     learning_curve.png
     final_metrics.json   test (and validation) metrics of the best epoch, most-popular baseline
     ranks.parquet        each evaluated user's validation and test rank
-    data/*.parquet       the tables featrec.fit was given as DataFrames (spec.yaml points here)
+    data/*.parquet       the tables featrec.fit was given as DataFrames (spec.yaml points
+                         here, relative to the run: a moved or copied run reads its own)
     tensorboard/, mlflow_run_id  with --log tensorboard / mlflow (featrec.tracking)
 """
 
@@ -66,6 +67,7 @@ from featrec.rundir import (
     check_data_sums,
     exclusive,
     load_checkpoint,
+    run_relative,
     write_data_sums,
     write_manifest,
 )
@@ -594,6 +596,7 @@ def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, An
 def _write_run_files(run_dir: Path, spec: Spec, experiment: Experiment) -> None:
     """What recommending needs without the data: spec, encoders, item popularity."""
     resolved = spec.model_dump(mode="json")
+    resolved["data"] = run_relative(run_dir, resolved["data"])
     # whole or not at all: on a resume the other ranks read it while rank 0 writes it
     write_text(run_dir / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
     if not (run_dir / DATA_SUMS).is_file():  # a resumed run keeps the sums it started with

@@ -130,6 +130,28 @@ def test_prepare_from_frames_equals_prepare_from_files(
     assert from_frames.sequences.equals(from_files.sequences)
 
 
+def test_a_run_fit_from_frames_moves_and_copies_with_its_own_tables(
+    tmp_path: Path, frames: dict
+) -> None:
+    import shutil
+
+    featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False)
+    assert "interactions: data/interactions.parquet" in (tmp_path / "run" / "spec.yaml").read_text()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # the folder it was made in is gone
+    want = json.loads((tmp_path / "moved" / "final_metrics.json").read_text())["test"]
+    for name in ("moved", "copy"):
+        rec = featrec.load(tmp_path / name)
+        assert rec.spec.data.interactions == tmp_path / name / "data" / "interactions.parquet"
+        assert rec.evaluate("test") == want
+    # a copy checks its own tables: changing them is noticed, not hidden by the original's
+    cut = frames["interactions"].head(20)
+    cut.write_parquet(tmp_path / "copy" / "data" / "interactions.parquet")
+    with pytest.raises(FeatrecError, match="interactions file changed since this run"):
+        featrec.load(tmp_path / "copy").evaluate("test")
+    assert featrec.load(tmp_path / "moved").evaluate("test") == want
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> featrec.Recommender:
     folder = tmp_path_factory.mktemp("fitted")
@@ -236,3 +258,47 @@ def test_fit_resumes_an_interrupted_run_with_the_same_tables_only(
     rec = featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "run", progress=False, resume=True)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2] and rec.evaluate("test")
+
+
+def test_known_users_by_id_of_any_kind_with_their_stored_attributes(
+    tmp_path: Path, frames: dict
+) -> None:
+    from featrec.recommend import recommend_requests
+
+    as_int = pl.col("uid").str.slice(1).cast(pl.Int64)  # "u4" -> 4
+    ints = frames | {t: frames[t].with_columns(as_int) for t in ("interactions", "users")}
+    rec = featrec.fit(SPEC_TEXT, **ints, out=tmp_path / "run", progress=False)
+    want = rec.for_known_users([1, 4], at=900, k=3)
+    assert want["fallback"].null_count() == want.height  # from the users' own histories
+    # a request file read as text ids ("1"), or as numbers for a text-id run, finds the user
+    text = pl.DataFrame({"user_id": ["1", "4"], "timestamp": [900, 900]})
+    got = recommend_requests(rec, text, k=3)
+    assert got.drop("user_id").equals(want.drop("user_id"))
+    # the stored attributes fill what a request leaves out, whether its history is given
+    history = rec.known_users()[0].filter(pl.col("uid") == 4)["iid"].to_list()
+    given = pl.DataFrame({"user_id": [4], "history": [history], "timestamp": [900]})
+    stored = rec.recommend(history, user={"job": "doc"}, context={"ts": 900}, k=3)
+    without = rec.recommend(history, user=None, context={"ts": 900}, k=3)
+    assert stored.scores != without.scores  # the attribute matters to this model
+    assert recommend_requests(rec, given, k=3)["score"].to_list() == stored.scores
+    # the request time by the data's time column ("ts") is the request time, as "timestamp"
+    for many in (False, True):
+
+        def top(context, many=many):
+            if many:
+                return rec.recommend_many([history, [10]], None, [context, None], k=3)[0]
+            return rec.recommend(history, context=context, k=3)
+
+        assert top({"ts": 900}) == top({"timestamp": 900}) == top({"ts": 900, "timestamp": 900})
+        assert top({"ts": 900}).scores != top({"ts": 900 + 6 * 3600}).scores
+        with pytest.raises(FeatrecError, match="two different request times"):
+            top({"ts": 900, "timestamp": 901})
+    # ids that are no user: refused, not cast to one; no ids: no rows
+    for bad in ([2.5], [True], ["4x"], [99]):
+        with pytest.raises(FeatrecError, match=r"^users not in .*: " + repr(bad[0])):
+            rec.for_known_users(bad, at=900)
+    assert rec.for_known_users([np.int64(4), 4.0], at=900, k=3)["item_id"].to_list() == (
+        want.filter(pl.col("user_id") == 4)["item_id"].to_list() * 2
+    )
+    empty = rec.for_known_users([], at=900)
+    assert empty.height == 0 and empty.schema == want.schema
