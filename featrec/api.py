@@ -158,17 +158,45 @@ def fit(
     run_dir = Path(out) if out is not None else default_run_dir(spec)
     if not resume:
         check_new_run_dir(run_dir)
-    created = not run_dir.exists()
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     try:
         if frames:
             spec = _store_tables(run_dir, spec, frames, resume)
         train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
-    except FeatrecError:
-        # bad input found before the first epoch: leave no half-made run behind
-        if created and not (run_dir / "checkpoints" / "last.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException as err:
+        # stopped before the first checkpoint (bad input, mostly): nothing to resume, so
+        # leave no half-made run behind, and in a folder that was there only what was there
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            _remove_new(run_dir, before)
+        if not isinstance(err, FeatrecError):
+            raise
+        named = _given_names(str(err), spec, frames)
+        if named != str(err):  # the tables by what the caller gave, not our copies of them
+            raise type(err)(named) from None
         raise
     return Recommender(run_dir, device=spec.train.device)
+
+
+def _remove_new(run_dir: Path, before: set[Path] | None) -> None:
+    """Remove what ``fit`` made in ``run_dir``: all of it if the folder is new."""
+    if before is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for path in set(run_dir.iterdir()) - before if run_dir.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _given_names(message: str, spec: Spec, frames: dict[str, pl.DataFrame]) -> str:
+    """``message`` with the paths of the tables ``fit`` stored replaced by "the users table
+    given" (and so on): the caller gave DataFrames, and the copies may be gone."""
+    for table in frames:
+        path = getattr(spec.data, table, None)
+        if path is not None:
+            message = message.replace(str(path), f"the {table} table given")
+    return message
 
 
 def _store_tables(

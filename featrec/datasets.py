@@ -514,6 +514,9 @@ def own_tables(frames: dict[str, pl.DataFrame], data: DataSpec, origin: dict[str
         )
     interactions = out["interactions"]
     where = origin.get("interactions", "interactions")
+    for table, key in (("users", "user"), ("items", "item")):
+        if table in out:
+            out[table] = _same_key_type(out[table], interactions, key, data, origin[table], where)
     unit = data.columns.time_unit
     try:
         interactions = interactions.with_columns(
@@ -525,6 +528,38 @@ def own_tables(frames: dict[str, pl.DataFrame], data: DataSpec, origin: dict[str
             f"({first_line(err)[:200]}); expected unix seconds, a date or ISO date-times"
         ) from None
     return Tables(interactions, out.get("users"), out.get("items"), origin)
+
+
+def _same_key_type(
+    frame: pl.DataFrame,
+    interactions: pl.DataFrame,
+    key: str,
+    data: DataSpec,
+    where: str,
+    interactions_where: str,
+) -> pl.DataFrame:
+    """``frame`` (the users or items table) with its ``key`` ids cast to the interactions'
+    type where every id converts exactly (user 7.0 is user 7, "7" is 7), so they join; else
+    one DataError naming the column, both types and an id without a match."""
+    name = CANONICAL_KEYS[key]
+    have, want = frame.schema[name], interactions.schema[name]
+    if have == want:
+        return frame
+    ids = frame.get_column(name)
+    try:
+        cast = ids.cast(want, strict=False)
+        back = cast.cast(have, strict=False)
+    except pl.exceptions.PolarsError:
+        cast = back = pl.Series(name, [None] * len(ids), dtype=want)
+    exact = (back == ids) & cast.is_not_null()
+    if ids.is_not_null().sum() == exact.sum():
+        return frame.with_columns(cast.alias(name))
+    bad = ids.filter(ids.is_not_null() & ~exact.fill_null(False))[0]
+    column = getattr(data.columns, key)
+    raise DataError(
+        f"{where}: column '{column}' holds {have} ids and the interactions' ({interactions_where}) "
+        f"are {want}: {bad!r} is no {want} id; give both tables the same id type"
+    )
 
 
 # numeric times at or above these magnitudes are read in the next finer unit (auto)

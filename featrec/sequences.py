@@ -48,7 +48,7 @@ from featrec.encoders import (
     load_encoders,
     save_encoders,
 )
-from featrec.errors import DataError
+from featrec.errors import DataError, first_line
 from featrec.ids import MASK, MISSING, OOV, PAD
 from featrec.spec import TREND_TYPES, AnyFeature, Spec
 
@@ -193,6 +193,13 @@ def build(spec: Spec, tables: Tables) -> Prepared:
         cold += [i for i in tables.items.get_column("item_id").unique().sort() if i not in known]
     item_vocab = ItemVocab(warm.to_list() + cold, cold=len(cold))
     train = events.filter(pl.col("pos") < pl.col("train_len"))
+    if train.is_empty():
+        where = tables.origin.get("interactions", "interactions")
+        raise DataError(
+            f"{where}: the {spec.eval.split} split leaves no events to train on "
+            f"({events.height:,} events, all held for validation and test); a temporal "
+            "split needs events before its validation cutoff"
+        )
 
     user_raw = _scope_frame(spec, tables, "user")
     item_raw = _scope_frame(spec, tables, "item")
@@ -336,9 +343,29 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
         problem = None
         if feature.type == "numeric" and not dtype.is_numeric():
             problem = f"holds {dtype}; a numeric feature needs numbers"
+        elif feature.type == "numeric" and dtype.is_float():
+            infinite = int(table.get_column(feature.column).is_infinite().sum())
+            if infinite:
+                problem = f"holds {infinite:,} infinite values; drop them or set them to null"
         unsplit = getattr(feature, "separator", None) is None
         if feature.type == "multi_categorical" and not isinstance(dtype, pl.List) and unsplit:
             problem = f"holds {dtype}, not lists; set separator to split the text"
+        splits = feature.type == "multi_categorical" and not unsplit
+        if splits and dtype not in (pl.String, pl.Null) and not isinstance(dtype, pl.List):
+            problem = f"holds {dtype}; separator splits text (a list column needs none)"
+        if feature.type == "categorical" and isinstance(dtype, (pl.List, pl.Array, pl.Struct)):
+            problem = (
+                f"holds {dtype}; a categorical feature takes one value per row "
+                "(for lists of values: type multi_categorical)"
+            )
+        if feature.type == "time" and dtype == pl.String:
+            try:
+                table.select(epoch_seconds(table, feature.column))
+            except pl.exceptions.PolarsError as err:
+                problem = (
+                    f"cannot be read as times ({first_line(err)[:120]}); expected unix "
+                    "seconds, a date or ISO date-times"
+                )
         if problem:
             raise DataError(
                 f"{spec.source}: features[{i}].column: column '{feature.column}' {problem}"

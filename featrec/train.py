@@ -235,7 +235,10 @@ def save_checkpoint(obj: Any, path: Path) -> None:
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run may not go where another run is."""
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        raise FeatrecError(f"{run_dir}: holds a run already; pass --resume or choose another --out")
+        raise FeatrecError(
+            f"{run_dir}: holds a run already; resume it (--resume; in Python, resume=True) or "
+            "train into another directory"
+        )
 
 
 def default_run_dir(spec: Spec) -> Path:

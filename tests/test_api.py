@@ -88,6 +88,27 @@ def test_fit_takes_a_spec_object_a_path_and_overrides(
     assert rec.spec.features == [] and rec.spec.name == "tiny-frames"
 
 
+def _int_users(frames: dict, plus: float = 0.0) -> dict:
+    """The tiny tables with integer user ids, the users table's as floats (+ ``plus``)."""
+    as_int = pl.col("uid").str.slice(1).cast(pl.Int64)
+    return frames | {
+        "interactions": frames["interactions"].with_columns(as_int),
+        "users": frames["users"].with_columns(as_int.cast(pl.Float64) + plus),
+    }
+
+
+def test_a_users_table_with_ids_of_another_type_joins_where_they_convert(frames: dict) -> None:
+    floats = _int_users(frames)
+    ints = floats | {"users": floats["users"].with_columns(pl.col("uid").cast(pl.Int64))}
+    text = floats | {
+        "users": floats["users"].with_columns(pl.col("uid").cast(pl.Int64).cast(pl.String))
+    }
+    want = featrec.prepare(SPEC_TEXT, **ints).sequences
+    assert want["job"].n_unique() > 2  # the users' jobs, not all missing
+    for other in (floats, text):
+        assert featrec.prepare(SPEC_TEXT, **other).sequences.equals(want)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
@@ -108,6 +129,24 @@ def test_fit_takes_a_spec_object_a_path_and_overrides(
          SpecError, "train.epochs"),
         (lambda t, f: featrec.fit("name: [", **f, out=t), SpecError,
          "spec text: not valid YAML"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, **_int_users(f, 0.5), out=t), DataError,
+         "the users table given: column 'uid' holds Float64 ids and the interactions' (the "
+         "interactions table given) are Int64: 1.5 is no Int64 id"),
+        (lambda t, f: featrec.fit(SPEC_TEXT.replace("type: categorical, column: job",
+                                                    "type: categorical, column: jobs"),
+                                  **f | {"users": f["users"].with_columns(
+                                      jobs=pl.col("job").str.split(" "))}, out=t), DataError,
+         "column 'jobs' holds List(String); a categorical feature takes one value per row"),
+        (lambda t, f: featrec.fit(SPEC_TEXT.replace("column: tags", "column: year"), **f, out=t),
+         DataError, "column 'year' holds Int64; separator splits text"),
+        (lambda t, f: featrec.fit(SPEC_TEXT.replace("type: categorical, column: rating",
+                                                    "type: time, column: when"),
+                                  **f | {"interactions": f["interactions"].with_columns(
+                                      when=pl.lit("yesterday"))}, out=t), DataError,
+         "column 'when' cannot be read as times"),
+        (lambda t, f: featrec.fit(SPEC_TEXT, **f | {"items": f["items"].with_columns(
+            year=pl.col("year").cast(pl.Float64).fill_null(float("inf")))}, out=t), DataError,
+         "column 'year' holds 1 infinite values"),
     ],
 )  # fmt: skip
 def test_fit_bad_input_is_one_clear_error_and_leaves_nothing(
@@ -302,3 +341,38 @@ def test_known_users_by_id_of_any_kind_with_their_stored_attributes(
     )
     empty = rec.for_known_users([], at=900)
     assert empty.height == 0 and empty.schema == want.schema
+
+
+def test_a_failed_fit_leaves_a_folder_that_was_there_as_it_was(
+    tmp_path: Path, frames: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featrec.train
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    bad = frames | {"items": frames["items"].with_columns(year=pl.lit(float("inf")))}
+    with pytest.raises(DataError, match=r"^spec text: features.* infinite values"):
+        featrec.fit(SPEC_TEXT, **bad, out=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+    def broken(*args, **kwargs):  # a failure that is no FeatrecError, before any checkpoint
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(featrec.train, "train", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        featrec.fit(SPEC_TEXT, **frames, out=tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError, match="boom"):
+        featrec.fit(SPEC_TEXT, **frames, out=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_temporal_split_with_nothing_before_its_cutoff_is_one_clear_error(
+    tmp_path: Path, frames: dict
+) -> None:
+    same = frames | {"interactions": frames["interactions"].with_columns(ts=pl.lit(500))}
+    spec = SPEC_TEXT + "eval: {split: temporal}\n"
+    with pytest.raises(DataError, match="the temporal split leaves no events to train on"):
+        featrec.fit(spec, **same, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
