@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +72,64 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Recom
 TIME_RANGE = (-62_135_596_800, 253_402_300_799)
 
 
-def to_seconds(value: Any) -> int | None:
-    """Unix seconds from seconds, a datetime / date, or ISO text; None stays None."""
-    if value is None:
+# numbers at or above these magnitudes are times in finer units (as data.columns.time_unit
+# auto reads the training data): milliseconds, microseconds, nanoseconds since 1970
+FINER_UNITS = ((10**17, 10**9), (10**14, 10**6), (10**11, 10**3))
+
+
+def to_seconds(value: Any, where: str | None = None) -> int | None:
+    """Unix seconds from a number (seconds; milliseconds, microseconds or nanoseconds when
+    its size says so, as training reads times), a datetime / date (Python, numpy or pandas)
+    or ISO text; None, NaN, NaT and NA are no time (None). ``where`` names the value in
+    errors (e.g. ``context['timestamp']``)."""
+    try:
+        return _to_seconds(value)
+    except FeatrecError as err:
+        if where is None:
+            raise
+        raise FeatrecError(f"{where}: {err}") from None
+
+
+def _to_seconds(value: Any) -> int | None:
+    if value is None or type(value).__name__ in ("NaTType", "NAType"):
         return None
     if isinstance(value, bool):
         raise FeatrecError(f"cannot read {value!r} as a time (a bool is no time)")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value) or not TIME_RANGE[0] <= value <= TIME_RANGE[1]:
+    if isinstance(value, numbers.Real):
+        if isinstance(value, numbers.Integral):
+            number: int | float = int(value)
+        else:
+            number = float(value)
+            if math.isnan(number):
+                return None
+        if not math.isfinite(number):
+            raise FeatrecError(f"cannot read {value!r} as a time")
+        for limit, per_second in FINER_UNITS:
+            if abs(number) >= limit:
+                number = number // per_second
+                break
+        if not TIME_RANGE[0] <= number <= TIME_RANGE[1]:
             raise FeatrecError(
                 f"cannot read {value!r} as a time: expected unix seconds of the years 1 to 9999"
             )
-        return int(value)
+        return int(number)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return int(moment.timestamp())
+    if isinstance(value, date):  # a day: its midnight, UTC
+        return int(datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp())
+    if type(value).__name__ == "datetime64":  # numpy
+        import numpy as np
+
+        if np.isnat(value):
+            return None
+        return _to_seconds(int(value.astype("datetime64[s]").astype(np.int64)))
     if isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():
-            return to_seconds(int(text))
+            return _to_seconds(int(text))
         try:
-            return to_seconds(datetime.fromisoformat(text.replace("Z", "+00:00")))
+            return _to_seconds(datetime.fromisoformat(text.replace("Z", "+00:00")))
         except ValueError:
             raise FeatrecError(
                 f"cannot read {value!r} as a time (unix seconds or ISO 8601)"
@@ -157,7 +194,7 @@ class Recommender:
         spec's column names. ``context``: the request's ``timestamp`` and request-known event
         columns. ``candidates``: only rank these items.
         """
-        _check_request(k, exclude_seen, candidates)
+        k = _check_request(k, exclude_seen, candidates)
         self._check_attributes(user, "user", "user")
         self._check_attributes(context, "event", "context")
         data, dropped = self.encode_one(as_history(history), user, context)
@@ -174,7 +211,7 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top-``k`` items for many requests at once: one entry per request in each list;
         ``users`` or ``contexts`` None: no attributes or context for any request."""
-        _check_request(k, exclude_seen, candidates)
+        k = _check_request(k, exclude_seen, candidates)
         if not _is_list(histories) or not hasattr(histories, "__len__"):
             raise FeatrecError(
                 f"histories: expected a list with one history per request; got "
@@ -267,7 +304,9 @@ class Recommender:
             return context
         context = dict(context)
         named, stamp = context.pop(time_column), context.get("timestamp")
-        if stamp is not None and named is not None and to_seconds(named) != to_seconds(stamp):
+        named_at = to_seconds(named, f"context['{time_column}']")
+        given = to_seconds(stamp, "context['timestamp']")
+        if given is not None and named_at is not None and named_at != given:
             raise FeatrecError(
                 f"context: timestamp {stamp!r} and {time_column} {named!r} are two different "
                 "request times; give one"
@@ -392,7 +431,7 @@ class Recommender:
     def _request_time(self, context: dict) -> int | None:
         """The request's time (popped from ``context``): given, or with trend features (which
         score items as of a day) now; else None."""
-        stamp = to_seconds(context.pop("timestamp", None))
+        stamp = to_seconds(context.pop("timestamp", None), "context['timestamp']")
         if stamp is None and self.spec.trend_features:
             return int(time.time())
         return stamp
@@ -448,7 +487,7 @@ class Recommender:
     ) -> pl.DataFrame:
         """Recommendations for users in the run's data (all of them when ``user_ids`` is None),
         from their whole history, at time ``at`` (default: now)."""
-        _check_request(k, True, None)
+        k = _check_request(k, True, None)
         if user_ids is not None and not _is_list(user_ids):
             raise FeatrecError(
                 f"user_ids: expected a list of user ids (or None); got {user_ids!r:.60}"
@@ -469,7 +508,8 @@ class Recommender:
             source = self.spec.data.dataset or self.spec.data.interactions
             shown = ", ".join(map(repr, missing[:5])) + (", ..." if len(missing) > 5 else "")
             raise FeatrecError(f"users not in {source}: {shown}")
-        stamp = to_seconds(at) if at is not None else int(time.time())
+        stamp = to_seconds(at, "at")
+        stamp = int(time.time()) if stamp is None else stamp
         requests = pl.DataFrame({"user_id": wanted, "request": range(len(wanted))})
         history = interactions.join(requests, on="user_id").select(
             pl.exclude("user_id"), pl.lit(False).alias("slot")
@@ -567,14 +607,16 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _check_request(k: Any, exclude_seen: Any, candidates: Any) -> None:
-    """The arguments every recommend call shares, or one :class:`FeatrecError`."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+def _check_request(k: Any, exclude_seen: Any, candidates: Any) -> int:
+    """The arguments every recommend call shares (``k`` as an int; numpy's integers are
+    whole numbers too), or one :class:`FeatrecError`."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise FeatrecError(f"k: expected a whole number of items, 1 or more; got {k!r}")
     if not isinstance(exclude_seen, bool):
         raise FeatrecError(f"exclude_seen: expected True or False; got {exclude_seen!r}")
     if candidates is not None and not _is_list(candidates):
         raise FeatrecError(f"candidates: expected a list of item ids; got {candidates!r:.80}")
+    return int(k)
 
 
 def as_history(history: Any, where: str = "history") -> History:
@@ -647,12 +689,12 @@ def _history_frame(history: History, time_column: str) -> pl.DataFrame:
         and time_column in frame.columns
     ):
         frame = frame.rename({time_column: "timestamp"})
-    if "timestamp" in frame.columns and frame.schema["timestamp"] not in (pl.Int64, pl.Int32):
-        frame = frame.with_columns(
-            pl.Series(
-                "timestamp", [to_seconds(v) for v in frame["timestamp"].to_list()], dtype=pl.Int64
-            )
-        )
+    if "timestamp" in frame.columns:  # as unix seconds (ms and so on by their size)
+        stamps = [
+            to_seconds(v, f"history: row {i + 1}, column timestamp")
+            for i, v in enumerate(frame["timestamp"].to_list())
+        ]
+        frame = frame.with_columns(pl.Series("timestamp", stamps, dtype=pl.Int64))
     return frame
 
 

@@ -376,3 +376,30 @@ def test_a_temporal_split_with_nothing_before_its_cutoff_is_one_clear_error(
     with pytest.raises(DataError, match="the temporal split leaves no events to train on"):
         featrec.fit(spec, **same, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_numpy_pandas_and_date_values_are_numbers_and_times(fitted) -> None:
+    import datetime as dt
+
+    want = fitted.recommend([10, 11], context={"ts": 86_400 * 365}, k=3)
+    assert fitted.recommend([10, 11], context={"ts": 86_400 * 365}, k=np.int64(3)) == want
+    for moment in (
+        np.int64(86_400 * 365),
+        np.datetime64("1971-01-01"),
+        dt.date(1971, 1, 1),
+        pd.Timestamp("1971-01-01"),
+        "1971-01-01T00:00:00Z",
+    ):
+        assert fitted.recommend([10, 11], context={"ts": moment}, k=3) == want, moment
+    # missing times are no time, as None is
+    none = fitted.recommend([10, 11], context={"ts": None}, k=3)
+    for missing in (pd.NaT, np.datetime64("NaT"), float("nan"), pd.NA):
+        assert fitted.recommend([10, 11], context={"ts": missing}, k=3) == none
+    frame = pd.DataFrame({"item_id": [10, 11], "ts": [pd.Timestamp("1971-01-01"), pd.NaT]})
+    assert fitted.recommend(frame, k=3).items  # a NaT in a history: an event without a time
+    at = fitted.for_known_users(["u4"], at=pd.Timestamp("1971-01-01"), k=3)
+    assert at.equals(fitted.for_known_users(["u4"], at=86_400 * 365, k=3))
+    with pytest.raises(FeatrecError, match=r"^history: row 2, column timestamp: cannot read 'x'"):
+        fitted.recommend([{"item_id": 10, "ts": 5}, {"item_id": 11, "ts": "x"}], k=3)
+    with pytest.raises(FeatrecError, match=r"^at: cannot read 'yesterday' as a time"):
+        fitted.for_known_users(["u4"], at="yesterday")

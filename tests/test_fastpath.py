@@ -102,8 +102,6 @@ def test_requests_the_fast_path_cannot_read_exactly_take_the_polars_path(
             [{"item_id": 10, "timestamp": 5}, {"item_id": 11, "timestamp": datetime(2000, 1, 1)}],
             None,
         ),
-        # microseconds given as seconds: beyond what polars' datetimes hold
-        ([{"item_id": 10, "timestamp": 1_700_000_000_000_000}], None),
     ]
     calls = []
     original = Recommender.encode_many
@@ -193,3 +191,26 @@ def test_multi_categorical_user_feature_with_no_value(tmp_path: Path, tiny_spec_
         slow, _ = recommender.encode_many([[10, 11]], [user], [None])
         _assert_same(fast, slow)
     assert recommender.recommend_many([[10]], [None], [None], k=2)[0].items
+
+
+def test_times_in_finer_units_read_as_training_reads_them(trained_run: Path) -> None:
+    """Milliseconds, microseconds and nanoseconds by their size (data.columns.time_unit
+    auto), on the fast path and through polars alike."""
+    recommender = featrec.load(trained_run)
+    seconds = [1_600_000_000 + 3_600 * h for h in (0, 5, 30)]
+
+    def history(per_second: int) -> list[dict]:
+        return [
+            {"item_id": i, "timestamp": t * per_second}
+            for i, t in zip((10, 11, 12), seconds, strict=True)
+        ]
+
+    context = {"timestamp": 1_600_200_000}
+    want = recommender.recommend(history(1), context=context, k=4)
+    for per_second in (10**3, 10**6, 10**9):
+        finer = {"timestamp": context["timestamp"] * per_second}
+        assert recommender.recommend(history(per_second), context=finer, k=4) == want
+        [many] = recommender.recommend_many([history(per_second)], None, [finer], k=4)
+        assert many.items == want.items
+    hours = recommender.recommend(history(1), context={"timestamp": 1_600_200_000 + 7_200}, k=4)
+    assert hours.scores != want.scores  # the time matters to this model
