@@ -79,11 +79,26 @@ def as_polars(table: Any, name: str) -> pl.DataFrame:
             return pl.from_pandas(table)  # through Arrow
     except (pl.exceptions.PolarsError, TypeError, ValueError, ImportError) as err:
         first = first_line(err)
-        raise FeatrecError(f"{name}: cannot convert the {module} table: {first}") from None
+        column = _unconvertible_column(table) if module == "pandas" else None
+        where = f"column {column!r}: " if column is not None else ""
+        raise FeatrecError(
+            f"{name}: cannot convert the {module} table: {where}{first}"
+            + (" (mixed types in one column? give it one type)" if column is not None else "")
+        ) from None
     raise FeatrecError(
         f"{name}: expected a pandas or polars DataFrame or a pyarrow Table; "
         f"got {type(table).__module__}.{type(table).__name__}"
     )
+
+
+def _unconvertible_column(table: Any) -> str | None:
+    """The first column of a pandas table that does not convert alone (None: all do)."""
+    for column in table.columns:
+        try:
+            pl.from_pandas(table[[column]])
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            return str(column)
+    return None
 
 
 def _given_tables(spec: Spec, **tables: Any) -> dict[str, pl.DataFrame]:

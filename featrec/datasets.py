@@ -590,12 +590,20 @@ def epoch_seconds(
     datetime, text)."""
     dtype = frame.schema[name]
     column = pl.col(name)
+    values = frame.get_column(name)
     if dtype == pl.String:
-        return column.str.to_datetime().dt.epoch("s").alias(name)
+        text = values.str.strip_chars()
+        if not text.drop_nulls().str.contains(r"^-?\d+$").all():
+            return column.str.to_datetime().dt.epoch("s").alias(name)
+        # numbers written as text ("881250949"): read as the numbers they are
+        column, values, dtype = (
+            column.str.strip_chars().cast(pl.Int64),
+            text.cast(pl.Int64),
+            pl.Int64,
+        )
     if dtype in (pl.Date, pl.Datetime):
         return column.dt.epoch("s").alias(name)
     if dtype.is_numeric():
-        values = frame.get_column(name)
         if dtype.is_float() and bool(values.is_nan().any() | values.is_infinite().any()):
             raise DataError(
                 f"{where}: time column '{name}' holds NaN or infinite values; drop or fix them"

@@ -121,12 +121,13 @@ def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
                   ["batch", *(["width"] if batch[key].ndim == 2 else [])]}
         for key in keys
     ]  # fmt: skip
+    shown = None if top_k is None else min(top_k, recommender.model.num_items - N_RESERVED)
     description = {
         "inputs": inputs,
         "output": (
             "scores (batch, items): the last position of each window is the predicted slot"
             if top_k is None
-            else f"(values, item indices), each (batch, {top_k}): the {top_k} best items for "
+            else f"(values, item indices), each (batch, {shown}): the {shown} best items for "
             "the last position of each window, best first, the window's own items excluded"
         ),
         "reserved_ids": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},

@@ -334,8 +334,9 @@ class Recommender:
     ) -> list[Recommendation]:
         """Score every request of ``data`` and take its top-k."""
         allowed = None
-        if candidates is not None:
-            known = [self._item_index[c] for c in candidates if c in self._item_index]
+        if candidates is not None:  # ids as histories' ("5" is item 5 of an integer vocabulary)
+            exact = as_ids(list(candidates), self._item_dtype).to_list()
+            known = [self._item_index[c] for c in exact if c in self._item_index]
             if not known:
                 raise FeatrecError(
                     f"candidates: none of the {len(candidates)} items is in the run's item "
@@ -536,7 +537,7 @@ class Recommender:
 
 
 def as_ids(values: list[Any], dtype: pl.DataType) -> pl.Series:
-    """``values`` as ids of ``dtype`` (the run's id column), null where a value is no such
+    """``values`` as ids of ``dtype`` (a run's id column), null where a value is no such
     id: 2.5, True or "2x" are not user 2 of an integer column (a plain cast makes 2.5 and
     True users 2 and 1); 2.0, numpy integers and the text "2" are. Text ids take integers
     as their text (user "7" for 7)."""
@@ -554,7 +555,7 @@ def as_ids(values: list[Any], dtype: pl.DataType) -> pl.Series:
             exact.append(str(value) if isinstance(value, (str, numbers.Integral)) else None)
         else:
             exact.append(value)
-    return pl.Series("user_id", exact, dtype=dtype, strict=False)
+    return pl.Series("id", exact, dtype=dtype, strict=False)
 
 
 def _with_fallback(score: Scorer, empty: torch.Tensor, popular: torch.Tensor | None) -> Scorer:

@@ -317,6 +317,11 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
                 f"appear on more than one row (e.g. {examples}); the {table_name} table "
                 f"holds one row per {scope}"
             )
+    for table_name, key in (("users", "user_id"), ("items", "item_id")):
+        table = getattr(tables, table_name)
+        if table is None or not spec.features_in(table_name[:-1]):
+            continue
+        _check_overlap(table, interactions, key, tables.origin.get(table_name, table_name), where)
     for i, feature in enumerate(spec.features):
         if feature.type in TREND_TYPES:
             if not has_clock_times(spec.data):
@@ -370,6 +375,28 @@ def _check_inputs(spec: Spec, tables: Tables) -> None:
             raise DataError(
                 f"{spec.source}: features[{i}].column: column '{feature.column}' {problem}"
             )
+
+
+def _check_overlap(
+    table: pl.DataFrame, interactions: pl.DataFrame, key: str, where: str, events_where: str
+) -> None:
+    """A users / items table that names none of the interactions' users / items is a
+    mistake (wrong ids: its features would all be missing): one DataError; one that names
+    fewer than half of them is logged."""
+    used = interactions.get_column(key).unique()
+    named = used.is_in(table.get_column(key).implode()).sum()
+    if named == 0:
+        ours, theirs = table.get_column(key).head(3).to_list(), used.head(3).to_list()
+        raise DataError(
+            f"{where}: none of its {table.height:,} {key}s occurs in the interactions "
+            f"({events_where}): e.g. {ours!r} against {theirs!r}; its features would all be "
+            "missing: use the interactions' ids"
+        )
+    if named < 0.5 * len(used):
+        log.warning(
+            "%s: only %d of the interactions' %d %ss have a row; the rest get missing values",
+            where, named, len(used), key,
+        )  # fmt: skip
 
 
 def _raw_value(feature: AnyFeature, frame: pl.DataFrame, time_unit: str = "auto") -> pl.Expr:

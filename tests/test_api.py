@@ -403,3 +403,40 @@ def test_numpy_pandas_and_date_values_are_numbers_and_times(fitted) -> None:
         fitted.recommend([{"item_id": 10, "ts": 5}, {"item_id": 11, "ts": "x"}], k=3)
     with pytest.raises(FeatrecError, match=r"^at: cannot read 'yesterday' as a time"):
         fitted.for_known_users(["u4"], at="yesterday")
+
+
+def test_more_data_mistakes_and_what_they_get(
+    tmp_path: Path, frames: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # times written as text numbers are the numbers (as recommend reads them)
+    text = frames | {"interactions": frames["interactions"].with_columns(pl.col("ts").cast(str))}
+    assert featrec.prepare(SPEC_TEXT, **text).sequences.equals(
+        featrec.prepare(SPEC_TEXT, **frames).sequences
+    )
+    # a users table of other ids: refused; one naming few of the users: said
+    other = frames | {"users": frames["users"].with_columns(pl.col("uid") + "x")}
+    with pytest.raises(DataError, match=r"users table given: none of its 6 user_ids occurs in"):
+        featrec.prepare(SPEC_TEXT, **other)
+    few = frames | {"users": frames["users"].head(2)}
+    featrec.prepare(SPEC_TEXT, **few)
+    assert "only 2 of the interactions' 7 user_ids have a row" in caplog.text
+    # a pandas column of mixed types is named
+    mixed = frames["users"].to_pandas().assign(job=["eng", 3, "art", "doc", None, "art"])
+    with pytest.raises(
+        FeatrecError, match=r"^users: cannot convert the pandas table: column 'job'"
+    ):
+        featrec.prepare(SPEC_TEXT, **frames | {"users": mixed})
+
+
+def test_candidates_as_text_and_an_export_of_more_items_than_there_are(
+    fitted, tmp_path: Path
+) -> None:
+    from featrec.export import export_run
+
+    chosen = fitted.recommend([10], candidates=["12", 13], k=2)  # "12" is item 12
+    assert sorted(chosen.items) == [12, 13]
+    with pytest.raises(FeatrecError, match="candidates: none of the 2 items"):
+        fitted.recommend([10], candidates=["12.5", 12.5], k=2)
+    export_run(fitted.run_dir, tmp_path / "exp", top_k=1000)
+    inputs = json.loads((tmp_path / "exp" / "inputs.json").read_text())
+    assert "(batch, 11): the 11 best items" in inputs["output"]
