@@ -20,6 +20,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -751,7 +752,17 @@ def recommend_requests(
         {"timestamp": stamp, **{c: row[c] for c in context_columns}}
         for stamp, row in zip(stamps, requests.iter_rows(named=True), strict=True)
     ]
-    recs = recommender.recommend_many(histories, users, contexts, k)
+    try:
+        recs = recommender.recommend_many(histories, users, contexts, k)
+    except FeatrecError as err:  # "users[1]['age']: ..." is the file's row 2, column age
+        found = re.match(
+            r"^(?:users|histories|contexts)\[(\d+)\](?:\['([^']*)'\])?: (.*)", str(err)
+        )
+        if found is None:
+            raise
+        row, column, rest = int(found[1]) + 1, found[2], found[3]
+        at = f", column {column}" if column else ""
+        raise FeatrecError(f"{source}: row {row}{at}: {rest}") from None
     ids = (
         requests["user_id"]
         if "user_id" in requests.columns

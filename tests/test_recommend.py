@@ -286,6 +286,12 @@ def test_malformed_request_file_names_row_and_column(
     assert code == 2 and "requests.csv: row 2, column timestamp: cannot read 'yesterday'" in err
     assert main(["-q", "recommend", str(run), "--user", "nobody"]) == 2
     assert "users not in " in capsys.readouterr().err
+    bad = pl.DataFrame(
+        {"user_id": ["u1", "u2"], "history": ["10 11", "12"], "job": [1.5, {"a": 1}]},
+        strict=False,
+    )  # a user attribute that is no value: named by the file's row and column
+    with pytest.raises(FeatrecError, match=r"^r\.csv: row 2, column job: feature job expects one"):
+        recommend_requests(featrec.load(run), bad, 3, "r.csv")
 
 
 @pytest.mark.parametrize(
