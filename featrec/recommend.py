@@ -196,6 +196,7 @@ class Recommender:
         columns. ``candidates``: only rank these items.
         """
         k = _check_request(k, exclude_seen, candidates)
+        user, context = _no_missing(user), _no_missing(context)
         self._check_attributes(user, "user", "user")
         self._check_attributes(context, "event", "context")
         data, dropped = self.encode_one(as_history(history), user, context)
@@ -229,6 +230,7 @@ class Recommender:
             )
         if not histories:
             return []
+        users, contexts = [_no_missing(u) for u in users], [_no_missing(c) for c in contexts]
         for i, (user, context) in enumerate(zip(users, contexts, strict=True)):
             self._check_attributes(user, "user", f"users[{i}]")
             self._check_attributes(context, "event", f"contexts[{i}]")
@@ -535,6 +537,22 @@ class Recommender:
             )
         recs = self._top_k(self._encode(events, user_frame), [0] * len(wanted), k)
         return _rows(wanted, recs, self._item_dtype)
+
+
+def _no_missing(given: Any) -> Any:
+    """A request's attributes or context with pandas' and numpy's missing values (NA, NaT,
+    NaN) as None, which is what featrec reads as missing."""
+    if not isinstance(given, Mapping):
+        return given  # None, or refused where it is checked
+    return {key: None if _is_missing(value) else value for key, value in given.items()}
+
+
+def _is_missing(value: Any) -> bool:
+    if type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    return (isinstance(value, float) and math.isnan(value)) or (
+        type(value).__name__ == "datetime64" and str(value) == "NaT"
+    )
 
 
 def as_ids(values: list[Any], dtype: pl.DataType) -> pl.Series:
