@@ -37,7 +37,14 @@ from featrec.report import (
     headline,
     variant_overrides,
 )
-from featrec.spec import FusionSpec, Spec, SpecError, spec_differences, with_overrides
+from featrec.spec import (
+    TREND_TYPES,
+    FusionSpec,
+    Spec,
+    SpecError,
+    spec_differences,
+    with_overrides,
+)
 from featrec.train import Experiment, train, write_ranks
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,8 @@ def variants(
 ) -> dict[str, Variant]:
     """Every variant of ``spec``, in report order, keyed by name.
 
-    full · behavior-only · -<scope> · behavior+<scope> · -<feature> · then, for each of
+    full · behavior-only · -<scope> · behavior+<scope> · -trends (every trend feature) ·
+    -<feature> · then, for each of
     ``fusions`` (other ``fusion.method`` values), each of those with features under that
     method, named ``<variant>@<method>`` · most-popular · embedding-mlp (the Embedding&MLP
     baseline with the same features) · din (DIN: target attention, the same features). A
@@ -101,6 +109,9 @@ def variants(
                 [f for f in features if f.scope == scope],
                 f"{scope} features only",
             )
+    trends = [f for f in features if f.type in TREND_TYPES]
+    if trends and len(trends) < len(features):  # what scoring items as of the request adds
+        add("-trends", [f for f in features if f not in trends], "without trend features")
     if len(features) > 1:
         for feature in features:
             # a feature named like a scope ("user") must not take that scope's variant name
@@ -130,7 +141,8 @@ def variants(
             name = f"{MOST_POPULAR}-{days}d"
             out[name] = Variant(
                 name, spec.behavior_only(), trained=False, days=days,
-                description=f"popularity in the {days} days before each request",
+                description=f"popularity in the {days} day{'s' * (days != 1)} before each "
+                "request",
             )  # fmt: skip
     # the baselines take the features they can read (trend features are BERT4Rec's output)
     # (they always predict the next item: train.objective is BERT4Rec's choice)

@@ -289,3 +289,11 @@ def test_baselines_of_an_ablation_leave_trends_out(tmp_path: Path) -> None:
     assert found["embedding-mlp"].spec.features == []
     assert found["din"].spec.features == []
     assert build_model  # the model registry is what trains each variant
+    assert "-trends" not in found  # with nothing but trends, that is behavior-only
+    mixed = load_spec(
+        _spec(tmp_path, [{"name": "when", "scope": "event", "type": "time", "column": "timestamp"},
+                         {"name": "pop7", "type": "popularity", "window_days": 7},
+                         {"name": "age", "type": "age"}])
+    )  # fmt: skip
+    without = variants(mixed)["-trends"]  # what scoring items as of the request adds
+    assert [f.name for f in without.spec.features] == ["when"]
