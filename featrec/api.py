@@ -173,7 +173,7 @@ def fit(
     run_dir = Path(out) if out is not None else default_run_dir(spec)
     if not resume:
         check_new_run_dir(run_dir)
-    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    before = _entries(run_dir) if run_dir.is_dir() else None
     try:
         if frames:
             spec = _store_tables(run_dir, spec, frames, resume)
@@ -192,12 +192,28 @@ def fit(
     return Recommender(run_dir, device=spec.train.device)
 
 
+# the folders a run writes into: what fit adds there is its own too
+RUN_FOLDERS = ("data", "checkpoints")
+
+
+def _entries(run_dir: Path) -> set[Path]:
+    """The entries of ``run_dir`` and of the run's own folders in it."""
+    entries = set(run_dir.iterdir())
+    for name in RUN_FOLDERS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            entries |= set((run_dir / name).iterdir())
+    return entries
+
+
 def _remove_new(run_dir: Path, before: set[Path] | None) -> None:
-    """Remove what ``fit`` made in ``run_dir``: all of it if the folder is new."""
+    """Remove what ``fit`` made in ``run_dir``: all of it if the folder is new. (A file of
+    the same name that was there, e.g. ``data/users.parquet``, was overwritten.)"""
     if before is None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
-    for path in set(run_dir.iterdir()) - before if run_dir.is_dir() else ():
+    if not run_dir.is_dir():
+        return
+    for path in sorted(_entries(run_dir) - before, key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -698,7 +698,16 @@ def _history_frame(history: History, time_column: str) -> pl.DataFrame:
     if isinstance(history, pl.DataFrame):
         frame = history
     elif history and isinstance(history[0], dict):
-        frame = pl.DataFrame(history, infer_schema_length=None)
+        records = []  # times as seconds and missing values as None first: one column type
+        for i, record in enumerate(history):
+            record = _no_missing(record)
+            if isinstance(record, dict):
+                for key in dict.fromkeys(("timestamp", time_column)):
+                    if key in record:
+                        where = f"history: row {i + 1}, column {key}"
+                        record[key] = to_seconds(record[key], where)
+            records.append(record)
+        frame = pl.DataFrame(records, infer_schema_length=None)
     else:
         frame = pl.DataFrame({"item_id": list(history)}, strict=False)
     if "item_id" not in frame.columns:
@@ -709,13 +718,21 @@ def _history_frame(history: History, time_column: str) -> pl.DataFrame:
         and time_column in frame.columns
     ):
         frame = frame.rename({time_column: "timestamp"})
-    if "timestamp" in frame.columns:  # as unix seconds (ms and so on by their size)
-        stamps = [
+    if "timestamp" in frame.columns and _needs_conversion(frame["timestamp"]):
+        stamps = [  # as unix seconds (ms and so on by their size)
             to_seconds(v, f"history: row {i + 1}, column timestamp")
             for i, v in enumerate(frame["timestamp"].to_list())
         ]
         frame = frame.with_columns(pl.Series("timestamp", stamps, dtype=pl.Int64))
     return frame
+
+
+def _needs_conversion(stamps: pl.Series) -> bool:
+    """Times that are not whole seconds already (integers below the millisecond range)."""
+    if not stamps.dtype.is_integer():
+        return stamps.dtype != pl.Null
+    largest = stamps.abs().max()
+    return largest is not None and largest >= FINER_UNITS[-1][0]
 
 
 def read_requests(path: Path) -> pl.DataFrame:
@@ -741,7 +758,8 @@ def recommend_requests(
             f"{source}: needs a user_id or a history column; got {', '.join(requests.columns)}"
         )
     histories = _parse_histories(recommender, requests, source)
-    stamps = _parse_times(requests, source)
+    time_column = recommender.spec.data.columns.time
+    stamps = _parse_times(requests, source, time_column)
     known_rows = [i for i, h in enumerate(histories) if h is None]
     if known_rows and "user_id" not in requests.columns:
         raise FeatrecError(
@@ -753,7 +771,8 @@ def recommend_requests(
         for row in requests.iter_rows(named=True)
     ]
     # a known user's history and stored attributes fill what the request leaves out
-    incomplete = [u is None or len(u) < len(recommender.user_columns) for u in users]
+    wanted = len(recommender.user_columns)
+    incomplete = [bool(wanted) and (u is None or len(u) < wanted) for u in users]
     if known_rows or ("user_id" in requests.columns and any(incomplete)):
         stored = _stored_users(recommender, requests["user_id"].to_list(), bool(known_rows))
         if stored is not None:
@@ -764,7 +783,9 @@ def recommend_requests(
                 if found and incomplete[i]:
                     users[i] = {**found, **(users[i] or {})}
     context_columns = [
-        c for c in recommender.event_columns if c in requests.columns and c != "timestamp"
+        c
+        for c in recommender.event_columns
+        if c in requests.columns and c not in ("timestamp", time_column)
     ]
     contexts = [
         {"timestamp": stamp, **{c: row[c] for c in context_columns}}
@@ -844,13 +865,24 @@ def _parse_histories(recommender: Recommender, requests: pl.DataFrame, source: s
     return out
 
 
-def _parse_times(requests: pl.DataFrame, source: str) -> list[int | None]:
-    if "timestamp" not in requests.columns:
-        return [int(time.time())] * requests.height
+def _parse_times(requests: pl.DataFrame, source: str, time_column: str) -> list[int]:
+    """Each row's request time: its ``timestamp`` or the data's time column (both given:
+    they must agree), else now."""
+    columns = [c for c in dict.fromkeys(("timestamp", time_column)) if c in requests.columns]
+    now = int(time.time())
+    if not columns:
+        return [now] * requests.height
     stamps = []
-    for i, value in enumerate(requests["timestamp"].to_list()):
-        try:
-            stamps.append(to_seconds(value) if value is not None else int(time.time()))
-        except FeatrecError as err:
-            raise FeatrecError(f"{source}: row {i + 1}, column timestamp: {err}") from None
+    for i, row in enumerate(requests.select(columns).iter_rows()):
+        given = [
+            to_seconds(value, f"{source}: row {i + 1}, column {column}")
+            for column, value in zip(columns, row, strict=True)
+        ]
+        known = [g for g in given if g is not None]
+        if len(set(known)) > 1:
+            raise FeatrecError(
+                f"{source}: row {i + 1}: columns {' and '.join(columns)} give two different "
+                "request times; give one"
+            )
+        stamps.append(known[0] if known else now)
     return stamps

@@ -399,7 +399,7 @@ def test_numpy_pandas_and_date_values_are_numbers_and_times(fitted) -> None:
     assert fitted.recommend(frame, k=3).items  # a NaT in a history: an event without a time
     at = fitted.for_known_users(["u4"], at=pd.Timestamp("1971-01-01"), k=3)
     assert at.equals(fitted.for_known_users(["u4"], at=86_400 * 365, k=3))
-    with pytest.raises(FeatrecError, match=r"^history: row 2, column timestamp: cannot read 'x'"):
+    with pytest.raises(FeatrecError, match=r"^history: row 2, column ts: cannot read 'x'"):
         fitted.recommend([{"item_id": 10, "ts": 5}, {"item_id": 11, "ts": "x"}], k=3)
     with pytest.raises(FeatrecError, match=r"^at: cannot read 'yesterday' as a time"):
         fitted.for_known_users(["u4"], at="yesterday")
@@ -440,3 +440,65 @@ def test_candidates_as_text_and_an_export_of_more_items_than_there_are(
     export_run(fitted.run_dir, tmp_path / "exp", top_k=1000)
     inputs = json.loads((tmp_path / "exp" / "inputs.json").read_text())
     assert "(batch, 11): the 11 best items" in inputs["output"]
+
+
+def test_request_files_and_record_histories_give_times_as_the_data_does(
+    fitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featrec.recommend import recommend_requests
+
+    plain = pl.DataFrame({"user_id": ["u1"], "history": ["10 11"], "timestamp": [900]})
+    by_ts = plain.rename({"timestamp": "ts"})  # the data's time column names the time
+    want = recommend_requests(fitted, plain, 3)
+    assert recommend_requests(fitted, by_ts, 3).equals(want)
+    assert recommend_requests(fitted, by_ts.with_columns(timestamp=pl.lit(900)), 3).equals(want)
+    later = by_ts.with_columns(timestamp=pl.lit(5_000))
+    with pytest.raises(FeatrecError, match=r"^r\.csv: row 1: columns timestamp and ts give two"):
+        recommend_requests(fitted, later, 3, "r.csv")
+    # record histories with pandas' and numpy's missing times, or naive and aware times
+    t = pd.Timestamp("1971-01-01")
+    year = 31_536_000  # 1971-01-01 in unix seconds
+    for first, second, as_seconds in [
+        (pd.NaT, year, (None, year)),
+        (pd.NA, year, (None, year)),
+        (np.datetime64("NaT"), year, (None, year)),
+        (pd.NaT, None, (None, None)),
+        (t, t.tz_localize("UTC"), (year, year)),
+    ]:
+        history = [{"item_id": 10, "ts": first}, {"item_id": 11, "ts": second}]
+        one = fitted.recommend(history, k=3)
+        assert fitted.recommend_many([history], k=3) == [one], (first, second)
+        seconds = [{"item_id": i, "ts": s} for i, s in zip((10, 11), as_seconds, strict=True)]
+        assert one == fitted.recommend(seconds, k=3), (first, second)
+
+
+def test_requests_of_a_run_without_user_features_leave_its_data_alone(
+    tmp_path: Path, frames: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featrec.recommend import Recommender, recommend_requests
+
+    spec = SPEC_TEXT.replace("  - {name: job, scope: user, type: categorical, column: job}\n", "")
+    rec = featrec.fit(spec, **frames, out=tmp_path / "run", progress=False)
+    assert rec.user_columns == []
+
+    def unreadable(self):
+        raise FeatrecError("data not at hand")
+
+    monkeypatch.setattr(Recommender, "known_users", unreadable)
+    requests = pl.DataFrame({"user_id": ["u1"], "history": ["10 11"], "ts": [900]})
+    assert recommend_requests(rec, requests, 3).height == 3
+
+
+def test_a_failed_fit_removes_its_files_from_the_folders_it_found(
+    tmp_path: Path, frames: dict
+) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "checkpoints").mkdir()
+    (out / "data" / "mine.csv").write_text("a,b\n")
+    bad = frames | {"items": frames["items"].with_columns(year=pl.lit(float("inf")))}
+    with pytest.raises(DataError, match="infinite"):
+        featrec.fit(SPEC_TEXT, **bad, out=out, progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "checkpoints", "data", "data/mine.csv"
+    ]  # fmt: skip
