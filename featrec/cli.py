@@ -414,6 +414,9 @@ def _launch(args: argparse.Namespace) -> int:
     import subprocess
 
     spec = _load(args)  # a bad spec fails here, once, not in N processes
+    from featrec.devices import resolve_device
+
+    _check_ranks(args.nproc, resolve_device(spec.train.device))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={args.nproc}", "-m", "featrec", *_without_nproc(args.tokens),
@@ -423,6 +426,19 @@ def _launch(args: argparse.Namespace) -> int:
 
         command += ["--out", str(default_run_dir(spec))]
     return subprocess.run(command, check=False).returncode
+
+
+def _check_ranks(ranks: int, device) -> None:
+    """``--nproc`` ranks on this machine: one per GPU on CUDA, at most one per CPU core on
+    the CPU (more would only share the cores, each rank a whole process and its memory)."""
+    import torch
+
+    if device.type == "cuda":
+        have, what = torch.cuda.device_count(), "CUDA device(s): one rank per GPU"
+    else:
+        have, what = os.cpu_count() or 1, "CPU core(s): at most one rank per core"
+    if ranks > have:
+        raise FeatrecError(f"--nproc: at most {have} here ({have} {what}); got {ranks}")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -100,6 +100,9 @@ def test_train_nproc_starts_the_ranks_itself(tmp_path: Path, exact: dict) -> Non
     assert code == 0
     assert (tmp_path / "r" / "final_metrics.json").is_file()
     assert main(["train", str(spec_path), "--nproc", "0"]) == 2
+    too_many = str((os.cpu_count() or 1) + 1)  # ranks beyond the cores: refused, none started
+    assert main(["train", str(spec_path), "--nproc", too_many, "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_two_rank_checkpoint_resumes_in_one_rank_to_the_uninterrupted_run(
