@@ -89,6 +89,7 @@ def test_two_ranks_evaluate_exactly_as_one(tmp_path: Path, exact: dict) -> None:
 
 
 def test_train_nproc_starts_the_ranks_itself(tmp_path: Path, exact: dict) -> None:
+    exact["train"]["device"] = "cpu"  # ranks per core (a CUDA machine: one per GPU)
     spec_path = write_spec(tmp_path, exact)
     env_before = dict(os.environ)
     os.environ["OMP_NUM_THREADS"] = "1"
