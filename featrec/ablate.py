@@ -330,6 +330,7 @@ def run_ablation(
         return trained
     import concurrent.futures
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch or polars state
@@ -341,10 +342,21 @@ def run_ablation(
             )
             for label, variant, seed in todo
         }  # fmt: skip
-        for future in concurrent.futures.as_completed(running):
-            label, name, seed = running[future]
-            final = future.result()  # a run's error stops the ablation, named
-            finished(label, name, seed, final, (time.perf_counter() - started) / 60)
+        done = set()
+        try:
+            for future in concurrent.futures.as_completed(running):
+                label, name, seed = running[future]
+                final = future.result()  # a run's error stops the ablation, named
+                finished(label, name, seed, final, (time.perf_counter() - started) / 60)
+                done.add(future)
+        except BrokenProcessPool:
+            unfinished = ", ".join(running[f][0] for f in running if f not in done)
+            raise FeatrecError(
+                f"{ablation_dir}: a training process died abruptly (killed by a signal, e.g. "
+                f"the out-of-memory killer) while these were unfinished: {unfinished}. "
+                "Finished pairs are kept and interrupted ones resume from their last "
+                "checkpoint: run the same command again (fewer --jobs if memory ran out)"
+            ) from None
     return trained
 
 

@@ -449,3 +449,36 @@ def test_a_broken_overrides_file_is_named(tmp_path: Path, quick: dict) -> None:
             write_report(out)
         with pytest.raises(FeatrecError, match=r"overrides.yaml: "):
             run_ablation(spec, out, 1, ["most-popular"])
+
+
+def test_a_worker_killed_mid_ablation_is_named_with_what_to_do(
+    tmp_path: Path, quick: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process killed (the out-of-memory killer, a signal) breaks the pool: one
+    error naming the unfinished pairs, not a bare BrokenProcessPool."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    class KilledPool:  # what ProcessPoolExecutor gives once a worker died
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def submit(self, *args, **kwargs):
+            future = concurrent.futures.Future()
+            future.set_exception(BrokenProcessPool("A process in the pool was terminated"))
+            return future
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", KilledPool)
+    spec = load_spec(write_spec(tmp_path, quick))
+    with pytest.raises(
+        FeatrecError,
+        match=r"a training process died abruptly .* unfinished: "
+        r"\[1/2\] full seed 0, \[2/2\] behavior-only seed 0\. Finished pairs",
+    ):
+        run_ablation(spec, tmp_path / "abl", 1, ["full", "behavior-only"], jobs=2)
