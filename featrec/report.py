@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ import numpy as np
 import polars as pl
 import yaml
 
-from featrec.errors import FeatrecError
+from featrec.errors import FeatrecError, SpecError, first_line
 from featrec.formulas import per_user_metric
 from featrec.spec import Spec, load_spec
+
+log = logging.getLogger(__name__)
 
 REFERENCES = ("behavior-only", "full")
 MOST_POPULAR = "most-popular"
@@ -130,7 +133,12 @@ def rank_metrics(spec: Spec) -> list[str]:
     return [f"{name}@{k}" for name in RANK_METRICS for k in spec.eval.ks]
 
 
-def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantResult]:
+def load_results(
+    ablation_dir: Path, metrics: list[str], spec: Spec | None = None
+) -> dict[str, VariantResult]:
+    """Every finished run's test metrics and per-user ranks, by variant. With ``spec`` (the
+    ablation's), a run evaluated on other data or another protocol is refused: its users
+    and metrics would not pair with the others'."""
     runs = ablation_dir / "runs"
     if not runs.is_dir():
         raise FeatrecError(f"{ablation_dir}: no runs/ folder; run featrec ablate first")
@@ -141,13 +149,17 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
             continue
         seeds, tests, frames, minutes = [], [], [], []
         for path in finished:
-            final = json.loads(path.read_text(encoding="utf-8"))
+            if spec is not None:
+                _check_protocol(path.parent, spec)
+            final = _read_result(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
+            if not isinstance(final, dict) or "seed" not in final or "test" not in final:
+                raise FeatrecError(f"{path}: not a featrec result (no seed or test metrics)")
             seeds.append(int(final["seed"]))
             tests.append(final["test"])
             if (spent := training_minutes(path.parent / "metrics.csv")) is not None:
                 minutes.append(spent)
-            ranks = pl.read_parquet(path.parent / "ranks.parquet").filter(pl.col("split") == "test")
-            frames.append(ranks)
+            ranks = _read_result(path.parent / "ranks.parquet", pl.read_parquet)
+            frames.append(ranks.filter(pl.col("split") == "test"))
         keys = [key for key in tests[0] if all(key in test for test in tests)]
         ranks = pl.concat(frames)
         values = ranks["rank"].to_numpy()
@@ -163,6 +175,44 @@ def load_results(ablation_dir: Path, metrics: list[str]) -> dict[str, VariantRes
     if not results:
         raise FeatrecError(f"{ablation_dir}: no finished runs to report yet")
     return results
+
+
+def _read_result(path: Path, read):
+    """``read(path)``, or one FeatrecError naming the file (missing or damaged)."""
+    try:
+        return read(path)
+    except (OSError, ValueError, UnicodeDecodeError, pl.exceptions.PolarsError) as err:
+        raise FeatrecError(
+            f"{path}: missing or damaged ({first_line(err)[:120]}); train that pair again "
+            "(remove its folder, then rerun featrec ablate)"
+        ) from None
+
+
+def _check_protocol(run: Path, spec: Spec) -> None:
+    """The run's data and evaluation are the ablation's, or one FeatrecError naming them
+    (an untrained baseline's folder holds no spec: it is the ablation's)."""
+    if not (run / "spec.yaml").is_file():
+        return
+    try:
+        own = load_spec(run / "spec.yaml")
+    except (FeatrecError, SpecError) as err:
+        raise FeatrecError(first_line(err)[:200]) from None
+    for part in ("data", "eval"):
+        if getattr(own, part) != getattr(spec, part):
+            raise FeatrecError(
+                f"{run}: trained with another {part} section than the ablation's spec.yaml; "
+                "its users and metrics do not pair with the others': report it apart"
+            )
+
+
+def unfinished_runs(ablation_dir: Path) -> list[str]:
+    """The (variant, seed) folders without results (still training, or stopped)."""
+    runs = ablation_dir / "runs"
+    return [
+        f"{seed.parent.name} {seed.name}"
+        for seed in sorted(runs.glob("*/seed*"))
+        if seed.is_dir() and not (seed / "final_metrics.json").is_file()
+    ]
 
 
 def training_minutes(path: Path) -> float | None:
@@ -232,7 +282,7 @@ def summarize(ablation_dir: Path) -> list[dict]:
     """One row per variant: every test metric's mean and std over seeds, the paired
     comparisons against behavior-only and full, and the verdicts on the primary metric."""
     spec = ablation_spec(ablation_dir)
-    return _summarize(spec, load_results(ablation_dir, rank_metrics(spec)))
+    return _summarize(spec, load_results(ablation_dir, rank_metrics(spec), spec))
 
 
 def _summarize(spec: Spec, results: dict[str, VariantResult]) -> list[dict]:
@@ -307,8 +357,11 @@ def _seed_note(rows: list[dict]) -> list[str]:
 def write_report(ablation_dir: Path) -> list[Path]:
     """report.md, report.csv and report.png in ``ablation_dir``; returns their paths."""
     spec = ablation_spec(ablation_dir)
-    results = load_results(ablation_dir, rank_metrics(spec))
+    results = load_results(ablation_dir, rank_metrics(spec), spec)
     rows = _summarize(spec, results)
+    pending = unfinished_runs(ablation_dir)
+    if pending:
+        log.warning("not in the report (no results yet): %s", ", ".join(pending))
     first, second = headline(spec.eval.primary)
     markdown = [
         f"# Ablation report: {ablation_dir.name}",
@@ -338,6 +391,15 @@ def write_report(ablation_dir: Path) -> list[Path]:
         ]
         markdown.append("| " + " | ".join(cells) + " |")
     markdown += _seed_note(rows)
+    if pending:
+        markdown += ["", f"Not in this report (no results yet): {', '.join(pending)}."]
+    absent = [name for name in ("behavior-only", "full") if name not in results]
+    if absent:
+        markdown += [
+            "",
+            f"No finished {' or '.join(absent)} run: the Δ columns against "
+            f"{'them' if len(absent) > 1 else 'it'} are empty.",
+        ]
     overrides = variant_overrides(ablation_dir)
     if overrides:
         settings = "; ".join(f"{name}: {', '.join(texts)}" for name, texts in overrides.items())

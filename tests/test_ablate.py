@@ -180,6 +180,26 @@ def test_report_renders_from_stored_results_only(
     assert (out / "report.png").stat().st_size > 1000
     paths = write_report(out)
     assert [p.name for p in paths] == ["report.md", "report.csv", "report.png"]
+    # what the report leaves out is said; damaged or foreign results are refused by name
+    import shutil
+
+    shutil.copytree(out, tmp_path / "cut")
+    cut = tmp_path / "cut" / "runs"
+    (cut / "full" / "seed1" / "final_metrics.json").unlink()  # as if still training
+    shutil.rmtree(cut / "behavior-only")
+    assert main(["-q", "report", str(tmp_path / "cut")]) == 0
+    report = (tmp_path / "cut" / "report.md").read_text()
+    assert "Not in this report (no results yet): full seed1." in report
+    assert "No finished behavior-only run: the Δ columns against it are empty." in report
+    (cut / "full" / "seed0" / "ranks.parquet").write_text("garbage")
+    assert main(["-q", "report", str(tmp_path / "cut")]) == 2
+    err = capsys.readouterr().err
+    assert "cut/runs/full/seed0/ranks.parquet: missing or damaged" in err
+    other = (out / "runs" / "full" / "seed0" / "spec.yaml").read_text()
+    other = other.replace("exclude_seen: true", "exclude_seen: false")
+    (out / "runs" / "full" / "seed0" / "spec.yaml").write_text(other)
+    assert main(["-q", "report", str(out)]) == 2
+    assert "trained with another eval section than the ablation's" in capsys.readouterr().err
 
 
 def test_report_follows_the_primary_metric_and_lists_every_metric(
