@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -317,6 +318,23 @@ can at best approach the second (the segment is visible in a history's clusters)
 """
 
 
+BYTES_PER_EVENT = 96  # generating holds ~75 bytes per event (20M events: 1.46 GiB peak)
+
+
+def _check_memory(config: SynthConfig) -> None:
+    """Sizes this machine cannot generate: one line naming --events, before any work."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    needed = BYTES_PER_EVENT * config.events + 64 * (config.users + config.items)
+    if needed > memory:
+        raise FeatrecError(
+            f"--events: {config.events:,} events need ~{needed / 2**30:,.1f} GiB of memory to "
+            f"generate; this machine has {memory / 2**30:,.1f} GiB"
+        )
+
+
 def write(config: SynthConfig, out: Path, force: bool = False) -> dict:
     """Generate and write ``out``: the three tables as parquet, ``spec.yaml``, ``README.md``
     and ``structure.json``; all or nothing. Returns what ``structure.json`` holds."""
@@ -325,8 +343,15 @@ def write(config: SynthConfig, out: Path, force: bool = False) -> dict:
     import polars as pl
 
     config.check()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FeatrecError(f"{out}: exists and is not empty (--force replaces it)")
+    _check_memory(config)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise FeatrecError(f"{out}: exists and is not empty (--force replaces it)")
+        if not (out / "structure.json").is_file():  # --force never deletes anything else
+            raise FeatrecError(
+                f"{out}: holds files that are no featrec synth data set (no structure.json); "
+                "--force replaces only an earlier synth output: choose another folder"
+            )
     started = time.perf_counter()
     s = generate(config)
     log.info("generated %s events in %.1f s", f"{len(s.item):,}", time.perf_counter() - started)
@@ -362,6 +387,9 @@ def write(config: SynthConfig, out: Path, force: bool = False) -> dict:
         (folder / "README.md").write_text(describe(s, ceilings))
         (folder / "structure.json").write_text(json.dumps(structure, indent=2) + "\n")
 
-    write_folder(out, fill)
+    try:
+        write_folder(out, fill)
+    except OSError as err:  # named by the folder asked for, not the staging one beside it
+        raise FeatrecError(f"{out}: cannot write there ({err.strerror or err})") from None
     log.info("wrote %s in %.1f s", out, time.perf_counter() - started)
     return structure

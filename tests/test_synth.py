@@ -121,6 +121,7 @@ SIZES = ["--users", "10", "--items", "100"]
         (["--users", "10", "--items", "15", "--events", "30"], "--items: expected at least 2 per"),
         ([*SIZES, "--events", "30", "--clusters", "1"], "--clusters: expected at least 2"),
         ([*SIZES, "--events", "30", "--seed", "-1"], "--seed: expected a non-negative"),
+        ([*SIZES, "--events", str(10**13)], "GiB of memory to generate; this machine has"),
     ],
 )
 def test_bad_arguments_are_one_line_and_write_nothing(
@@ -130,3 +131,22 @@ def test_bad_arguments_are_one_line_and_write_nothing(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_force_replaces_a_synth_output_only(tmp_path: Path, capsys) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = [*SIZES, "--events", "30"]
+    assert main(["-q", "synth", str(mine), *args, "--force"]) == 2
+    assert "no featrec synth data set (no structure.json)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "synth"
+    assert main(["-q", "synth", str(out), *args]) == 0
+    assert main(["-q", "synth", str(out), *args, "--seed", "3", "--force"]) == 0
+    assert json.loads((out / "structure.json").read_text())["config"]["seed"] == 3
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the folder's parent should be
+    assert main(["-q", "synth", str(blocked / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"{blocked / 'x'}: cannot write there" in err and "staging" not in err
