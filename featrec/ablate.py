@@ -300,6 +300,11 @@ def run_ablation(
         raise FeatrecError(f"--shard: expected i/n with 1 <= i <= n; got {index}/{count}")
     overrides = overrides or {}
     chosen = select(variants(spec, fusions, overrides), names)
+    if fusions and names and not any("@" in v.name for v in chosen):
+        log.warning(
+            "--fusions %s: none of the variants chosen is under another fusion method (name "
+            "them, e.g. full@%s)", " ".join(fusions), fusions[0],
+        )  # fmt: skip
     _check_same_spec(spec, ablation_dir)
     pairs = [(v, spec.train.seed + i) for v in chosen for i in range(seeds)]
     _check_runs_match(ablation_dir, pairs)

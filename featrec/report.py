@@ -322,8 +322,10 @@ def _format_diff(row: dict, metric: str, reference: str) -> str:
     key = f"{metric} vs {reference}"
     if f"{key} diff" not in row:
         return "-"
+    relative = row[f"{key} relative"]  # undefined where the reference's mean is 0
+    share = f" ({relative:+.1%})" if math.isfinite(relative) else ""
     return (
-        f"{row[f'{key} diff']:+.4f} ({row[f'{key} relative']:+.1%}) "
+        f"{row[f'{key} diff']:+.4f}{share} "
         f"[{row[f'{key} ci_low']:+.4f}, {row[f'{key} ci_high']:+.4f}] p={row[f'{key} p']:.3g}"
     )
 

@@ -502,3 +502,21 @@ def test_a_worker_killed_mid_ablation_is_named_with_what_to_do(
         r"\[1/2\] full seed 0, \[2/2\] behavior-only seed 0\. Finished pairs",
     ):
         run_ablation(spec, tmp_path / "abl", 1, ["full", "behavior-only"], jobs=2)
+
+
+def test_a_difference_from_a_zero_mean_has_no_relative_share() -> None:
+    from featrec.report import _format_diff
+
+    values = {"diff": 0.01, "relative": float("nan"), "ci_low": 0.0, "ci_high": 0.02, "p": 0.04}
+    row = {f"mrr@1 vs full {k}": v for k, v in values.items()}
+    assert _format_diff(row, "mrr@1", "full") == "+0.0100 [+0.0000, +0.0200] p=0.04"
+    row["mrr@1 vs full relative"] = 0.5
+    assert _format_diff(row, "mrr@1", "full") == "+0.0100 (+50.0%) [+0.0000, +0.0200] p=0.04"
+
+
+def test_fusions_with_no_variant_under_them_is_said(
+    tmp_path: Path, quick: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = load_spec(write_spec(tmp_path, quick))
+    run_ablation(spec, tmp_path / "abl", 1, ["most-popular"], fusions=["nova"])
+    assert "--fusions nova: none of the variants chosen" in caplog.text
