@@ -23,6 +23,7 @@ from torch import nn
 
 from featrec import ranking
 from featrec.batching import Batch, request_batch
+from featrec.errors import FeatrecError
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.ranking import best_by_score_then_id, score_then_id_keys
 from featrec.recommend import Recommender
@@ -91,6 +92,13 @@ def example_batch(recommender: Recommender) -> Batch:
 def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
     """Write the export folder; with ``top_k`` the program returns each request's ``top_k``
     best items (chunked ranking, the window's items excluded) instead of every score."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        earlier = (out_dir / "model.pt2").is_file() and (out_dir / "inputs.json").is_file()
+        if not earlier:  # an earlier export is replaced; nothing else is overwritten
+            raise FeatrecError(
+                f"--out {out_dir}: holds files that are no featrec export; choose a new or "
+                "empty folder (an earlier export there is replaced)"
+            )
     recommender = Recommender(run_dir, device="cpu")  # traced on the CPU; load it anywhere
     recommender.model.prepare_export()  # one code path for every batch size
     batch = example_batch(recommender).named()

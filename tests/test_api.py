@@ -440,6 +440,16 @@ def test_candidates_as_text_and_an_export_of_more_items_than_there_are(
     export_run(fitted.run_dir, tmp_path / "exp", top_k=1000)
     inputs = json.loads((tmp_path / "exp" / "inputs.json").read_text())
     assert "(batch, 11): the 11 best items" in inputs["output"]
+    export_run(fitted.run_dir, tmp_path / "exp")  # an earlier export: replaced
+    assert (
+        "scores (batch, items)"
+        in json.loads((tmp_path / "exp" / "inputs.json").read_text())["output"]
+    )
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "spec.yaml").write_text("mine")
+    with pytest.raises(FeatrecError, match="holds files that are no featrec export"):
+        export_run(fitted.run_dir, tmp_path / "mine")
+    assert (tmp_path / "mine" / "spec.yaml").read_text() == "mine"
 
 
 def test_request_files_and_record_histories_give_times_as_the_data_does(
