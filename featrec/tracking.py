@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from featrec.errors import FeatrecError
+from featrec.errors import FeatrecError, first_line
 from featrec.spec import Spec
 
 TRACKERS = ("tensorboard", "mlflow")
@@ -97,12 +97,24 @@ class MLflowTracker(Tracker):
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:  # MLflow's local file store, which MLflow 3 keeps behind a switch
             uri = (Path.cwd() / "mlruns").as_uri()
+        if uri.startswith("file:") or "://" not in uri:  # a folder: the file store too
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.uri = uri
         self.client = MlflowClient(uri)
         self.run_id: str | None = None
 
     def start(self, spec: Spec, run_dir: Path) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._start(spec, run_dir)
+        except (MlflowException, OSError) as err:  # unreachable server, unwritable store
+            raise FeatrecError(
+                f"--log mlflow: cannot start a run at {self.uri} ({first_line(err)[:160]}); "
+                "check MLFLOW_TRACKING_URI"
+            ) from None
+
+    def _start(self, spec: Spec, run_dir: Path) -> None:
         id_file = run_dir / "mlflow_run_id"
         if id_file.is_file():  # a resumed run goes on in the same MLflow run
             self.run_id = id_file.read_text(encoding="utf-8").strip()

@@ -90,3 +90,26 @@ def test_unknown_tracker_and_missing_package_are_named(monkeypatch: pytest.Monke
     missing = r"--log mlflow: needs the mlflow package \(mlflow.* is missing\): pip install"
     with pytest.raises(FeatrecError, match=missing):
         make_trackers(["mlflow"])
+
+
+def test_an_mlflow_store_that_cannot_be_used_is_one_line(
+    tmp_path: Path, spec_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "own-store").as_uri()  # the user's own file: address
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(spec_path), "--out", str(run), "--log", "mlflow"]) == 0
+    assert MlflowClient(store).get_run((run / "mlflow_run_id").read_text()).info.status == (
+        "FINISHED"
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    code = main(["-q", "train", str(spec_path), "--out", str(tmp_path / "r2"), "--log", "mlflow"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--log mlflow: cannot start a run at http://127.0.0.1:9" in err
+    assert err.count("\n") == 1
