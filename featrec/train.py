@@ -733,6 +733,14 @@ def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[s
     from featrec.recommend import Recommender
 
     recommender = Recommender(run_dir, device)
+    if not (run_dir / "final_metrics.json").is_file():  # still training, or stopped
+        best = None
+        with contextlib.suppress(FeatrecError):
+            best = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("best_epoch")
+        log.warning(
+            "%s: not finished (no final_metrics.json): evaluating its best checkpoint so far%s",
+            run_dir, "" if best is None else f" (epoch {best})",
+        )  # fmt: skip
     metrics = recommender.evaluate(split)
     return {
         "split": split,

@@ -588,3 +588,17 @@ def test_new_command_line_numbers_out_of_range_are_one_line(
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and expected in stderr, stderr
     assert not (tmp_path / "OUT").exists()  # nothing written
+
+
+def test_evaluating_an_unfinished_run_says_so(
+    trained_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from featrec.train import evaluate_run
+
+    evaluate_run(trained_run, "test")
+    assert "not finished" not in caplog.text
+    (trained_run / "final_metrics.json").unlink()  # as while it trains, or once stopped
+    evaluate_run(trained_run, "test")
+    assert "not finished (no final_metrics.json): evaluating its best checkpoint so far" in (
+        caplog.text
+    )
