@@ -198,11 +198,21 @@ def _check_protocol(run: Path, spec: Spec) -> None:
     except (FeatrecError, SpecError) as err:
         raise FeatrecError(first_line(err)[:200]) from None
     for part in ("data", "eval"):
-        if getattr(own, part) != getattr(spec, part):
+        if _comparable(getattr(own, part)) != _comparable(getattr(spec, part)):
             raise FeatrecError(
                 f"{run}: trained with another {part} section than the ablation's spec.yaml; "
                 "its users and metrics do not pair with the others': report it apart"
             )
+
+
+def _comparable(section) -> dict:
+    """A spec section as compared across machines: data files by name (a shard or a run
+    trained elsewhere read them from another folder)."""
+    dumped = section.model_dump(mode="json")
+    for table in ("interactions", "users", "items"):
+        if dumped.get(table):
+            dumped[table] = Path(dumped[table]).name
+    return dumped
 
 
 def unfinished_runs(ablation_dir: Path) -> list[str]:
