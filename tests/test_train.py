@@ -508,7 +508,7 @@ def test_a_used_run_directory_is_not_overwritten(tmp_path: Path, small_body: dic
     small_body["train"]["epochs"] = 1
     spec = load_spec(write_spec(tmp_path, small_body))
     train(spec, tmp_path / "run")
-    with pytest.raises(FeatrecError, match="holds a run already; pass --resume"):
+    with pytest.raises(FeatrecError, match=r"holds a run already; resume it \(--resume"):
         train(spec, tmp_path / "run")
 
 
