@@ -174,21 +174,22 @@ def fit(
     if not resume:
         check_new_run_dir(run_dir)
     before = _entries(run_dir) if run_dir.is_dir() else None
+    trained = False
     try:
         if frames:
             spec = _store_tables(run_dir, spec, frames, resume)
         train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
-    except BaseException as err:
-        # stopped before the first checkpoint (bad input, mostly): nothing to resume, so
-        # leave no half-made run behind, and in a folder that was there only what was there
-        if not (run_dir / "checkpoints" / "last.pt").exists():
-            _remove_new(run_dir, before)
-        if not isinstance(err, FeatrecError):
-            raise
+        trained = True
+    except FeatrecError as err:
         named = _given_names(str(err), spec, frames)
         if named != str(err):  # the tables by what the caller gave, not our copies of them
             raise type(err)(named) from None
         raise
+    finally:
+        # stopped before the first checkpoint (bad input, mostly; or any error): nothing to
+        # resume, so no half-made run stays, and a folder that was there keeps what it had
+        if not trained and not (run_dir / "checkpoints" / "last.pt").exists():
+            _remove_new(run_dir, before)
     return Recommender(run_dir, device=spec.train.device)
 
 

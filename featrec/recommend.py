@@ -92,17 +92,12 @@ def to_seconds(value: Any, where: str | None = None) -> int | None:
 
 
 def _to_seconds(value: Any) -> int | None:
-    if value is None or type(value).__name__ in ("NaTType", "NAType"):
+    if value is None or _is_missing(value):  # NaN, NaT, NA: no time
         return None
     if isinstance(value, bool):
         raise FeatrecError(f"cannot read {value!r} as a time (a bool is no time)")
     if isinstance(value, numbers.Real):
-        if isinstance(value, numbers.Integral):
-            number: int | float = int(value)
-        else:
-            number = float(value)
-            if math.isnan(number):
-                return None
+        number: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
         if not math.isfinite(number):
             raise FeatrecError(f"cannot read {value!r} as a time")
         for limit, per_second in FINER_UNITS:
@@ -119,11 +114,9 @@ def _to_seconds(value: Any) -> int | None:
         return int(moment.timestamp())
     if isinstance(value, date):  # a day: its midnight, UTC
         return int(datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp())
-    if type(value).__name__ == "datetime64":  # numpy
+    if type(value).__name__ == "datetime64":  # numpy (NaT: above)
         import numpy as np
 
-        if np.isnat(value):
-            return None
         return _to_seconds(int(value.astype("datetime64[s]").astype(np.int64)))
     if isinstance(value, str):
         text = value.strip()
@@ -548,11 +541,12 @@ def _no_missing(given: Any) -> Any:
 
 
 def _is_missing(value: Any) -> bool:
+    """pandas' NA / NaT, numpy's NaT, or a NaN (of any float type)."""
     if type(value).__name__ in ("NAType", "NaTType"):
         return True
-    return (isinstance(value, float) and math.isnan(value)) or (
-        type(value).__name__ == "datetime64" and str(value) == "NaT"
-    )
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return math.isnan(value)
+    return type(value).__name__ == "datetime64" and str(value) == "NaT"
 
 
 def as_ids(values: list[Any], dtype: pl.DataType) -> pl.Series:
