@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import polars as pl
 from featrec.atomic import write_file
 from featrec.datasets import OWN_TABLES, load_own_tables
 from featrec.errors import FeatrecError, first_line
+from featrec.rundir import RUN_FILES, removed_unless_checkpointed
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
 
 log = logging.getLogger(__name__)
@@ -173,52 +173,18 @@ def fit(
     run_dir = Path(out) if out is not None else default_run_dir(spec)
     if not resume:
         check_new_run_dir(run_dir)
-    before = _entries(run_dir) if run_dir.is_dir() else None
-    trained = False
+    stored = [f"data/{table}.parquet" for table in frames]  # and what train writes:
     try:
-        if frames:
-            spec = _store_tables(run_dir, spec, frames, resume)
-        train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
-        trained = True
+        with removed_unless_checkpointed(run_dir, [*RUN_FILES, *stored]):  # on failure
+            if frames:
+                spec = _store_tables(run_dir, spec, frames, resume)
+            train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
     except FeatrecError as err:
         named = _given_names(str(err), spec, frames)
         if named != str(err):  # the tables by what the caller gave, not our copies of them
             raise type(err)(named) from None
         raise
-    finally:
-        # stopped before the first checkpoint (bad input, mostly; or any error): nothing to
-        # resume, so no half-made run stays, and a folder that was there keeps what it had
-        if not trained and not (run_dir / "checkpoints" / "last.pt").exists():
-            _remove_new(run_dir, before)
     return Recommender(run_dir, device=spec.train.device)
-
-
-# the folders a run writes into: what fit adds there is its own too
-RUN_FOLDERS = ("data", "checkpoints")
-
-
-def _entries(run_dir: Path) -> set[Path]:
-    """The entries of ``run_dir`` and of the run's own folders in it."""
-    entries = set(run_dir.iterdir())
-    for name in RUN_FOLDERS:
-        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
-            entries |= set((run_dir / name).iterdir())
-    return entries
-
-
-def _remove_new(run_dir: Path, before: set[Path] | None) -> None:
-    """Remove what ``fit`` made in ``run_dir``: all of it if the folder is new. (A file of
-    the same name that was there, e.g. ``data/users.parquet``, was overwritten.)"""
-    if before is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    if not run_dir.is_dir():
-        return
-    for path in sorted(_entries(run_dir) - before, key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _given_names(message: str, spec: Spec, frames: dict[str, pl.DataFrame]) -> str:
@@ -251,6 +217,11 @@ def _store_tables(
                 )
             paths[table] = path
             continue
+        if path.exists() and not resume:  # not fit's own: a failed fit could not restore it
+            raise FeatrecError(
+                f"{path}: exists already, and fit stores the {table} table given there: "
+                "move it, or train into another out"
+            )
         try:
             write_file(path, frames[table].write_parquet)
         except (pl.exceptions.PolarsError, OSError) as err:

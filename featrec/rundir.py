@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import pickle
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+MANIFEST = "manifest.json"
+DATA_SUMS = "data_checksums.json"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -62,13 +65,65 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     stale ``.lock`` file never blocks a ``--resume``."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    had_lock = (run_dir / LOCK_NAME).exists()
     try:
         with _locked(run_dir):
             yield
-    finally:  # a run that failed before writing anything leaves no folder behind
-        if created and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+    finally:  # a run that failed before its first checkpoint leaves no lock (nor folder)
+        if not had_lock and not (run_dir / "checkpoints" / "last.pt").exists():
             (run_dir / LOCK_NAME).unlink(missing_ok=True)
-            run_dir.rmdir()
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+
+
+# what a run writes before its first checkpoint (and the folders it writes into)
+RUN_FILES = (
+    "spec.yaml", DATA_SUMS, "encoders.json", "item_popularity.json", MANIFEST,
+    "metrics.csv", "metrics.jsonl", "mlflow_run_id", "tensorboard", "checkpoints",
+)  # fmt: skip
+RUN_FOLDERS = ("data", "checkpoints")
+
+
+def entries(run_dir: Path) -> set[Path] | None:
+    """The entries of ``run_dir`` and of the run's own folders in it (None: no folder)."""
+    if not run_dir.is_dir():
+        return None
+    found = set(run_dir.iterdir())
+    for name in RUN_FOLDERS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            found |= set((run_dir / name).iterdir())
+    return found
+
+
+@contextlib.contextmanager
+def removed_unless_checkpointed(run_dir: Path, names: Iterable[str] = RUN_FILES) -> Iterator[None]:
+    """What the block adds to ``run_dir`` under ``names`` (files, or folders and what is in
+    them) is removed again if it leaves without a ``checkpoints/last.pt`` there (bad input,
+    mostly, or an interruption before the first epoch ended): nothing to resume, so no
+    half-made run stays, and a folder that was there keeps what it had (a new folder goes
+    whole). Entries of other names are left: they are not the run's."""
+    before = entries(run_dir)
+    try:
+        yield
+    finally:
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            _remove_new(run_dir, before, [Path(name) for name in names])
+
+
+def _remove_new(run_dir: Path, before: set[Path] | None, names: list[Path]) -> None:
+    if before is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    new = (entries(run_dir) or set()) - before
+    for path in sorted(new, key=lambda p: len(p.parts), reverse=True):
+        relative = path.relative_to(run_dir)
+        if path.is_dir() and not path.is_symlink():
+            if any(relative == n or n in relative.parents for n in names):
+                shutil.rmtree(path, ignore_errors=True)
+            elif not any(path.iterdir()):  # a folder made for the files removed (data/)
+                path.rmdir()
+        elif any(relative == n or n in relative.parents for n in names):
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -96,8 +151,6 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 # --- what a run wrote, and the data it was trained on ---------------------------------------
 
-MANIFEST = "manifest.json"
-DATA_SUMS = "data_checksums.json"
 _NOT_LISTED = {LOCK_NAME, MANIFEST}
 
 

@@ -67,6 +67,7 @@ from featrec.rundir import (
     check_data_sums,
     exclusive,
     load_checkpoint,
+    removed_unless_checkpointed,
     run_relative,
     write_data_sums,
     write_manifest,
@@ -430,8 +431,11 @@ def train(
     tune_allocator()
     device = resolve_device(spec.train.device)  # a device this machine lacks: before any file
     device = distributed.setup(device)  # one of several ranks (torchrun): join them
-    lock = exclusive(run_dir) if distributed.is_main() else contextlib.nullcontext()
-    with lock:  # one writer per run directory: rank 0
+    main = distributed.is_main()
+    # one writer per run directory: rank 0, which also removes a start that failed
+    lock = exclusive(run_dir) if main else contextlib.nullcontext()
+    cleanup = removed_unless_checkpointed(run_dir) if main else contextlib.nullcontext()
+    with lock, cleanup:
         return _train(
             spec, run_dir, resume, progress, on_epoch_end, variant, log_to, started, device
         )

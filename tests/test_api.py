@@ -512,3 +512,17 @@ def test_a_failed_fit_removes_its_files_from_the_folders_it_found(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "checkpoints", "data", "data/mine.csv"
     ]  # fmt: skip
+
+
+def test_fit_does_not_replace_a_table_file_it_finds_in_the_folder(
+    tmp_path: Path, frames: dict
+) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "users.parquet").write_bytes(b"the user's own")
+    with pytest.raises(FeatrecError, match=r"users.parquet: exists already.*another out"):
+        featrec.fit(SPEC_TEXT, **frames, out=out, progress=False)
+    assert (out / "data" / "users.parquet").read_bytes() == b"the user's own"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "data", "data/users.parquet"
+    ]  # fmt: skip

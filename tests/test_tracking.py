@@ -109,7 +109,14 @@ def test_an_mlflow_store_that_cannot_be_used_is_one_line(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    code = main(["-q", "train", str(spec_path), "--out", str(tmp_path / "r2"), "--log", "mlflow"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--log mlflow: cannot start a run at http://127.0.0.1:9" in err
-    assert err.count("\n") == 1
+    mine = tmp_path / "mine"  # a folder of the user's: the failed start leaves it as it was
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    for out in (tmp_path / "r2", mine):
+        code = main(["-q", "train", str(spec_path), "--out", str(out), "--log", "mlflow"])
+        err = capsys.readouterr().err
+        assert code == 2 and "--log mlflow: cannot start a run at http://127.0.0.1:9" in err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "r2").exists()  # no spec or encoders of a run that never started
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert main(["-q", "train", str(spec_path), "--out", str(mine), "--resume"]) == 2
