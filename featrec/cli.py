@@ -506,7 +506,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise FeatrecError(f"--top-k: expected at least 1; got {args.top_k}")
     path = export_run(args.run_dir, args.out, top_k=args.top_k)
-    print(f"exported {path} (+ inputs.json, encoders.json, spec.yaml) to {args.out}")
+    print(f"exported {path} (+ inputs.json, encoders.json, spec.yaml, item_popularity.json)")
     return 0
 
 

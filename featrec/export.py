@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from featrec import ranking
-from featrec.batching import Batch, request_batch
+from featrec.batching import Batch, event_column_kinds, request_batch
 from featrec.errors import FeatrecError
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
 from featrec.ranking import best_by_score_then_id, score_then_id_keys
 from featrec.recommend import Recommender
+from featrec.train import warn_if_unfinished
 
 
 class TopKLastSlot(nn.Module):
@@ -65,7 +66,8 @@ class TopKLastSlot(nn.Module):
                 best, best_items = best_by_score_then_id(
                     torch.cat([best, values], dim=1), torch.cat([best_items, found], dim=1), width
                 )
-        return best, best_items
+        # fewer items left than k (the window's own excluded): those places hold index -1
+        return best, torch.where(torch.isneginf(best), -1, best_items)
 
 
 class ScoreLastSlot(nn.Module):
@@ -89,6 +91,25 @@ def example_batch(recommender: Recommender) -> Batch:
     return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
 
 
+def _describe(key: str, values: torch.Tensor, hidden: frozenset[str]) -> dict:
+    """One input of the program, for inputs.json: name, dtype, shape, the value that pads a
+    window on the left and the value at the predicted (last) slot where it is not the real
+    one (items: MASK; event features known only after the event: MASK, or 0.0 for numbers)."""
+    floating = values.is_floating_point()
+    entry: dict = {"name": key, "dtype": str(values.dtype).removeprefix("torch.")}
+    if key == "item" or key.startswith("event:"):
+        entry["shape"] = ["batch", "length"]
+        entry["padding"] = 0.0 if floating else PAD
+        column = key.removeprefix("event:")
+        if key == "item" or column in hidden:
+            entry["at_predicted_slot"] = 0.0 if floating else MASK
+    else:
+        entry["shape"] = ["batch", *(["width"] if values.ndim == 2 else [])]
+        if values.ndim == 2:
+            entry["padding"] = PAD
+    return entry
+
+
 def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
     """Write the export folder; with ``top_k`` the program returns each request's ``top_k``
     best items (chunked ranking, the window's items excluded) instead of every score."""
@@ -99,18 +120,25 @@ def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
                 f"--out {out_dir}: holds files that are no featrec export; choose a new or "
                 "empty folder (an earlier export there is replaced)"
             )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FeatrecError(f"--out {out_dir}: is a file; choose a new or empty folder")
     recommender = Recommender(run_dir, device="cpu")  # traced on the CPU; load it anywhere
+    warn_if_unfinished(run_dir, "exporting")
     recommender.model.prepare_export()  # one code path for every batch size
     batch = example_batch(recommender).named()
     keys = sorted(batch)
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
     length_dim = torch.export.Dim("length", min=1, max=recommender.spec.model.max_len)
-    shapes = tuple(
-        {0: batch_dim, 1: length_dim}
-        if key == "item" or key.startswith("event:")
-        else {0: batch_dim}
-        for key in keys
-    )
+    shapes = []
+    for number, key in enumerate(keys):
+        if key == "item" or key.startswith("event:"):
+            shapes.append({0: batch_dim, 1: length_dim})
+        elif batch[key].ndim == 2:  # a user's list (multi_categorical): any width, PAD-filled
+            # traced at width 2, not the example's 1 (which would fix it at 1)
+            batch[key] = torch.cat([batch[key], torch.full_like(batch[key], PAD)], dim=1)
+            shapes.append({0: batch_dim, 1: torch.export.Dim(f"width{number}", max=1 << 16)})
+        else:
+            shapes.append({0: batch_dim})
     module = (
         ScoreLastSlot(recommender.model, keys)
         if top_k is None
@@ -119,16 +147,12 @@ def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
     program = torch.export.export(
         module,
         tuple(batch[k] for k in keys),
-        dynamic_shapes={"inputs": shapes},
+        dynamic_shapes={"inputs": tuple(shapes)},
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out_dir / "model.pt2")
-    inputs = [
-        {"name": key, "dtype": str(batch[key].dtype).removeprefix("torch."),
-         "shape": ["batch", "length"] if key == "item" or key.startswith("event:") else
-                  ["batch", *(["width"] if batch[key].ndim == 2 else [])]}
-        for key in keys
-    ]  # fmt: skip
+    hidden, _ = event_column_kinds(recommender.spec, recommender.encoders)
+    inputs = [_describe(key, batch[key], hidden) for key in keys]
     shown = None if top_k is None else min(top_k, recommender.model.num_items - N_RESERVED)
     description = {
         "inputs": inputs,
@@ -136,7 +160,8 @@ def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
             "scores (batch, items): the last position of each window is the predicted slot"
             if top_k is None
             else f"(values, item indices), each (batch, {shown}): the {shown} best items for "
-            "the last position of each window, best first, the window's own items excluded"
+            "the last position of each window, best first, the window's own items excluded "
+            "(where fewer items are left, the places beyond them hold index -1, value -inf)"
         ),
         "reserved_ids": {"PAD": PAD, "MASK": MASK, "OOV": OOV, "MISSING": MISSING},
         "first_item_index": N_RESERVED,

@@ -731,20 +731,26 @@ def _plot(run_dir: Path, history: list[dict[str, Any]], metric: str) -> None:
     plt.close(figure)
 
 
+def warn_if_unfinished(run_dir: Path, doing: str) -> None:
+    """Log that the run in ``run_dir`` is still training or was stopped, if it is."""
+    if (run_dir / "final_metrics.json").is_file():
+        return
+    best = None
+    with contextlib.suppress(FeatrecError):
+        best = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("best_epoch")
+    log.warning(
+        "%s: not finished (no final_metrics.json): %s its best checkpoint so far%s",
+        run_dir, doing, "" if best is None else f" (epoch {best})",
+    )  # fmt: skip
+
+
 def evaluate_run(run_dir: Path, split: str, device: str | None = None) -> dict[str, Any]:
     """Evaluate the best checkpoint of a finished run on ``split`` (on ``device``; default:
     a CUDA device where there is one, whatever the run trained on), beside most-popular."""
     from featrec.recommend import Recommender
 
     recommender = Recommender(run_dir, device)
-    if not (run_dir / "final_metrics.json").is_file():  # still training, or stopped
-        best = None
-        with contextlib.suppress(FeatrecError):
-            best = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("best_epoch")
-        log.warning(
-            "%s: not finished (no final_metrics.json): evaluating its best checkpoint so far%s",
-            run_dir, "" if best is None else f" (epoch {best})",
-        )  # fmt: skip
+    warn_if_unfinished(run_dir, "evaluating")
     metrics = recommender.evaluate(split)
     return {
         "split": split,

@@ -11,6 +11,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+import torch
 
 import featrec
 from featrec.cli import main
@@ -450,6 +451,9 @@ def test_candidates_as_text_and_an_export_of_more_items_than_there_are(
     with pytest.raises(FeatrecError, match="holds files that are no featrec export"):
         export_run(fitted.run_dir, tmp_path / "mine")
     assert (tmp_path / "mine" / "spec.yaml").read_text() == "mine"
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(FeatrecError, match=r"^--out .*afile: is a file"):
+        export_run(fitted.run_dir, tmp_path / "afile")
 
 
 def test_request_files_and_record_histories_give_times_as_the_data_does(
@@ -526,3 +530,57 @@ def test_fit_does_not_replace_a_table_file_it_finds_in_the_folder(
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "data", "data/users.parquet"
     ]  # fmt: skip
+
+
+EXPORT_SPEC = """
+name: tiny-export
+data:
+  columns: {user: uid, item: iid, time: ts}
+features:
+  - {name: tags, scope: item, type: multi_categorical, column: tags, separator: "|"}
+  - {name: langs, scope: user, type: multi_categorical, column: langs}
+  - {name: time, scope: event, type: time, column: ts, known_at: request}
+  - {name: rating, scope: event, type: numeric, column: rating, transform: standard}
+model: {dim: 12, layers: 1, heads: 3, max_len: 7, kind: KIND}
+train: {epochs: 1, batch_size: 3, warmup_steps: 2}
+"""
+
+
+@pytest.mark.parametrize("kind", ["bert4rec", "embedding_mlp"])
+def test_an_export_serves_user_lists_of_any_width_as_recommend(
+    tmp_path: Path, frames: dict, kind: str
+) -> None:
+    """A user's list of any length, a number hidden at the predicted slot as inputs.json
+    says, every model kind: the exported top-k is recommend's."""
+    from featrec.batching import request_batch
+    from featrec.export import export_run
+
+    langs = [["en"], ["en", "fr"], ["de", "fr", "en"], [], ["fr"], ["de"]]
+    users = frames["users"].with_columns(langs=pl.Series(langs))
+    rec = featrec.fit(
+        EXPORT_SPEC.replace("KIND", kind), **frames | {"users": users}, out=tmp_path / "run",
+        progress=False,
+    )  # fmt: skip
+    program = torch.export.load(export_run(rec.run_dir, tmp_path / "exp", top_k=3)).module()
+    meta = json.loads((tmp_path / "exp" / "inputs.json").read_text())
+    described = {entry["name"]: entry for entry in meta["inputs"]}
+    assert described["user:langs"]["shape"] == ["batch", "width"]
+    assert described["event:rating"]["at_predicted_slot"] == 0.0  # a number: 0, not MASK
+    assert described["item"]["at_predicted_slot"] == 1
+    for user in ({"langs": ["en"]}, {"langs": ["en", "fr"]}, {"langs": ["de", "fr", "en"]}):
+        history = [10, 11, 12]
+        want = rec.recommend(history, user=user, context={"ts": 900}, k=3)
+        data, _ = rec.encode_many([history], [user], [{"ts": 900}])
+        batch = request_batch(data, torch.arange(1), data.test_idx, 7).named()
+        assert batch["user:langs"].shape[1] == len(user["langs"])
+        assert batch["event:rating"][0, -1] == described["event:rating"]["at_predicted_slot"]
+        with torch.no_grad():
+            values, items = program(*[batch[entry["name"]] for entry in meta["inputs"]])
+        assert [meta["item_ids"][i - 4] for i in items[0].tolist()] == want.items
+    # more places than items left: the window's own items are not among them
+    program = torch.export.load(export_run(rec.run_dir, tmp_path / "all", top_k=99)).module()
+    with torch.no_grad():
+        values, items = program(*[batch[entry["name"]] for entry in meta["inputs"]])
+    found = [meta["item_ids"][i - 4] for i in items[0].tolist() if i >= 0]
+    assert sorted(found) == sorted(set(meta["item_ids"]) - {10, 11, 12})
+    assert (items[0] == -1).sum() == 3 and torch.isneginf(values[0, -3:]).all()

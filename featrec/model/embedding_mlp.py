@@ -14,7 +14,6 @@ batch scores the predicted slot, exactly as for BERT4Rec.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featrec.batching import Batch, SequenceData, next_item_batch
@@ -127,8 +126,10 @@ class EmbeddingMLP(LookBackModel):
         tokens = self.item_tokens(items, batch)  # (B, L, D)
         known = ((items != PAD) & (items != MASK)).unsqueeze(-1)  # (B, L, 1)
         # mean of the items strictly before each position: cumulative sums shifted by one
-        summed = F.pad(torch.cumsum(tokens * known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, D)
-        counts = F.pad(torch.cumsum(known, dim=1)[:, :-1], (0, 0, 1, 0))  # (B, L, 1)
+        # (rolled and the first zeroed: a slice and a pad pin the length in torch.export)
+        first = torch.arange(items.shape[1], device=items.device).view(1, -1, 1) == 0
+        summed = torch.roll(torch.cumsum(tokens * known, dim=1), 1, dims=1).masked_fill(first, 0)
+        counts = torch.roll(torch.cumsum(known, dim=1), 1, dims=1).masked_fill(first, 0)
         parts = [summed / counts.clamp(min=1), *self.side_inputs(batch)]
         return EncoderOutput(hidden=self.mlp(torch.cat(parts, dim=-1)), fusion_weights=None)
 
