@@ -25,6 +25,7 @@ from featrec import ranking
 from featrec.batching import Batch, event_column_kinds, request_batch
 from featrec.errors import FeatrecError
 from featrec.ids import MASK, MISSING, N_RESERVED, OOV, PAD
+from featrec.model import feature_configs
 from featrec.ranking import best_by_score_then_id, score_then_id_keys
 from featrec.recommend import Recommender
 from featrec.train import warn_if_unfinished
@@ -91,12 +92,15 @@ def example_batch(recommender: Recommender) -> Batch:
     return request_batch(data, torch.arange(3), data.test_idx, recommender.spec.model.max_len)
 
 
-def _describe(key: str, values: torch.Tensor, hidden: frozenset[str]) -> dict:
-    """One input of the program, for inputs.json: name, dtype, shape, the value that pads a
+def _describe(key: str, values: torch.Tensor, hidden: frozenset[str], size: int | None) -> dict:
+    """One input of the program, for inputs.json: name, dtype, shape, ``ids`` (an id input
+    takes 0 to ids - 1; anything else is an error in the program), the value that pads a
     window on the left and the value at the predicted (last) slot where it is not the real
     one (items: MASK; event features known only after the event: MASK, or 0.0 for numbers)."""
     floating = values.is_floating_point()
     entry: dict = {"name": key, "dtype": str(values.dtype).removeprefix("torch.")}
+    if size is not None:
+        entry["ids"] = size
     if key == "item" or key.startswith("event:"):
         entry["shape"] = ["batch", "length"]
         entry["padding"] = 0.0 if floating else PAD
@@ -152,7 +156,13 @@ def export_run(run_dir: Path, out_dir: Path, top_k: int | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out_dir / "model.pt2")
     hidden, _ = event_column_kinds(recommender.spec, recommender.encoders)
-    inputs = [_describe(key, batch[key], hidden) for key in keys]
+    sizes = {"item": recommender.model.num_items} | {
+        f"{config.scope}:{column.name}": column.cardinality
+        for config in feature_configs(recommender.spec, recommender.encoders)
+        for column in config.columns
+        if column.kind != "float"
+    }
+    inputs = [_describe(key, batch[key], hidden, sizes.get(key)) for key in keys]
     shown = None if top_k is None else min(top_k, recommender.model.num_items - N_RESERVED)
     description = {
         "inputs": inputs,

@@ -567,6 +567,8 @@ def test_an_export_serves_user_lists_of_any_width_as_recommend(
     assert described["user:langs"]["shape"] == ["batch", "width"]
     assert described["event:rating"]["at_predicted_slot"] == 0.0  # a number: 0, not MASK
     assert described["item"]["at_predicted_slot"] == 1
+    assert described["item"]["ids"] == len(meta["item_ids"]) + 4  # and the 4 reserved ids
+    assert described["user:langs"]["ids"] == 4 + 3 and "ids" not in described["event:rating"]
     for user in ({"langs": ["en"]}, {"langs": ["en", "fr"]}, {"langs": ["de", "fr", "en"]}):
         history = [10, 11, 12]
         want = rec.recommend(history, user=user, context={"ts": 900}, k=3)
