@@ -77,13 +77,16 @@ def target_ranks(
     items are no candidates; the target itself never is counted, excluded or not."""
     device, chunk = targets.device, chunk or ITEM_CHUNK
     rows = torch.arange(len(targets), device=device)
-    target_scores = score(targets.unsqueeze(1)).squeeze(1)  # (B,)
+    # a nan score (a diverged model) earns nothing: the target's ranks below every candidate
+    # (the lowest number, so the excluded items' -inf stay below it), another's counts
+    # against the target as a tie does
+    target_scores = _nan_lowest(score(targets.unsqueeze(1)).squeeze(1))  # (B,)
     excluded = excluded.to(device) if excluded is not None else Excluded.none(device)
     own = Excluded(torch.cat([excluded.rows, rows]), torch.cat([excluded.items, targets]))
     ranks = torch.zeros(len(targets), dtype=torch.long, device=device)
     for start in range(N_RESERVED, num_items, chunk):
         stop = min(start + chunk, num_items)
-        scores = own.fill(score(range(start, stop)), start, -math.inf)
+        scores = own.fill(_nan_highest(score(range(start, stop))), start, -math.inf)
         ranks += (scores >= target_scores.unsqueeze(1)).sum(dim=1)
     return ranks
 
@@ -166,6 +169,14 @@ def best_by_score_then_id(
     return values.gather(1, order), items.gather(1, order)
 
 
+def _nan_highest(scores: torch.Tensor) -> torch.Tensor:
+    return scores.nan_to_num(math.inf, math.inf, -math.inf)
+
+
+def _nan_lowest(scores: torch.Tensor) -> torch.Tensor:
+    return scores.nan_to_num(torch.finfo(scores.dtype).min, math.inf, -math.inf)
+
+
 @torch.inference_mode()
 def sampled_ranks(
     score: Scorer,
@@ -185,5 +196,6 @@ def sampled_ranks(
     weights[excluded.rows, excluded.items] = 0
     weights[torch.arange(rows), targets] = 0
     drawn = torch.multinomial(weights + 1e-12, negatives, replacement=False, generator=generator)
-    target_scores = score(targets.to(device).unsqueeze(1))  # (B, 1)
-    return (score(drawn.to(device)) >= target_scores).sum(dim=1).cpu()
+    target_scores = _nan_lowest(score(targets.to(device).unsqueeze(1)))  # (B, 1)
+    others = _nan_highest(score(drawn.to(device)))  # nan earns nothing, as above
+    return (others >= target_scores).sum(dim=1).cpu()

@@ -57,23 +57,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def not_a_folder(run_dir: Path) -> str:
+    return f"{run_dir}: is a file, not a run directory; choose another --out (in Python, out=)"
+
+
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock; another holder makes this one :class:`FeatrecError`.
 
     The lock is the operating system's (``flock``): a killed process releases it, so a
     stale ``.lock`` file never blocks a ``--resume``."""
-    created = not run_dir.exists()
+    missing = _missing_folders(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FeatrecError(not_a_folder(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     had_lock = (run_dir / LOCK_NAME).exists()
     try:
         with _locked(run_dir):
             yield
-    finally:  # a run that failed before its first checkpoint leaves no lock (nor folder)
+    finally:  # a run that failed before its first checkpoint leaves no lock (nor folders)
         if not had_lock and not (run_dir / "checkpoints" / "last.pt").exists():
             (run_dir / LOCK_NAME).unlink(missing_ok=True)
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+            _remove_empty(missing)
 
 
 # what a run writes before its first checkpoint (and the folders it writes into)
@@ -102,12 +107,34 @@ def removed_unless_checkpointed(run_dir: Path, names: Iterable[str] = RUN_FILES)
     mostly, or an interruption before the first epoch ended): nothing to resume, so no
     half-made run stays, and a folder that was there keeps what it had (a new folder goes
     whole). Entries of other names are left: they are not the run's."""
-    before = entries(run_dir)
+    before, missing = entries(run_dir), _missing_folders(run_dir)
     try:
         yield
     finally:
         if not (run_dir / "checkpoints" / "last.pt").exists():
             _remove_new(run_dir, before, [Path(name) for name in names])
+            _remove_empty(missing)
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """``run_dir`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (run_dir, *run_dir.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders (deepest first) while they are empty: the parents a failed
+    start made for its folder (``--out runs/new/deep/run``)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer's), or gone already
+            if folder.exists():
+                return
 
 
 def _remove_new(run_dir: Path, before: set[Path] | None, names: list[Path]) -> None:

@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -32,6 +34,20 @@ KnownAt = Literal["request", "after"]
 TimePart = Literal["hour", "weekday", "gap"]
 # names become file and folder names (runs/NAME/, ablations/NAME/): 64 safe characters at most
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$", max_length=64)]
+# the columns featrec's own tables of events and requests hold beside the features
+OWN_COLUMNS = ("user_id", "item_id", "timestamp", "item", "row", "pos", "slot")
+
+
+def _not_an_own_column(name: str) -> str:
+    if name in OWN_COLUMNS:
+        raise ValueError(
+            f"'{name}' names one of featrec's own columns ({', '.join(OWN_COLUMNS)}); "
+            "give the feature another name (its column may keep this one)"
+        )
+    return name
+
+
+FeatureName = Annotated[Identifier, AfterValidator(_not_an_own_column)]
 
 
 def _known_time_zone(zone: str) -> bool:
@@ -53,12 +69,33 @@ def _known_time_zone(zone: str) -> bool:
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # train.device
 
 
+# sizes that allocate memory (widths, lengths, batches, draws): beyond these no machine has
+# the memory, and torch's own errors (an overflow, a failed allocation) name no field
+MAX_WIDTH, MAX_COUNT = 1 << 14, 1 << 24
+INT64 = (1 << 63) - 1
+
+
+def _a_number(value: Any) -> Any:
+    """true / false are no numbers (YAML's ``dim: true`` would train with dim 1), and an
+    integer beyond int64 is no setting (torch would fail on it naming no field)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number; got {str(value).lower()}")
+    if isinstance(value, int) and abs(value) > INT64:
+        raise ValueError(f"expected a number below 2**63; got {value}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_a_number)]
+Float = Annotated[float, BeforeValidator(_a_number)]
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan are no settings (a learning rate of .inf trains to nan)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class _FeatureBase(_Frozen):
-    name: Identifier = Field(description="Unique feature name; keys its embedding module.")
+    name: FeatureName = Field(description="Unique feature name; keys its embedding module.")
     scope: Scope = Field(
         description="item: joined by item id; user: static per user; event: column of the "
         "interaction itself."
@@ -70,8 +107,11 @@ class _FeatureBase(_Frozen):
         "(stays visible at the predicted slot); 'after' (default): known only after the "
         "interaction (hidden at the predicted slot).",
     )
-    dim: int | None = Field(
-        None, gt=0, description="Embedding width for this feature (default: model.dim)."
+    dim: Int | None = Field(
+        None,
+        gt=0,
+        le=MAX_WIDTH,
+        description="Embedding width for this feature (default: model.dim).",
     )
 
     @model_validator(mode="before")
@@ -103,7 +143,7 @@ class _FeatureBase(_Frozen):
 
 class CategoricalFeature(_FeatureBase):
     type: Literal["categorical"]
-    min_count: int = Field(
+    min_count: Int = Field(
         1, ge=1, description="Values seen fewer times in the training split map to OOV."
     )
 
@@ -111,9 +151,11 @@ class CategoricalFeature(_FeatureBase):
 class MultiCategoricalFeature(_FeatureBase):
     type: Literal["multi_categorical"]
     separator: str | None = Field(
-        None, description="Split a string column on this separator (None: already a list)."
+        None,
+        min_length=1,
+        description="Split a string column on this separator (None: already a list).",
     )
-    min_count: int = Field(
+    min_count: Int = Field(
         1, ge=1, description="Values seen fewer times in the training split map to OOV."
     )
 
@@ -133,7 +175,7 @@ class NumericFeature(_FeatureBase):
     transform: Literal["quantile_bins", "standard"] = Field(
         "quantile_bins", description="quantile_bins: ids of quantile bins; standard: z-score."
     )
-    bins: int = Field(10, ge=2, le=1000, description="Number of quantile bins.")
+    bins: Int = Field(10, ge=2, le=1000, description="Number of quantile bins.")
 
 
 class TimeFeature(_FeatureBase):
@@ -172,9 +214,9 @@ class _TrendBase(_Frozen):
     """An item feature computed from the events themselves as of each request (no column):
     it enters where items are scored, never the tokens (docs/design.md §3)."""
 
-    name: Identifier = Field(description="Unique feature name; keys its embedding table.")
+    name: FeatureName = Field(description="Unique feature name; keys its embedding table.")
     scope: Literal["item"] = Field("item", description="item (the default): a candidate's.")
-    dim: int | None = Field(
+    dim: Int | None = Field(
         None, gt=0, description="Embedding width (must be model.dim, the default)."
     )
 
@@ -189,7 +231,7 @@ class _TrendBase(_Frozen):
 
 class PopularityFeature(_TrendBase):
     type: Literal["popularity"]
-    window_days: int = Field(
+    window_days: Int = Field(
         7,
         ge=1,
         le=36_500,
@@ -243,7 +285,11 @@ class ColumnMap(_Frozen):
 
 
 class DataSpec(_Frozen):
-    dataset: str | None = Field(None, description="Name of a dataset card in datasets/.")
+    dataset: str | None = Field(
+        None,
+        description="Name of a dataset card in datasets/, or a card file (*.yaml; relative to "
+        "the spec).",
+    )
     interactions: Path | None = Field(
         None, description="Your own interactions file (csv, parquet, arrow); relative to the spec."
     )
@@ -260,6 +306,16 @@ class DataSpec(_Frozen):
         if path is None or path.is_absolute() or base is None:
             return path
         return (Path(base) / path).resolve()
+
+    @field_validator("dataset")
+    @classmethod
+    def _card_file_relative_to_spec(cls, name: str | None, info: ValidationInfo) -> str | None:
+        """A card given as a file (``my-card.yaml``) is found from the spec file, as the
+        tables are; a card's name (``ml-1m``) among featrec's own."""
+        base = (info.context or {}).get("base_dir")
+        if name is None or base is None or not name.endswith((".yaml", ".yml")):
+            return name
+        return name if Path(name).is_absolute() else str((Path(base) / name).resolve())
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -298,7 +354,7 @@ class FusionSpec(_Frozen):
     token_method: Literal["sum", "concat", "gate"] = Field(
         "gate", description="How features of token_scopes are fused into the tokens."
     )
-    aux_weight: float = Field(
+    aux_weight: Float = Field(
         0.0,
         ge=0.0,
         description="DIF-SR's auxiliary loss: weight of predicting each masked item's "
@@ -338,11 +394,11 @@ class ModelSpec(_Frozen):
         "din: Deep Interest Network, target attention over the history with the candidate "
         "item as the query (trains with train.loss: sampled_softmax).",
     )
-    dim: int = Field(64, gt=0)
-    layers: int = Field(2, gt=0)
-    heads: int = Field(2, gt=0)
-    max_len: int = Field(200, gt=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on embeddings and layers.")
+    dim: Int = Field(64, gt=0, le=MAX_WIDTH)
+    layers: Int = Field(2, gt=0, le=1024)
+    heads: Int = Field(2, gt=0, le=MAX_WIDTH)
+    max_len: Int = Field(200, gt=1, le=MAX_COUNT)
+    dropout: Float = Field(0.2, ge=0.0, lt=1.0, description="Dropout on embeddings and layers.")
     init: Literal["auto", "bert", "torch"] = Field(
         "auto",
         description="Initialisation of the transformer layers. bert: truncated normal, std "
@@ -352,7 +408,7 @@ class ModelSpec(_Frozen):
         "small weights ML-1M sat on the popularity plateau for 100+ epochs), else bert. "
         "Embeddings, fusion and the output head keep BERT's initialisation either way.",
     )
-    attention_dropout: float = Field(
+    attention_dropout: Float = Field(
         0.0,
         ge=0.0,
         lt=1.0,
@@ -378,8 +434,8 @@ class TrainSpec(_Frozen):
         "them); each position carries the request-known event features of the event it "
         "predicts, so a request's time still reaches the prediction.",
     )
-    mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
-    next_item_share: float = Field(
+    mask_prob: Float = Field(0.2, gt=0.0, lt=1.0)
+    next_item_share: Float = Field(
         1.0,
         gt=0.0,
         le=1.0,
@@ -389,10 +445,10 @@ class TrainSpec(_Frozen):
         "every position, the baseline as published; less is cheaper per step but trained "
         "ML-100K's baseline to a lower validation NDCG@10 (bench/RESULTS.md).",
     )
-    last_item_share: float = Field(
+    last_item_share: Float = Field(
         0.1, ge=0.0, le=1.0, description="Share of sequences with only the last item masked."
     )
-    crop_prob: float = Field(
+    crop_prob: Float = Field(
         0.0,
         ge=0.0,
         le=1.0,
@@ -405,8 +461,11 @@ class TrainSpec(_Frozen):
         "target and train.negatives items drawn by train.sampler, shared by the batch. gbce: "
         "gSASRec's calibrated binary cross-entropy over uniform negatives (train.gbce_t).",
     )
-    negatives: int = Field(
-        100, gt=0, description="sampled_softmax, gbce: negative items drawn per training step."
+    negatives: Int = Field(
+        100,
+        gt=0,
+        le=MAX_COUNT,
+        description="sampled_softmax, gbce: negative items drawn per training step.",
     )
     sampler: Literal["auto", "uniform", "popularity", "in_batch"] = Field(
         "auto",
@@ -418,7 +477,7 @@ class TrainSpec(_Frozen):
         "sampled_softmax (uniform draws rarely meet the popular items a target competes "
         "with, and training stalled on ML-1M: bench/RESULTS.md), uniform for gbce.",
     )
-    gbce_t: float = Field(
+    gbce_t: Float = Field(
         0.75,
         ge=0.0,
         le=1.0,
@@ -444,21 +503,21 @@ class TrainSpec(_Frozen):
         description="Train with torch.compile(model.loss, dynamic=True). The first steps "
         "compile (minutes); no gain measured on CPU (bench/RESULTS.md).",
     )
-    batch_size: int = Field(128, gt=0)
-    lr: float = Field(1.0e-3, gt=0.0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(5.0, gt=0.0)
-    epochs: int = Field(200, gt=0)
-    patience: int = Field(20, gt=0)
-    min_epochs: int = Field(
+    batch_size: Int = Field(128, gt=0, le=MAX_COUNT)
+    lr: Float = Field(1.0e-3, gt=0.0)
+    weight_decay: Float = Field(0.01, ge=0.0)
+    warmup_steps: Int = Field(100, ge=0)
+    grad_clip: Float = Field(5.0, gt=0.0)
+    epochs: Int = Field(200, gt=0)
+    patience: Int = Field(20, gt=0)
+    min_epochs: Int = Field(
         50,
         ge=0,
         description="No early stop before this epoch: BERT4Rec's validation score often "
         "plateaus for tens of epochs (the model first learns popularity) before it climbs.",
     )
-    eval_every: int = Field(1, gt=0)
-    seed: int = 0
+    eval_every: Int = Field(1, gt=0)
+    seed: Int = Field(0, ge=0, le=INT64)
     device: str = Field(
         "auto",
         pattern=DEVICE_PATTERN,
@@ -500,7 +559,7 @@ class TrainSpec(_Frozen):
 
 class EvalSpec(_Frozen):
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
-    ks: list[Annotated[int, Field(gt=0)]] = Field([1, 5, 10, 20], min_length=1)
+    ks: list[Annotated[Int, Field(gt=0)]] = Field([1, 5, 10, 20], min_length=1)
     primary: str = Field(
         "ndcg@10",
         pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$",
@@ -508,23 +567,23 @@ class EvalSpec(_Frozen):
         "headline metric of ablation reports; its K must be in ks.",
     )
     exclude_seen: bool = True
-    valid_quantile: float = Field(
+    valid_quantile: Float = Field(
         0.8, gt=0.0, lt=1.0, description="temporal split: validation window starts here."
     )
-    test_quantile: float = Field(
+    test_quantile: Float = Field(
         0.9, gt=0.0, lt=1.0, description="temporal split: test window starts here."
     )
-    sampled_negatives: int | None = Field(
+    sampled_negatives: Int | None = Field(
         None, gt=0, description="Also report the popularity-sampled N-negative protocol."
     )
-    recency_days: list[Annotated[int, Field(gt=0)]] = Field(
+    recency_days: list[Annotated[Int, Field(gt=0)]] = Field(
         [1, 7, 30],
         description="Recency baselines reported beside most-popular: the items most "
         "interacted with in the N days before each prediction's request time (the target "
         "event's time; never later), seen items excluded. Skipped for data without clock "
         "times (a sequences card).",
     )
-    cold_items: float = Field(
+    cold_items: Float = Field(
         0.0,
         ge=0.0,
         lt=1.0,
@@ -533,7 +592,7 @@ class EvalSpec(_Frozen):
         "user's test event; they stay in the catalog (with their attributes) as cold items, "
         "and runs report the test metrics of the users whose target is one of them. 0: off.",
     )
-    max_users: int | None = Field(
+    max_users: Int | None = Field(
         None,
         gt=0,
         description="Evaluate (validation, test, ablation reports) a fixed sample of this "
@@ -760,6 +819,11 @@ def load_spec_text(
 
 
 def _validate(raw: dict, source: str, base_dir: Path | None, overrides: Sequence[str]) -> Spec:
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+        raise SpecError(
+            f"overrides: expected a list of KEY=VALUE strings, e.g. ['train.epochs=5']; "
+            f"got {overrides!r}"[:300]
+        )
     applied = [apply_override(raw, text_) for text_ in overrides]
     try:
         spec = Spec.model_validate(raw, context={"base_dir": base_dir})
@@ -952,6 +1016,24 @@ def _describe(problem: dict, loc: tuple) -> str:
         return f"type: expected one of {ctx['expected_tags']}; got {ctx['tag']!r}"
     if kind == "union_tag_not_found":
         return f"missing key 'type' (one of {', '.join(map(repr, FEATURE_MODELS))})"
+    if kind in ("string_too_short", "too_short"):
+        least = ctx.get("min_length", 1)
+        unit = "character" if kind == "string_too_short" else "entry"
+        many = unit if least == 1 else ("characters" if unit == "character" else "entries")
+        return f"expected at least {least} {many}; got {value!r}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
+        return (
+            "expected letters, digits, '_' and '-', starting with a letter or '_' "
+            f"(it names files and folders); got {value!r}"
+        )
+    if kind == "string_too_long":
+        return f"expected at most {ctx.get('max_length')} characters; got {len(value)}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "device":
+        return f"expected auto, cpu, cuda or cuda:N; got {value!r}"
+    if kind == "string_pattern_mismatch" and loc and loc[-1] == "primary":
+        return f"expected hr@K, ndcg@K or mrr@K (lower case); got {value!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping (key: value entries); got {value!r}"
     message = problem["msg"].removeprefix("Value error, ")
     message = message.replace("Input should be", "expected").replace("Input", "value")
     if isinstance(value, (str, int, float, bool)) and kind != "value_error":

@@ -67,6 +67,7 @@ from featrec.rundir import (
     check_data_sums,
     exclusive,
     load_checkpoint,
+    not_a_folder,
     removed_unless_checkpointed,
     run_relative,
     write_data_sums,
@@ -234,7 +235,9 @@ def save_checkpoint(obj: Any, path: Path) -> None:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """A new run may not go where another run is."""
+    """A new run may not go where another run is (nor where a file is)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FeatrecError(not_a_folder(run_dir))
     if (run_dir / "checkpoints" / "last.pt").is_file():
         raise FeatrecError(
             f"{run_dir}: holds a run already; resume it (--resume; in Python, resume=True) or "
@@ -514,6 +517,13 @@ def _epochs(
     )  # fmt: skip
     for epoch in range(state.epoch + 1, last_epoch + 1):
         row = _train_epoch(training, epoch, progress)
+        if not math.isfinite(row["loss"]):  # every later score would be nan too
+            kept = f"; its checkpoints keep epoch {state.epoch}" if state.epoch else ""
+            raise FeatrecError(
+                f"epoch {epoch}: the training loss is {row['loss']}: the run diverged. Train "
+                f"again with a lower train.lr (now {cfg.lr:g}) or a longer "
+                f"train.warmup_steps (now {cfg.warmup_steps}){kept}"
+            )
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             training.validate(epoch, row)
         state.epoch = epoch

@@ -81,6 +81,10 @@ def test_relative_data_paths_are_relative_to_the_spec_file(tmp_path: Path) -> No
         write_spec(tmp_path / "sub", {"name": "x", "data": {"interactions": "data/i.csv"}})
     )
     assert spec.data.interactions == tmp_path / "sub" / "data" / "i.csv"
+    card = load_spec(write_spec(tmp_path / "sub", {"name": "x", "data": {"dataset": "../c.yaml"}}))
+    assert card.data.dataset == str(tmp_path / "c.yaml")  # a card file too, from any cwd
+    named = load_spec(write_spec(tmp_path / "sub", {"name": "x", "data": {"dataset": "ml-1m"}}))
+    assert named.data.dataset == "ml-1m"  # a card's name stays a name
 
 
 # --- errors: file, field path, expectation ------------------------------------------------
@@ -246,3 +250,11 @@ def test_fusion_aux_weight_is_a_weight(tmp_path: Path) -> None:
     assert "fusion.aux_weight" in message and "-0.1" in message
     spec = load_spec(write_spec(tmp_path, minimal(fusion={"method": "nova", "aux_weight": 0.5})))
     assert (spec.fusion.method, spec.fusion.aux_weight) == ("nova", 0.5)
+
+
+def test_overrides_are_a_list_of_strings(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, {"name": "x"})
+    for wrong in ("train.epochs=3", [("train.epochs", 3)]):
+        with pytest.raises(SpecError, match=r"^overrides: expected a list of KEY=VALUE strings"):
+            load_spec(path, wrong)
+    assert load_spec(path, ("train.epochs=3",)).train.epochs == 3

@@ -65,6 +65,20 @@ def test_target_ranks_exclude_seen_and_reserved_ids_and_count_ties_against(chunk
     assert target_ranks(dense(scores), 10, target, seen, chunk).tolist() == [1]
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_a_nan_score_earns_nothing(chunk: int) -> None:
+    """A diverged model scores nan: its target ranks last, not first (nan >= x is false)."""
+    nan = float("nan")
+    scores = torch.tensor([[0.0] * 4 + [nan] * 6, [0.0] * 4 + [0.5, nan, 0.9, 0.1, 0.7, 0.2]])
+    targets = torch.tensor([6, 6])  # row 1: only the nan item (5) and nothing else is above
+    assert target_ranks(dense(scores), 10, targets, None, chunk).tolist() == [5, 1]
+    sampled = sampled_ranks(
+        dense(scores), targets, Excluded.none(), torch.ones(10), 5, torch.Generator(),
+        torch.device("cpu"),
+    )  # fmt: skip
+    assert sampled.tolist() == [5, 1]
+
+
 @pytest.mark.parametrize("chunk", [3, 7, 1000])
 def test_chunked_ranks_and_top_k_equal_one_dense_product(chunk: int) -> None:
     torch.manual_seed(0)
@@ -616,3 +630,31 @@ def test_own_files_with_relative_paths_work_from_another_directory(
     stored = load_spec(Path(run) / "spec.yaml")
     assert stored.data.interactions == (project / "data" / "interactions.parquet").resolve()
     assert main(["-q", "train", spec, "--out", run, "--resume"]) == 0, capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_with_one_error_instead_of_perfect_scores(
+    tmp_path: Path, small_body: dict
+) -> None:
+    """A nan loss stops the run (nan scores ranked every target first: NDCG 1.0)."""
+    spec = load_spec(write_spec(tmp_path, small_body), ["train.lr=1e30", "train.warmup_steps=0"])
+    with pytest.raises(FeatrecError, match=r"^epoch 1: the training loss is nan: the run diverged"):
+        train(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing to resume: nothing left
+
+
+def test_a_failed_start_removes_the_parent_folders_it_made_and_a_file_is_no_out(
+    tmp_path: Path, small_body: dict
+) -> None:
+    small_body["features"][0]["column"] = "nosuch"
+    bad = load_spec(write_spec(tmp_path, small_body))
+    (tmp_path / "mine").mkdir()
+    for out in (tmp_path / "new" / "deep" / "run", tmp_path / "mine" / "deep" / "run"):
+        with pytest.raises(FeatrecError, match="column 'nosuch' not in the items table"):
+            train(bad, out)
+    assert not (tmp_path / "new").exists() and list((tmp_path / "mine").iterdir()) == []
+    with pytest.raises(FeatrecError, match=r"nothing to resume"):
+        train(bad, tmp_path / "new" / "run", resume=True)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "afile").write_text("mine")
+    assert main(["-q", "train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "afile")]) == 2
+    assert (tmp_path / "afile").read_text() == "mine"
