@@ -384,19 +384,25 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from featrec.ablate import run_ablation, split_overrides, variants
+    from featrec.ablate import run_ablation, select, split_overrides, variants
 
     if args.behavior_only:
         raise FeatrecError("ablate makes the behavior-only variant itself; drop --behavior-only")
     args.overrides, scoped = split_overrides(args.overrides)
     spec = _load(args)
-    if args.list:
-        for name, variant in variants(spec, args.fusions, scoped).items():
+    if args.seeds < 1:
+        raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")
+    if args.list:  # the variants named (checked as a run checks them), else all
+        available = variants(spec, args.fusions, scoped)
+        names = None
+        if args.variants:
+            names = {*args.variants, *(v.name for v in select(available, args.variants))}
+        for name, variant in available.items():
+            if names is not None and name not in names:
+                continue
             what = variant.description if name == variant.name else f"same as {variant.name}"
             print(f"{name:24s} {what}")
         return 0
-    if args.seeds < 1:
-        raise FeatrecError(f"--seeds: expected at least 1; got {args.seeds}")
     out = args.out or Path("ablations") / spec.name
     run_ablation(
         spec, out, args.seeds, args.variants, progress=sys.stderr.isatty() and args.jobs == 1,

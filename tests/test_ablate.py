@@ -139,6 +139,13 @@ def test_variants_with_the_same_features_are_trained_once(
     assert main(["-q", "ablate", str(path), "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert any(line.split() == ["-job", "same", "as", "-user"] for line in listed)
+    assert main(["-q", "ablate", str(path), "--list", "--variants", "-job", "full"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "full", "-user", "-job"
+    ]  # fmt: skip
+    assert main(["-q", "ablate", str(path), "--list", "--variants", "-nosuch"]) == 2
+    assert main(["-q", "ablate", str(path), "--list", "--seeds", "0"]) == 2
+    assert "unknown variant(s) -nosuch" in capsys.readouterr().err
 
 
 def test_a_feature_named_like_a_scope_keeps_its_own_variant(tmp_path: Path, quick: dict) -> None:
