@@ -22,7 +22,7 @@ import polars as pl
 from featrec.atomic import write_file
 from featrec.datasets import OWN_TABLES, load_own_tables
 from featrec.errors import FeatrecError, first_line
-from featrec.rundir import RUN_FILES, removed_unless_checkpointed
+from featrec.rundir import RUN_FILES, exclusive, removed_unless_checkpointed
 from featrec.spec import Spec, load_spec, load_spec_text, with_overrides
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,11 @@ def fit(
     if not resume:
         check_new_run_dir(run_dir)
     stored = [f"data/{table}.parquet" for table in frames]  # and what train writes:
-    try:
-        with removed_unless_checkpointed(run_dir, [*RUN_FILES, *stored]):  # on failure
+    try:  # one writer from before the tables are stored (another fit there is refused)
+        with exclusive(run_dir), removed_unless_checkpointed(run_dir, [*RUN_FILES, *stored]):
             if frames:
                 spec = _store_tables(run_dir, spec, frames, resume)
-            train(spec, run_dir, resume=resume, progress=progress, log_to=log_to)
+            train(spec, run_dir, resume=resume, progress=progress, log_to=log_to, locked=True)
     except FeatrecError as err:
         named = _given_names(str(err), spec, frames)
         if named != str(err):  # the tables by what the caller gave, not our copies of them

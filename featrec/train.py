@@ -423,12 +423,14 @@ def train(
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     variant: str | None = None,
     log_to: Sequence[str] = (),
+    locked: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec`` into ``run_dir`` (or continue the run there); return final metrics.
 
     ``variant`` names the run in ``final_metrics.json`` (an ablation's variant); by default
     "full" or "behavior-only" after the spec's features. ``log_to``: experiment trackers
-    (``tensorboard``, ``mlflow``; :mod:`featrec.tracking`).
+    (``tensorboard``, ``mlflow``; :mod:`featrec.tracking`). ``locked``: the caller holds
+    the run directory's lock already (:func:`featrec.rundir.exclusive`; ``featrec.fit``).
     """
     started = time.perf_counter()
     tune_allocator()
@@ -436,7 +438,7 @@ def train(
     device = distributed.setup(device)  # one of several ranks (torchrun): join them
     main = distributed.is_main()
     # one writer per run directory: rank 0, which also removes a start that failed
-    lock = exclusive(run_dir) if main else contextlib.nullcontext()
+    lock = exclusive(run_dir) if main and not locked else contextlib.nullcontext()
     cleanup = removed_unless_checkpointed(run_dir) if main else contextlib.nullcontext()
     with lock, cleanup:
         return _train(

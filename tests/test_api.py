@@ -586,3 +586,20 @@ def test_an_export_serves_user_lists_of_any_width_as_recommend(
     found = [meta["item_ids"][i - 4] for i in items[0].tolist() if i >= 0]
     assert sorted(found) == sorted(set(meta["item_ids"]) - {10, 11, 12})
     assert (items[0] == -1).sum() == 3 and torch.isneginf(values[0, -3:]).all()
+
+
+def test_a_fit_into_a_folder_another_process_trains_into_is_refused_untouched(
+    tmp_path: Path, frames: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featrec.api
+    from featrec.rundir import exclusive
+
+    stored = []
+    monkeypatch.setattr(featrec.api, "_store_tables", lambda *a, **k: stored.append(a))
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "spec.yaml").write_text("the other run's")  # its first epoch: no last.pt yet
+    with exclusive(out), pytest.raises(FeatrecError, match="another featrec process"):
+        featrec.fit(SPEC_TEXT, **frames, out=out, progress=False)
+    assert stored == []  # refused before writing anything into the other run's folder
+    assert (out / "spec.yaml").read_text() == "the other run's"
