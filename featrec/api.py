@@ -171,14 +171,15 @@ def fit(
     spec = resolve_spec(spec, overrides, behavior_only)
     frames = _given_tables(spec, interactions=interactions, users=users, items=items)
     run_dir = Path(out) if out is not None else default_run_dir(spec)
-    if not resume:
-        check_new_run_dir(run_dir)
     stored = [f"data/{table}.parquet" for table in frames]  # and what train writes:
     try:  # one writer from before the tables are stored (another fit there is refused)
-        with exclusive(run_dir), removed_unless_checkpointed(run_dir, [*RUN_FILES, *stored]):
-            if frames:
-                spec = _store_tables(run_dir, spec, frames, resume)
-            train(spec, run_dir, resume=resume, progress=progress, log_to=log_to, locked=True)
+        with exclusive(run_dir):
+            if not resume:
+                check_new_run_dir(run_dir)
+            with removed_unless_checkpointed(run_dir, [*RUN_FILES, *stored]):
+                if frames:
+                    spec = _store_tables(run_dir, spec, frames, resume)
+                train(spec, run_dir, resume=resume, progress=progress, log_to=log_to, locked=True)
     except FeatrecError as err:
         named = _given_names(str(err), spec, frames)
         if named != str(err):  # the tables by what the caller gave, not our copies of them

@@ -64,6 +64,7 @@ from featrec.model.protocol import half_precision_attention
 from featrec.optim import build_optimizer, clip_gradients, optimizer_kind
 from featrec.rundir import (
     DATA_SUMS,
+    RUN_FILES,
     check_data_sums,
     exclusive,
     load_checkpoint,
@@ -235,9 +236,22 @@ def save_checkpoint(obj: Any, path: Path) -> None:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """A new run may not go where another run is (nor where a file is)."""
+    """A new run may not go where another run is (nor where a file is, nor over files of
+    the names a run writes: a folder's own ``spec.yaml`` would be replaced)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FeatrecError(not_a_folder(run_dir))
+    if run_dir.is_dir() and not (run_dir / "checkpoints" / "last.pt").is_file():
+        found = [
+            name
+            for name in RUN_FILES
+            if (run_dir / name).exists()
+            and not ((run_dir / name).is_dir() and not any((run_dir / name).iterdir()))
+        ]
+        if found:
+            raise FeatrecError(
+                f"{run_dir}: holds {', '.join(found)}, which a new run would replace, and no "
+                "run to resume (no checkpoints/last.pt); train into a new or empty folder"
+            )
     if (run_dir / "checkpoints" / "last.pt").is_file():
         raise FeatrecError(
             f"{run_dir}: holds a run already; resume it (--resume; in Python, resume=True) or "

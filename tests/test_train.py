@@ -658,3 +658,9 @@ def test_a_failed_start_removes_the_parent_folders_it_made_and_a_file_is_no_out(
     (tmp_path / "afile").write_text("mine")
     assert main(["-q", "train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "afile")]) == 2
     assert (tmp_path / "afile").read_text() == "mine"
+    # a folder holding files of the names a run writes, and no run: their spec is theirs
+    small_body["features"][0]["column"] = "tags"
+    write_spec(tmp_path / "mine", small_body)
+    with pytest.raises(FeatrecError, match=r"mine: holds spec\.yaml, which a new run would"):
+        train(load_spec(tmp_path / "mine" / "spec.yaml"), tmp_path / "mine")
+    assert load_spec(tmp_path / "mine" / "spec.yaml").name == small_body["name"]
