@@ -13,7 +13,7 @@ import json
 import os
 import pickle
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +70,17 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     missing = _missing_folders(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise FeatrecError(not_a_folder(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _normal(run_dir).mkdir(parents=True, exist_ok=True)
     had_lock = (run_dir / LOCK_NAME).exists()
-    try:
-        with _locked(run_dir):
-            yield
-    finally:  # a run that failed before its first checkpoint leaves no lock (nor folders)
+
+    def release() -> None:  # still holding the lock; never run by a process refused it
+        # a run that failed before its first checkpoint leaves no lock (nor folders)
         if not had_lock and not (run_dir / "checkpoints" / "last.pt").exists():
             (run_dir / LOCK_NAME).unlink(missing_ok=True)
             _remove_empty(missing)
+
+    with _locked(run_dir, release):
+        yield
 
 
 # what a run writes before its first checkpoint (and the folders it writes into)
@@ -119,11 +121,18 @@ def removed_unless_checkpointed(run_dir: Path, names: Iterable[str] = RUN_FILES)
 def _missing_folders(run_dir: Path) -> list[Path]:
     """``run_dir`` and its parents that do not exist yet, deepest first."""
     missing = []
-    for folder in (run_dir, *run_dir.absolute().parents):
+    path = _normal(run_dir)
+    for folder in (path, *path.parents):
         if folder.exists():
             break
         missing.append(folder)
     return missing
+
+
+def _normal(run_dir: Path) -> Path:
+    """``run_dir`` absolute, without ``..``: ``new/../mine/run`` is ``mine/run`` (made and
+    removed as such; ``new`` is never made)."""
+    return Path(os.path.abspath(run_dir))
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -154,9 +163,14 @@ def _remove_new(run_dir: Path, before: set[Path] | None, names: list[Path]) -> N
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
+def _locked(run_dir: Path, release: Callable[[], None]) -> Iterator[None]:
+    """Hold ``RUN/.lock``; once held, ``release`` runs before it is let go (however the
+    block ends)."""
     if fcntl is None:  # pragma: no cover - Windows
-        yield
+        try:
+            yield
+        finally:
+            release()
         return
     path = run_dir / LOCK_NAME
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -171,7 +185,10 @@ def _locked(run_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            release()
     finally:
         os.close(descriptor)  # releases the lock
 

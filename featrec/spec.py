@@ -315,7 +315,11 @@ class DataSpec(_Frozen):
         base = (info.context or {}).get("base_dir")
         if name is None or base is None or not name.endswith((".yaml", ".yml")):
             return name
-        return name if Path(name).is_absolute() else str((Path(base) / name).resolve())
+        if Path(name).is_absolute():
+            return name
+        beside = (Path(base) / name).resolve()
+        # a run stored before 2026-12-01 may hold the path from the working directory
+        return name if not beside.is_file() and Path(name).is_file() else str(beside)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -517,7 +521,7 @@ class TrainSpec(_Frozen):
         "plateaus for tens of epochs (the model first learns popularity) before it climbs.",
     )
     eval_every: Int = Field(1, gt=0)
-    seed: Int = Field(0, ge=0, le=INT64)
+    seed: Int = 0
     device: str = Field(
         "auto",
         pattern=DEVICE_PATTERN,
@@ -819,10 +823,15 @@ def load_spec_text(
 
 
 def _validate(raw: dict, source: str, base_dir: Path | None, overrides: Sequence[str]) -> Spec:
-    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+    given = overrides
+    try:  # a generator is read once, here
+        overrides = [] if isinstance(given, (str, bytes)) else list(given)
+    except TypeError:
+        overrides = []
+    if isinstance(given, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
         raise SpecError(
             f"overrides: expected a list of KEY=VALUE strings, e.g. ['train.epochs=5']; "
-            f"got {overrides!r}"[:300]
+            f"got {given!r}"[:300]
         )
     applied = [apply_override(raw, text_) for text_ in overrides]
     try:

@@ -533,12 +533,13 @@ def _epochs(
     )  # fmt: skip
     for epoch in range(state.epoch + 1, last_epoch + 1):
         row = _train_epoch(training, epoch, progress)
-        if not math.isfinite(row["loss"]):  # every later score would be nan too
+        broken = _not_finite(row["loss"], experiment.model)
+        if broken:  # every later score would be nan too
             kept = f"; its checkpoints keep epoch {state.epoch}" if state.epoch else ""
             raise FeatrecError(
-                f"epoch {epoch}: the training loss is {row['loss']}: the run diverged. Train "
-                f"again with a lower train.lr (now {cfg.lr:g}) or a longer "
-                f"train.warmup_steps (now {cfg.warmup_steps}){kept}"
+                f"epoch {epoch}: {broken}: the run diverged. Train again with a lower "
+                f"train.lr (now {cfg.lr:g}) or a longer train.warmup_steps (now "
+                f"{cfg.warmup_steps}){kept}"
             )
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             training.validate(epoch, row)
@@ -570,6 +571,16 @@ def _epochs(
                      cfg.patience)  # fmt: skip
             break
     epochs_bar.close()
+
+
+def _not_finite(loss: float, model: torch.nn.Module) -> str | None:
+    """What is not finite after an epoch: its mean loss, or a weight (a last step that
+    diverged leaves the loss finite and the weights nan)."""
+    if not math.isfinite(loss):
+        return f"the training loss is {loss}"
+    with torch.no_grad():
+        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    return f"weights became nan or inf ({', '.join(bad[:3])})" if bad else None
 
 
 def _train_epoch(training: Training, epoch: int, progress: bool) -> dict[str, Any]:

@@ -114,6 +114,33 @@ def test_a_bad_set_value_names_the_override(tmp_path: Path, tiny_spec_body: dict
         load_spec(write_spec(tmp_path, tiny_spec_body), ["eval.ks=[1, !!int x]"])
 
 
+def test_a_process_refused_the_lock_leaves_the_holders_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B finds no lock file, then A takes the lock before B opens it: B is refused and
+    removes nothing (it once unlinked A's lock file, so that a third process got in)."""
+    import contextlib
+    import os
+
+    import featrec.rundir as rundir
+
+    run, holder = tmp_path / "run", contextlib.ExitStack()
+    real_open = os.open
+
+    def a_gets_in_first(path, *args):
+        monkeypatch.setattr(rundir.os, "open", real_open)
+        holder.enter_context(rundir.exclusive(run))  # A, between B's look and B's open
+        return real_open(path, *args)
+
+    monkeypatch.setattr(rundir.os, "open", a_gets_in_first)
+    with holder:
+        with pytest.raises(FeatrecError, match="another featrec process"), rundir.exclusive(run):
+            pass  # B
+        assert (run / ".lock").exists()
+        with pytest.raises(FeatrecError, match="another featrec process"), rundir.exclusive(run):
+            pass  # C: A still holds it
+
+
 # --- the error boundary -------------------------------------------------------------------
 
 

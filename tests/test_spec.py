@@ -258,3 +258,5 @@ def test_overrides_are_a_list_of_strings(tmp_path: Path) -> None:
         with pytest.raises(SpecError, match=r"^overrides: expected a list of KEY=VALUE strings"):
             load_spec(path, wrong)
     assert load_spec(path, ("train.epochs=3",)).train.epochs == 3
+    assert load_spec(path, (o for o in ["train.epochs=4"])).train.epochs == 4  # read once
+    assert load_spec(path, ["train.seed=-1"]).train.seed == -1  # runs trained so stay valid

@@ -28,7 +28,7 @@ from featrec.ranking import (
     target_ranks,
     top_k,
 )
-from featrec.spec import load_spec, spec_differences
+from featrec.spec import load_spec, spec_differences, with_overrides
 from featrec.train import Experiment, evaluate_run, open_run, train
 from tests.conftest import interrupted_and_resumed, write_spec
 
@@ -640,6 +640,10 @@ def test_a_diverged_run_stops_with_one_error_instead_of_perfect_scores(
     with pytest.raises(FeatrecError, match=r"^epoch 1: the training loss is nan: the run diverged"):
         train(spec, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing to resume: nothing left
+    # one step per epoch: its loss was finite, the weights it left are not
+    one_step = with_overrides(spec, ["train.batch_size=64", "train.lr=1e300"])
+    with pytest.raises(FeatrecError, match=r"^epoch 1: weights became nan or inf \("):
+        train(one_step, tmp_path / "run")
 
 
 def test_a_failed_start_removes_the_parent_folders_it_made_and_a_file_is_no_out(
