@@ -17,6 +17,7 @@ Users' own data (``data.interactions`` / ``users`` / ``items``) needs no card.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ import os
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -329,15 +331,29 @@ def has_clock_times(data: DataSpec) -> bool:
     )
 
 
-def load_tables(data: DataSpec) -> Tables:
-    if data.dataset is not None:
-        return _load_card_tables(load_card(data.dataset))
-    if data.interactions is None:
-        raise DataError(
-            "data: set data.dataset (a card) or data.interactions (your file), or pass the "
-            "tables to featrec.fit"
-        )
-    return load_own_tables(data)
+def load_tables(data: DataSpec, source: str | None = None) -> Tables:
+    """The tables ``data`` names; an error about its ``data.`` fields names ``source`` (the
+    spec file) first, as spec errors do."""
+    with spec_named(source):
+        if data.dataset is not None:
+            return _load_card_tables(load_card(data.dataset))
+        if data.interactions is None:
+            raise DataError(
+                "data: set data.dataset (a card) or data.interactions (your file), or pass "
+                "the tables to featrec.fit"
+            )
+        return load_own_tables(data)
+
+
+@contextlib.contextmanager
+def spec_named(source: str | None) -> Iterator[None]:
+    """A :class:`DataError` about the spec's ``data`` section, prefixed with ``source``."""
+    try:
+        yield
+    except DataError as err:
+        if source is None or not str(err).startswith("data"):
+            raise
+        raise DataError(f"{source}: {err}") from None
 
 
 def _load_card_tables(card: Card) -> Tables:

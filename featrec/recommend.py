@@ -476,7 +476,7 @@ class Recommender:
         """The run's raw interactions and users tables (the data must be at hand)."""
         if self._tables is None:
             check_data_sums(self.run_dir, self.spec.data)
-            self._tables = load_tables(self.spec.data)
+            self._tables = load_tables(self.spec.data, self.spec.source)
         return self._tables.interactions, self._tables.users
 
     def for_known_users(

@@ -36,6 +36,7 @@ from featrec.datasets import (
     fingerprint,
     has_clock_times,
     load_tables,
+    spec_named,
 )
 from featrec.encoders import (
     ID_DTYPE,
@@ -112,9 +113,11 @@ def feature_columns(name: str, encoder: Encoder) -> list[str]:
 
 def cache_key(spec: Spec) -> str:
     """Everything the prepared data depends on: the input files, features and split."""
+    with spec_named(spec.source):
+        data = fingerprint(spec.data)
     parts = {
         "version": FORMAT_VERSION,
-        "data": fingerprint(spec.data),
+        "data": data,
         "columns": spec.data.columns.model_dump(),
         "features": [f.model_dump(exclude={"dim"}) for f in spec.input_features],
         "split": spec.eval.model_dump(
@@ -141,7 +144,7 @@ def prepare(spec: Spec, cache: bool = True, refresh: bool = False) -> tuple[Prep
         log.info("prepared data from cache %s", folder)
         return Prepared.load(folder), folder
     started = time.perf_counter()
-    tables = load_tables(spec.data)
+    tables = load_tables(spec.data, spec.source)
     log.info(
         "read %s interactions in %.2f s",
         f"{tables.interactions.height:,}",

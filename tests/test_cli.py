@@ -58,6 +58,18 @@ def test_errors_exit_2_with_one_line(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_data_errors_name_the_spec_file_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for data, expected in (
+        ({"dataset": "ml-10m"}, "data.dataset: no dataset card 'ml-10m'"),
+        ({"interactions": "nosuch.csv"}, f"data.interactions: {tmp_path / 'nosuch.csv'}: file"),
+    ):
+        spec = write_spec(tmp_path, {"name": "x", "data": data})
+        code, _, err = run(capsys, "prepare", str(spec))
+        assert code == 2 and err == f"featrec: error: {spec}: {expected}" + err.split(expected)[1]
+
+
 def test_prepare_prints_statistics_and_caches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_spec_body: dict
 ) -> None:
