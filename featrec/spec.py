@@ -816,7 +816,7 @@ def load_spec_text(
     base_dir = Path.cwd() if base_dir is None else base_dir
     raw = parse_yaml(text, source)
     if raw is None:
-        raw = {}
+        raise SpecError(f"{source}: empty (a spec needs at least name, and data or tables to fit)")
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping at the top level; got {type(raw).__name__}")
     return _validate(raw, source, base_dir, overrides)
