@@ -78,7 +78,10 @@ INT64 = (1 << 63) - 1
 def _a_number(value: Any) -> Any:
     """true / false are no numbers (YAML's ``dim: true`` would train with dim 1), and an
     integer beyond int64 is no setting (torch would fail on it naming no field)."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if isinstance(value, bool) or (
+        kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+    ):
         raise ValueError(f"expected a number; got {str(value).lower()}")
     if isinstance(value, int) and abs(value) > INT64:
         raise ValueError(f"expected a number below 2**63; got {value}")

@@ -260,3 +260,15 @@ def test_overrides_are_a_list_of_strings(tmp_path: Path) -> None:
     assert load_spec(path, ("train.epochs=3",)).train.epochs == 3
     assert load_spec(path, (o for o in ["train.epochs=4"])).train.epochs == 4  # read once
     assert load_spec(path, ["train.seed=-1"]).train.seed == -1  # runs trained so stay valid
+
+
+def test_booleans_are_no_numbers_from_python_either() -> None:
+    import numpy as np
+    import pydantic
+
+    from featrec.spec import ModelSpec
+
+    for flag in (True, np.bool_(True)):
+        with pytest.raises(pydantic.ValidationError, match="expected a number; got true"):
+            ModelSpec(dim=flag)
+    assert ModelSpec(dim=np.int64(32)).dim == 32
