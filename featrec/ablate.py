@@ -12,10 +12,12 @@ seeds. Layout of an ablation directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -339,7 +341,9 @@ def run_ablation(
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch or polars state
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_die_with_parent
+    ) as pool:
         started = time.perf_counter()
         running = {
             pool.submit(_run_pair, variant, seed, ablation_dir, label, False, threads): (
@@ -363,6 +367,21 @@ def run_ablation(
                 "checkpoint: run the same command again (fewer --jobs if memory ran out)"
             ) from None
     return trained
+
+
+def _die_with_parent() -> None:
+    """A worker of ``--jobs`` ends when the ablation process does, however it ends (a
+    ``kill`` of it left the workers training on as orphans); its run resumes from its last
+    checkpoint. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent was gone before the request took
+        os._exit(1)
 
 
 def _run_pair(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -527,3 +533,43 @@ def test_fusions_with_no_variant_under_them_is_said(
     spec = load_spec(write_spec(tmp_path, quick))
     run_ablation(spec, tmp_path / "abl", 1, ["most-popular"], fusions=["nova"])
     assert "--fusions nova: none of the variants chosen" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_killing_an_ablation_ends_its_training_workers(tmp_path: Path, quick: dict) -> None:
+    """`kill` of `featrec ablate --jobs 2` once left its two workers training as orphans."""
+    quick["train"]["epochs"] = 100_000  # still training when killed
+    spec = write_spec(tmp_path, quick)
+    out = tmp_path / "abl"
+    command = [sys.executable, "-m", "featrec", "-q", "ablate", str(spec), "--seeds", "1",
+               "--variants", "full", "behavior-only", "--jobs", "2", "--out", str(out)]  # fmt: skip
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+                if int(fields[1]) == parent.pid and b"pipe_handle" in cmdline:
+                    found.append(int(stat.parent.name))
+        return found
+
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("runs/*/seed0/checkpoints/last.pt"))) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "never trained"
+            time.sleep(0.5)
+        children = workers()
+        assert len(children) == 2
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "the workers outlived the ablation"
+            time.sleep(0.2)
+    finally:  # nothing left training, whatever failed
+        for pid in [parent.pid, *children]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
