@@ -153,12 +153,13 @@ def _remove_new(run_dir: Path, before: set[Path] | None, names: list[Path]) -> N
     new = (entries(run_dir) or set()) - before
     for path in sorted(new, key=lambda p: len(p.parts), reverse=True):
         relative = path.relative_to(run_dir)
-        if path.is_dir() and not path.is_symlink():
-            if any(relative == n or n in relative.parents for n in names):
-                shutil.rmtree(path, ignore_errors=True)
-            elif not any(path.iterdir()):  # a folder made for the files removed (data/)
-                path.rmdir()
-        elif any(relative == n or n in relative.parents for n in names):
+        ours = any(relative == n or n in relative.parents for n in names)
+        folder = path.is_dir() and not path.is_symlink()
+        if folder and ours:
+            shutil.rmtree(path, ignore_errors=True)
+        elif folder and not any(path.iterdir()):  # a folder made for the files removed (data/)
+            path.rmdir()
+        elif ours:
             path.unlink(missing_ok=True)
 
 
