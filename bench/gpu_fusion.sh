@@ -20,22 +20,23 @@ SEEDS=${SEEDS:-3}
 BUDGET=${BUDGET---set train.warmup_steps=1000 --set train.epochs=300}
 FEATREC=${FEATREC:-featrec}
 SPEC=${SPEC:-feature_specs/ml-1m.yaml}
+FUSIONS=${FUSIONS-nova difsr nova+event}  # FUSIONS="" for variants under the spec's method only
 pack() {
   [ -n "${PACK:-}" ] && [ -d "$OUT" ] && tar czf "$PACK" --exclude=checkpoints -C "$OUT" .
 }
 trap pack EXIT
 # shellcheck disable=SC2086
-common=(--set train.eval_every=5 $BUDGET --out "$OUT" --jobs "$JOBS")
+common=(--set train.eval_every=5 $BUDGET --out "$OUT" --jobs "$JOBS" ${FUSIONS:+--fusions $FUSIONS})
 if [ -n "${VARIANTS:-}" ]; then
   # shellcheck disable=SC2086
-  $FEATREC -q ablate "$SPEC" --seeds "$SEEDS" --fusions nova difsr nova+event "${common[@]}" \
+  $FEATREC -q ablate "$SPEC" --seeds "$SEEDS" "${common[@]}" \
     --variants $VARIANTS
   $FEATREC report "$OUT" | head -40
   exit
 fi
-$FEATREC -q ablate "$SPEC" --seeds "$SEEDS" --fusions nova difsr nova+event "${common[@]}" \
+$FEATREC -q ablate "$SPEC" --seeds "$SEEDS" "${common[@]}" \
   --variants behavior-only full full@nova full@difsr full@nova+event
-$FEATREC -q ablate "$SPEC" --seeds 1 --fusions nova difsr nova+event "${common[@]}" \
+$FEATREC -q ablate "$SPEC" --seeds 1 "${common[@]}" \
   --variants -item -item@nova -item@difsr -item@nova+event din most-popular \
   --set din:train.lr=3e-4 --set din:train.next_item_share=0.2 \
   --set din:train.sampler=popularity
